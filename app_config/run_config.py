@@ -1,0 +1,160 @@
+"""Every run-config key, its type, default and meaning: the one place they are documented.
+
+``pyproject.toml`` ``[tool.flwr.app.config]`` repeats the defaults (Flower reads
+them from there); a test keeps both in step. Override any key with
+``flwr run . --run-config "key=value ..."`` or a TOML file.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field, fields
+from pathlib import Path
+
+
+class ConfigError(ValueError):
+    """A run-config value that cannot work; the message names the key and the fix."""
+
+
+def _key(default, doc: str):
+    return field(default=default, metadata={"doc": doc})
+
+
+@dataclass(frozen=True)
+class RunConfig:
+    # --- federation -------------------------------------------------------
+    num_server_rounds: int = _key(5, "Federated rounds to run.")
+    strategy: str = _key("fedavg", "Aggregation strategy name (see strategies.registry.STRATEGIES).")
+    ldawa_warmup_rounds: int = _key(0, "L-DAWA: first rounds aggregated with data-size FedAvg.")
+    fraction_train: float = _key(1.0, "Fraction of connected clients sampled each round for training.")
+    fraction_evaluate: float = _key(0.0, "Fraction sampled for client-side SSL-loss evaluation (0 = off).")
+    min_train_nodes: int = _key(2, "Least clients a training round waits for.")
+    # --- model ------------------------------------------------------------
+    encoder: str = _key("resnet18_cifar", "timm model name: resnet18_cifar, vit_tiny_cifar or any timm model.")
+    projection_hidden_dim: int = _key(512, "Hidden width of the SimCLR projection MLP.")
+    projection_dim: int = _key(128, "Output width of the projection MLP (NT-Xent space).")
+    # --- data -------------------------------------------------------------
+    image_dataset: str = _key("digits", "Image dataset name; '' for none.")
+    audio_dataset: str = _key("spoken-digits", "Audio dataset name; '' for none.")
+    data_root: str = _key("", "Folder with datasets and caches; '' = $FSSUAVL_DATA_ROOT or ~/.cache/fssuavl.")
+    image_size: int = _key(16, "Side (px) of image crops fed to the encoder.")
+    audio_n_mels: int = _key(32, "Mel bands of the log-mel spectrogram.")
+    audio_hop_ms: float = _key(32.0, "Spectrogram hop in ms (1 s clip -> 1000/hop frames).")
+    audio_win_ms: float = _key(64.0, "Spectrogram window in ms.")
+    # --- partition --------------------------------------------------------
+    partitioner: str = _key("dirichlet", "'iid' or 'dirichlet' (label skew).")
+    dirichlet_alpha: float = _key(0.5, "Dirichlet concentration; smaller = more label skew.")
+    min_partition_size: int = _key(2, "Least samples per client and held modality.")
+    frac_visual_clients: float = _key(0.4, "Fraction of clients holding only images.")
+    frac_audio_clients: float = _key(0.3, "Fraction of clients holding only audio.")
+    frac_audiovisual_clients: float = _key(0.3, "Fraction holding both (unpaired); the three sum to 1.")
+    visual_data_share: float = _key(1.0, "Share (0-1] of its image part a client keeps.")
+    audio_data_share: float = _key(1.0, "Share (0-1] of its audio part a client keeps.")
+    # --- local training ---------------------------------------------------
+    local_epochs: int = _key(1, "Local epochs per round (over the client's larger modality).")
+    max_local_steps: int = _key(0, "Cap on local steps per round; 0 = no cap.")
+    batch_size: int = _key(32, "Samples per modality per step.")
+    optimizer: str = _key("sgd", "'sgd' (momentum) or 'adamw'.")
+    learning_rate: float = _key(0.05, "Local learning rate.")
+    momentum: float = _key(0.9, "SGD momentum.")
+    weight_decay: float = _key(5e-4, "Weight decay.")
+    temperature: float = _key(0.5, "NT-Xent temperature.")
+    # --- evaluation and output -------------------------------------------
+    eval_every: int = _key(2, "Central kNN/linear-probe evaluation every k rounds (round 0 and the last always).")
+    knn_k: int = _key(10, "Neighbours for kNN accuracy.")
+    seed: int = _key(42, "Seed of partitions, initial weights and local training.")
+    run_dir: str = _key("runs", "Where each run's folder (metrics, model) is written; relative = to the working dir.")
+    device: str = _key("auto", "'auto' (CUDA when present), 'cpu' or 'cuda[:i]'.")
+
+    # ------------------------------------------------------------------
+    @classmethod
+    def keys(cls) -> dict[str, object]:
+        """Config-key spelling (hyphens) -> default."""
+        return {f.name.replace("_", "-"): f.default for f in fields(cls)}
+
+    @classmethod
+    def from_mapping(cls, values: dict) -> "RunConfig":
+        """Build from a Flower run config; unknown keys and wrong types are errors."""
+        by_key = {f.name.replace("_", "-"): f for f in fields(cls)}
+        unknown = sorted(set(values) - set(by_key))
+        if unknown:
+            raise ConfigError(f"unknown config key {unknown[0]!r}; valid keys are listed in config/run_config.py")
+        kwargs = {}
+        for key, value in values.items():
+            f = by_key[key]
+            expected = type(f.default)
+            if expected is float and isinstance(value, int) and not isinstance(value, bool):
+                value = float(value)
+            if not isinstance(value, expected) or (expected is int and isinstance(value, bool)):
+                raise ConfigError(f"{key}: expected {expected.__name__}, got {value!r}")
+            kwargs[f.name] = value
+        config = cls(**kwargs)
+        config.validate()
+        return config
+
+    def validate(self) -> None:
+        from data_partition.datasets import DATASETS, dataset_names
+        from strategies.registry import STRATEGIES
+
+        def need(ok: bool, message: str) -> None:
+            if not ok:
+                raise ConfigError(message)
+
+        need(self.strategy in STRATEGIES,
+             f"strategy: unknown value {self.strategy!r}; valid: {', '.join(sorted(STRATEGIES))}")
+        need(self.num_server_rounds >= 1, "num-server-rounds: must be >= 1")
+        need(self.ldawa_warmup_rounds >= 0, "ldawa-warmup-rounds: must be >= 0")
+        need(0.0 < self.fraction_train <= 1.0, "fraction-train: must be in (0, 1]")
+        need(0.0 <= self.fraction_evaluate <= 1.0, "fraction-evaluate: must be in [0, 1]")
+        need(self.min_train_nodes >= 1, "min-train-nodes: must be >= 1")
+        fracs = (self.frac_visual_clients, self.frac_audio_clients, self.frac_audiovisual_clients)
+        need(all(f >= 0 for f in fracs) and abs(sum(fracs) - 1.0) < 1e-6,
+             "frac-visual-clients + frac-audio-clients + frac-audiovisual-clients: must be >= 0 and sum to 1 "
+             f"(got {sum(fracs):g})")
+        for key, share in (("visual-data-share", self.visual_data_share), ("audio-data-share", self.audio_data_share)):
+            need(0.0 < share <= 1.0, f"{key}: must be in (0, 1]")
+        wants_image = self.frac_visual_clients + self.frac_audiovisual_clients > 0
+        wants_audio = self.frac_audio_clients + self.frac_audiovisual_clients > 0
+        for key, name, modality, wanted in (("image-dataset", self.image_dataset, "image", wants_image),
+                                            ("audio-dataset", self.audio_dataset, "audio", wants_audio)):
+            if name or wanted:
+                need(name in DATASETS and DATASETS[name].modality == modality,
+                     f"{key}: unknown value {name!r}; valid: {', '.join(dataset_names(modality))}")
+        need(self.partitioner in ("iid", "dirichlet"), f"partitioner: unknown value {self.partitioner!r}; valid: iid, dirichlet")
+        need(self.dirichlet_alpha > 0, "dirichlet-alpha: must be > 0")
+        need(self.min_partition_size >= 0, "min-partition-size: must be >= 0")
+        need(self.local_epochs >= 1, "local-epochs: must be >= 1")
+        need(self.max_local_steps >= 0, "max-local-steps: must be >= 0 (0 = no cap)")
+        need(self.batch_size >= 2, "batch-size: must be >= 2 (NT-Xent needs negatives)")
+        need(self.optimizer in ("sgd", "adamw"), f"optimizer: unknown value {self.optimizer!r}; valid: sgd, adamw")
+        need(self.learning_rate > 0, "learning-rate: must be > 0")
+        need(self.temperature > 0, "temperature: must be > 0")
+        need(self.image_size >= 8, "image-size: must be >= 8")
+        need(self.audio_n_mels >= 8, "audio-n-mels: must be >= 8")
+        need(0 < self.audio_hop_ms <= self.audio_win_ms, "audio-hop-ms: must be > 0 and <= audio-win-ms")
+        need(self.eval_every >= 0, "eval-every: must be >= 0 (0 = only first and last round)")
+        need(self.knn_k >= 1, "knn-k: must be >= 1")
+        need(self.device == "auto" or self.device == "cpu" or self.device.startswith("cuda"),
+             f"device: unknown value {self.device!r}; valid: auto, cpu, cuda, cuda:N")
+        if self.data_root:
+            need(Path(self.data_root).expanduser().is_dir(),
+                 f"data-root: folder {self.data_root!r} does not exist; create it, fix the path, "
+                 "or set data-root='' for the default cache")
+
+    # ------------------------------------------------------------------
+    def resolved_data_root(self) -> Path:
+        import os
+
+        if self.data_root:
+            return Path(self.data_root).expanduser().resolve()
+        env = os.environ.get("FSSUAVL_DATA_ROOT")
+        root = Path(env).expanduser() if env else Path.home() / ".cache" / "fssuavl"
+        root.mkdir(parents=True, exist_ok=True)
+        return root.resolve()
+
+
+def docs_table() -> str:
+    """Markdown table of every key (used by the README)."""
+    rows = ["| key | default | meaning |", "|---|---|---|"]
+    for f in fields(RunConfig):
+        rows.append(f"| `{f.name.replace('_', '-')}` | `{f.default!r}` | {f.metadata['doc']} |")
+    return "\n".join(rows)

@@ -1,0 +1,135 @@
+"""Local contrastive trainer (FSSUAVL): one encoder, each held modality in turn.
+
+Every step draws a batch from each modality the client holds, makes two random
+views of it, passes them through the *same* network and adds that modality's
+NT-Xent loss; the summed loss is back-propagated once. Nothing pairs an image
+with an audio clip: the modalities are only discriminated in one shared space.
+"""
+
+from __future__ import annotations
+
+import math
+import time
+from dataclasses import dataclass, field
+
+import torch
+import torch.nn as nn
+
+from client_app.losses import nt_xent
+from data_partition.modality_data import AUDIO, IMAGE
+
+MODALITY_ORDER = (IMAGE, AUDIO)
+
+
+@dataclass(frozen=True)
+class TrainSettings:
+    local_epochs: int = 1
+    max_local_steps: int = 0  # 0: no cap
+    batch_size: int = 32
+    optimizer: str = "sgd"
+    learning_rate: float = 0.05
+    momentum: float = 0.9
+    weight_decay: float = 5e-4
+    temperature: float = 0.5
+
+
+@dataclass
+class LocalData:
+    """A client's samples per modality, as tensors ready for batching (uint8 / int16)."""
+
+    tensors: dict[str, torch.Tensor] = field(default_factory=dict)
+
+    @property
+    def modalities(self) -> tuple[str, ...]:
+        return tuple(m for m in MODALITY_ORDER if m in self.tensors and len(self.tensors[m]) >= 2)
+
+    def count(self, modality: str) -> int:
+        return len(self.tensors[modality]) if modality in self.tensors else 0
+
+
+def make_optimizer(model: nn.Module, settings: TrainSettings) -> torch.optim.Optimizer:
+    if settings.optimizer == "sgd":
+        return torch.optim.SGD(model.parameters(), lr=settings.learning_rate,
+                               momentum=settings.momentum, weight_decay=settings.weight_decay)
+    if settings.optimizer == "adamw":
+        return torch.optim.AdamW(model.parameters(), lr=settings.learning_rate, weight_decay=settings.weight_decay)
+    raise ValueError(f"optimizer {settings.optimizer!r} is unknown: use 'sgd' or 'adamw'")
+
+
+class _Batches:
+    """Endless shuffled mini-batches of one modality (reshuffled when exhausted)."""
+
+    def __init__(self, data: torch.Tensor, batch_size: int, generator: torch.Generator) -> None:
+        self.data, self.generator = data, generator
+        self.batch_size = min(batch_size, len(data))
+        self._order = torch.empty(0, dtype=torch.long)
+        self._pos = 0
+
+    def steps_per_epoch(self) -> int:
+        return max(1, len(self.data) // self.batch_size)
+
+    def next(self) -> torch.Tensor:
+        if self._pos + self.batch_size > len(self._order):
+            self._order = torch.randperm(len(self.data), generator=self.generator)
+            self._pos = 0
+        idx = self._order[self._pos: self._pos + self.batch_size]
+        self._pos += self.batch_size
+        return self.data[idx]
+
+
+def train_locally(
+    model: nn.Module,
+    data: LocalData,
+    views: dict[str, nn.Module],
+    settings: TrainSettings,
+    device: torch.device,
+    seed: int,
+    extra_loss=None,
+) -> dict[str, float]:
+    """Train ``model`` in place; return per-modality losses and work counts.
+
+    ``extra_loss(model)`` (e.g. FedProx's proximal term) is added to each step's loss.
+    """
+    modalities = data.modalities
+    if not modalities:
+        raise ValueError("client holds fewer than 2 samples of every modality: nothing to contrast")
+    generator = torch.Generator().manual_seed(seed)
+    torch.manual_seed(seed)  # augmentation draws
+    batches = {m: _Batches(data.tensors[m], settings.batch_size, generator) for m in modalities}
+    steps = settings.local_epochs * max(b.steps_per_epoch() for b in batches.values())
+    if settings.max_local_steps > 0:
+        steps = min(steps, settings.max_local_steps)
+
+    model.train()
+    optimizer = make_optimizer(model, settings)
+    loss_sums = {m: 0.0 for m in modalities}
+    seen = {m: 0 for m in modalities}
+    started = time.perf_counter()
+    for _ in range(steps):
+        optimizer.zero_grad(set_to_none=True)
+        total = torch.zeros((), device=device)
+        for modality in modalities:
+            batch = batches[modality].next().to(device, non_blocking=True)
+            view1, view2 = views[modality](batch), views[modality](batch)
+            loss = nt_xent(model(view1), model(view2), settings.temperature)
+            total = total + loss
+            loss_sums[modality] += loss.item()
+            seen[modality] += len(batch)
+        if extra_loss is not None:
+            total = total + extra_loss(model)
+        if not math.isfinite(total.item()):
+            raise FloatingPointError("local loss became NaN/Inf: lower learning-rate")
+        total.backward()
+        optimizer.step()
+    elapsed = time.perf_counter() - started
+
+    metrics = {
+        "steps": float(steps),
+        "train-seconds": elapsed,
+        "samples-per-second": sum(seen.values()) / max(elapsed, 1e-9),
+    }
+    for modality in MODALITY_ORDER:
+        metrics[f"loss-{modality}"] = loss_sums[modality] / steps if modality in loss_sums else 0.0
+        metrics[f"num-{modality}-examples"] = float(data.count(modality)) if modality in modalities else 0.0
+    metrics["loss"] = sum(metrics[f"loss-{m}"] for m in modalities)
+    return metrics
