@@ -28,6 +28,20 @@ class RunConfig:
     fraction_train: float = _key(1.0, "Fraction of connected clients sampled each round for training.")
     fraction_evaluate: float = _key(0.0, "Fraction sampled for client-side SSL-loss evaluation (0 = off).")
     min_train_nodes: int = _key(2, "Least clients a training round waits for.")
+    # --- strategy parameters --- (read by strategies.registry; each strategy takes only its own)
+    proximal_mu: float = _key(0.01, "fedprox: weight mu of the clients' proximal term (mu/2)*||w - w_global||^2; "
+                                    "sent to clients as 'proximal-mu' (0 = FedAvg).")
+    server_learning_rate: float = _key(1.0, "fedavgm: server learning rate applied to the momentum pseudo-gradient.")
+    server_momentum: float = _key(0.9, "fedavgm: server momentum in [0, 1) (0 with server-learning-rate 1 = FedAvg).")
+    fedopt_eta: float = _key(0.01, "fedadam, fedyogi, fedadagrad: server learning rate eta.")
+    fedopt_beta1: float = _key(0.9, "fedadam, fedyogi: first-moment decay beta_1 in [0, 1).")
+    fedopt_beta2: float = _key(0.99, "fedadam, fedyogi: second-moment decay beta_2 in [0, 1).")
+    fedopt_tau: float = _key(0.001, "fedadam, fedyogi, fedadagrad: adaptivity tau > 0 (added to sqrt(v)).")
+    trimmed_beta: float = _key(0.2, "fedtrimmedavg: fraction in [0, 0.5) cut from each tail per coordinate.")
+    ldawa_weighting: bool = _key(False, "ldawa: weight clients by data size instead of the reference's uniform mean.")
+    ldawa_normalise: bool = _key(False, "ldawa: divide by the sum of the deltas instead of the number of clients "
+                                        "(not in the reference).")
+    # --- end of strategy parameters ---
     # --- model ------------------------------------------------------------
     encoder: str = _key("resnet18_cifar", "timm model name: resnet18_cifar, vit_tiny_cifar or any timm model.")
     projection_hidden_dim: int = _key(512, "Hidden width of the SimCLR projection MLP.")
@@ -106,6 +120,16 @@ class RunConfig:
         need(0.0 < self.fraction_train <= 1.0, "fraction-train: must be in (0, 1]")
         need(0.0 <= self.fraction_evaluate <= 1.0, "fraction-evaluate: must be in [0, 1]")
         need(self.min_train_nodes >= 1, "min-train-nodes: must be >= 1")
+        # --- strategy parameters ---
+        need(self.proximal_mu >= 0, "proximal-mu: must be >= 0")
+        need(self.server_learning_rate > 0, "server-learning-rate: must be > 0")
+        need(0 <= self.server_momentum < 1, "server-momentum: must be in [0, 1)")
+        need(self.fedopt_eta > 0, "fedopt-eta: must be > 0")
+        need(0 <= self.fedopt_beta1 < 1, "fedopt-beta1: must be in [0, 1)")
+        need(0 <= self.fedopt_beta2 < 1, "fedopt-beta2: must be in [0, 1)")
+        need(self.fedopt_tau > 0, "fedopt-tau: must be > 0")
+        need(0 <= self.trimmed_beta < 0.5, "trimmed-beta: must be in [0, 0.5)")
+        # --- end of strategy parameters ---
         fracs = (self.frac_visual_clients, self.frac_audio_clients, self.frac_audiovisual_clients)
         need(all(f >= 0 for f in fracs) and abs(sum(fracs) - 1.0) < 1e-6,
              "frac-visual-clients + frac-audio-clients + frac-audiovisual-clients: must be >= 0 and sum to 1 "

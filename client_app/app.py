@@ -8,6 +8,7 @@ from flwr.clientapp import ClientApp
 
 from app_config.run_config import RunConfig
 from client_app.losses import nt_xent
+from client_app.proximal import proximal_mu, proximal_term
 from client_app.task import client_state, train_settings
 from client_app.trainer import train_locally
 
@@ -32,9 +33,10 @@ def train(msg: Message, context: Context) -> Message:
     state = client_state(config, context.run_id, partition_id, num_partitions)
     state.model.load_state_dict(msg.content["arrays"].to_torch_state_dict())
     server_round = int(msg.content["config"]["server-round"])
+    extra_loss = proximal_term(state.model, proximal_mu(msg.content["config"]))  # FedProx; None otherwise
     metrics = train_locally(
         state.model, state.data, state.views, train_settings(config), state.device,
-        seed=_round_seed(config, server_round, partition_id),
+        seed=_round_seed(config, server_round, partition_id), extra_loss=extra_loss,
     )
     metrics["num-examples"] = float(sum(state.data.count(m) for m in state.data.modalities))
     reply = RecordDict({"arrays": ArrayRecord(state.model.state_dict()), "metrics": MetricRecord(metrics)})

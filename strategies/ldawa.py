@@ -12,18 +12,37 @@ One deviation, documented: where the previous global layer has norm 0 (e.g.
 zero-initialised BN biases in round 1) the reference divides by zero and yields
 NaN; here the cosine is taken as 1 (plain averaging of that layer).
 
-The first ``warmup_rounds`` rounds use Flower's data-size-weighted FedAvg, as
-the reference's training scripts do.
+The first ``warmup_rounds`` rounds use data-size-weighted FedAvg, as the
+reference's training scripts do.
+
+Options beyond the reference, both off by default (run-config keys):
+
+* ``ldawa-weighting`` (``weighting=True``): weight client k by its data size,
+  ``sum_k p_k delta_k^l w_k^l`` with ``p_k = n_k / sum_j n_j`` instead of ``1/K``
+  (0-dim tensors then use the same ``p_k``).
+* ``ldawa-normalise`` (``normalise=True``): divide by the (weighted) sum of the
+  deltas instead of by ``K`` (or ``sum n_k``), ``sum_k c_k delta_k^l w_k^l /
+  sum_k c_k delta_k^l`` with ``c_k`` = 1 or ``n_k``, so each layer is a convex
+  combination of the client layers re-weighted by their cosines rather than
+  shrunk by them. Should that sum not be positive (only possible with
+  opposed client layers) the layer falls back to dividing by ``sum_k c_k``.
+
+The aggregation streams: the replies are visited once, one at a time, and the
+working memory is the previous global model, one accumulator and one client
+layer (see ``strategies.streaming``).
 """
 
 from __future__ import annotations
 
-from collections.abc import Iterable
+from collections.abc import Iterable, Mapping
 
 import numpy as np
 from flwr.app import Array, ArrayRecord, ConfigRecord, Message, MetricRecord
 from flwr.serverapp import Grid
-from flwr.serverapp.strategy import FedAvg
+
+from strategies.streaming import StreamingFedAvg, StreamingSum, reply_arrays, reply_weight
+
+NORMALISE_EPS = 1e-12
 
 
 def layer_cosine(client: np.ndarray, global_: np.ndarray) -> float:
@@ -36,36 +55,6 @@ def layer_cosine(client: np.ndarray, global_: np.ndarray) -> float:
     return min(float(c @ g / (cn * gn)), 1.0)
 
 
-def ldawa_aggregate(
-    clients: list[dict[str, np.ndarray]], global_: dict[str, np.ndarray]
-) -> tuple[dict[str, np.ndarray], dict[str, list[float]]]:
-    """Aggregate client state dicts; also return each layer's per-client deltas.
-
-    The mean is accumulated one client at a time (float64), so memory holds the
-    running sum plus one client layer, not all clients at once.
-    """
-    if not clients:
-        raise ValueError("L-DAWA needs at least one client")
-    out: dict[str, np.ndarray] = {}
-    deltas: dict[str, list[float]] = {}
-    k = len(clients)
-    for name, g in global_.items():
-        acc = np.zeros(g.shape, np.float64)
-        layer_deltas = []
-        for client in clients:
-            w = client[name]
-            if w.ndim >= 1:
-                d = layer_cosine(w, g)
-                layer_deltas.append(d)
-                acc += d * w
-            else:
-                acc += w
-        if layer_deltas:
-            deltas[name] = layer_deltas
-        out[name] = (acc / k).astype(g.dtype)
-    return out, deltas
-
-
 def layer_group(name: str) -> str:
     """Coarse group of a parameter name for reporting (encoder stage / projector)."""
     parts = name.split(".")
@@ -74,41 +63,147 @@ def layer_group(name: str) -> str:
     return parts[0]
 
 
-class LDAWA(FedAvg):
+def _as_numpy(values) -> dict[str, np.ndarray]:
+    return {k: (v.numpy() if isinstance(v, Array) else np.asarray(v)) for k, v in values.items()}
+
+
+class LDAWASum:
+    """Streaming L-DAWA: ``add`` one client at a time, then ``finish``.
+
+    ``global_`` maps names to the previous global arrays (an ArrayRecord or a
+    dict of numpy arrays); the result has the same names, shapes and dtypes.
+    """
+
+    def __init__(self, global_: ArrayRecord | Mapping[str, np.ndarray], *,
+                 weighting: bool = False, normalise: bool = False) -> None:
+        self.global_ = _as_numpy(global_)
+        self.weighting, self.normalise = weighting, normalise
+        self._sum = StreamingSum()
+        self._coef_sum = 0.0
+        self._delta_sum = {n: 0.0 for n, g in self.global_.items() if g.ndim >= 1}  # sum_k c_k delta_k^l
+        self.deltas: dict[str, list[float]] = {n: [] for n in self._delta_sum}  # per layer, per client
+        self.client_mean_deltas: list[float] = []
+
+    def add(self, record: ArrayRecord | Mapping[str, np.ndarray], num_examples: float = 1.0) -> None:
+        if set(record.keys()) != set(self.global_):
+            raise ValueError("client arrays must have the same names as the global model")
+        coef = float(num_examples) if self.weighting else 1.0
+        mine: list[float] = []
+
+        def scale(name: str, x: np.ndarray) -> float:
+            g = self.global_[name]
+            if x.shape != g.shape:
+                raise ValueError(f"array {name!r}: shape {x.shape} differs from the global {g.shape}")
+            if x.ndim == 0:
+                return 1.0  # 0-dim tensors are averaged unscaled
+            d = layer_cosine(x, g)
+            self.deltas[name].append(d)
+            self._delta_sum[name] += coef * d
+            mine.append(d)
+            return d
+
+        self._sum.add(record, coef, scale)
+        self._coef_sum += coef
+        if mine:
+            self.client_mean_deltas.append(float(np.mean(mine)))
+
+    def finish(self) -> ArrayRecord:
+        if not self._sum.count:
+            raise ValueError("L-DAWA needs at least one client")
+        if self._coef_sum <= 0:
+            raise ValueError("L-DAWA: the clients' data sizes sum to zero")
+        dens = {}
+        for name in self.global_:
+            den = self._coef_sum
+            if self.normalise and name in self._delta_sum and self._delta_sum[name] > NORMALISE_EPS:
+                den = self._delta_sum[name]
+            dens[name] = den
+        merged = self._sum.finish(dens)
+        # Same order as the global model.
+        return ArrayRecord({name: merged[name] for name in self.global_})
+
+    def metrics(self) -> dict[str, float]:
+        """Mean delta per layer group, overall, and the client-to-global divergence."""
+        out: dict[str, float] = {}
+        groups: dict[str, list[float]] = {}
+        for name, ds in self.deltas.items():
+            groups.setdefault(layer_group(name), []).extend(ds)
+        for group, ds in sorted(groups.items()):
+            if ds:
+                out[f"ldawa-delta/{group}"] = float(np.mean(ds))
+        all_deltas = [d for ds in self.deltas.values() for d in ds]
+        if all_deltas:
+            out["ldawa-delta-mean"] = float(np.mean(all_deltas))
+            out["ldawa-delta-min"] = float(np.min(all_deltas))
+            out["ldawa-divergence"] = float(1.0 - np.mean(all_deltas))
+        if self.client_mean_deltas:
+            out["ldawa-divergence-max-client"] = float(1.0 - min(self.client_mean_deltas))
+        return out
+
+
+def ldawa_aggregate(
+    clients: Iterable[Mapping[str, np.ndarray] | ArrayRecord],
+    global_: Mapping[str, np.ndarray] | ArrayRecord,
+    num_examples: Iterable[float] | None = None,
+    *,
+    weighting: bool = False,
+    normalise: bool = False,
+) -> tuple[dict[str, np.ndarray], dict[str, list[float]]]:
+    """Aggregate client weights; also return each layer's per-client deltas.
+
+    ``clients`` may be a generator: each client is visited once and released.
+    ``num_examples`` is only used with ``weighting=True``.
+    """
+    agg = LDAWASum(global_, weighting=weighting, normalise=normalise)
+    sizes = iter(num_examples) if num_examples is not None else None
+    for client in clients:
+        agg.add(client, next(sizes) if sizes is not None else 1.0)
+    merged = agg.finish()
+    return {k: a.numpy() for k, a in merged.items()}, {k: v for k, v in agg.deltas.items() if v}
+
+
+class LDAWA(StreamingFedAvg):
     """FedAvg with L-DAWA's layer-wise divergence-aware aggregation."""
 
-    def __init__(self, *args, warmup_rounds: int = 0, **kwargs) -> None:
+    def __init__(self, *args, warmup_rounds: int = 0, weighting: bool = False,
+                 normalise: bool = False, **kwargs) -> None:
         super().__init__(*args, **kwargs)
+        if warmup_rounds < 0:
+            raise ValueError("warmup_rounds must be >= 0")
         self.warmup_rounds = warmup_rounds
+        self.weighting = weighting
+        self.normalise = normalise
         self._global: ArrayRecord | None = None
 
-    def configure_train(self, server_round: int, arrays: ArrayRecord, config: ConfigRecord, grid: Grid) -> Iterable[Message]:
+    def summary(self) -> None:
+        from logging import INFO
+
+        from flwr.supercore import log
+
+        log(INFO, "\t├──> L-DAWA settings:")
+        log(INFO, "\t│\t├── warm-up rounds (FedAvg): %d", self.warmup_rounds)
+        log(INFO, "\t│\t└── data-size weighting: %s | normalise by sum of deltas: %s",
+            self.weighting, self.normalise)
+        super().summary()
+
+    def configure_train(self, server_round: int, arrays: ArrayRecord, config: ConfigRecord,
+                        grid: Grid) -> Iterable[Message]:
         self._global = arrays  # the previous global model the cosines are measured against
         return super().configure_train(server_round, arrays, config, grid)
 
-    def aggregate_train(self, server_round: int, replies: Iterable[Message]) -> tuple[ArrayRecord | None, MetricRecord | None]:
-        replies = list(replies)
+    def aggregate_train(self, server_round: int, replies: Iterable[Message]
+                        ) -> tuple[ArrayRecord | None, MetricRecord | None]:
         if server_round <= self.warmup_rounds or self._global is None:
             return super().aggregate_train(server_round, replies)
         valid, _ = self._check_and_log_replies(replies, is_train=True)
         if not valid:
             return None, None
         contents = [msg.content for msg in valid]
-        names = list(self._global.keys())
-        global_np = dict(zip(names, self._global.to_numpy_ndarrays()))
-        clients = []
+        agg = LDAWASum(self._global, weighting=self.weighting, normalise=self.normalise)
         for content in contents:
-            record = content[self.arrayrecord_key]
-            clients.append(dict(zip(list(record.keys()), record.to_numpy_ndarrays())))
-        merged, deltas = ldawa_aggregate(clients, global_np)
-        arrays = ArrayRecord({n: Array(merged[n]) for n in names})
+            agg.add(reply_arrays(content), reply_weight(content, self.weighted_by_key))
+        arrays = agg.finish()
         metrics = self.train_metrics_aggr_fn(contents, self.weighted_by_key)
-        groups: dict[str, list[float]] = {}
-        for name, ds in deltas.items():
-            groups.setdefault(layer_group(name), []).extend(ds)
-        for group, ds in sorted(groups.items()):
-            metrics[f"ldawa-delta/{group}"] = float(np.mean(ds))
-        all_deltas = [d for ds in deltas.values() for d in ds]
-        metrics["ldawa-delta-mean"] = float(np.mean(all_deltas))
-        metrics["ldawa-divergence"] = float(1.0 - np.mean(all_deltas))
+        for key, value in agg.metrics().items():
+            metrics[key] = value
         return arrays, metrics

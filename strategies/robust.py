@@ -1,0 +1,62 @@
+"""The registered strategies: Flower's own, plus reply filtering and streaming means.
+
+Each class puts :class:`~strategies.reply_filter.ReplyFilter` first (bad
+replies are dropped and counted before anything is averaged) and, for the
+strategies that build on FedAvg's weighted mean, :class:`StreamingFedAvg`
+after the Flower class, so the mean is streamed while the server-side formula
+(FedProx's ``proximal-mu``, FedAvgM's momentum, FedOpt's moments) is Flower's
+code. FedMedian and FedTrimmedAvg aggregate by their own coordinate-wise rules
+and are used as Flower ships them.
+"""
+
+from __future__ import annotations
+
+from flwr.serverapp.strategy import (
+    FedAdagrad,
+    FedAdam,
+    FedAvgM,
+    FedMedian,
+    FedProx,
+    FedTrimmedAvg,
+    FedYogi,
+)
+
+from strategies.ldawa import LDAWA
+from strategies.reply_filter import ReplyFilter
+from strategies.streaming import StreamingFedAvg
+
+
+class RobustFedAvg(ReplyFilter, StreamingFedAvg):
+    """FedAvg (McMahan et al.): ``sum n_k w_k / sum n_k``."""
+
+
+class RobustLDAWA(ReplyFilter, LDAWA):
+    """L-DAWA as in the reference (see ``strategies.ldawa``)."""
+
+
+class RobustFedProx(ReplyFilter, FedProx, StreamingFedAvg):
+    """FedProx: FedAvg on the server; clients add ``(mu/2)||w - w_global||^2``."""
+
+
+class RobustFedAvgM(ReplyFilter, FedAvgM, StreamingFedAvg):
+    """FedAvgM: server momentum on the pseudo-gradient ``w_global - FedAvg``."""
+
+
+class RobustFedAdam(ReplyFilter, FedAdam, StreamingFedAvg):
+    """FedAdam (Reddi et al.): Adam on the pseudo-gradient ``FedAvg - w_global``."""
+
+
+class RobustFedYogi(ReplyFilter, FedYogi, StreamingFedAvg):
+    """FedYogi (Reddi et al.)."""
+
+
+class RobustFedAdagrad(ReplyFilter, FedAdagrad, StreamingFedAvg):
+    """FedAdagrad (Reddi et al.)."""
+
+
+class RobustFedMedian(ReplyFilter, FedMedian):
+    """Coordinate-wise median of the client weights."""
+
+
+class RobustFedTrimmedAvg(ReplyFilter, FedTrimmedAvg):
+    """Coordinate-wise mean after cutting a fraction ``beta`` from each tail."""
