@@ -11,6 +11,7 @@ from client_app.losses import nt_xent
 from client_app.proximal import proximal_mu, proximal_term
 from client_app.task import client_state, train_settings
 from client_app.trainer import train_locally
+from client_app.worker_info import worker_info
 
 app = ClientApp()
 
@@ -39,7 +40,11 @@ def train(msg: Message, context: Context) -> Message:
         seed=_round_seed(config, server_round, partition_id), extra_loss=extra_loss,
     )
     metrics["num-examples"] = float(sum(state.data.count(m) for m in state.data.modalities))
-    reply = RecordDict({"arrays": ArrayRecord(state.model.state_dict()), "metrics": MetricRecord(metrics)})
+    reply = RecordDict({
+        "arrays": ArrayRecord(state.model.state_dict()),
+        "metrics": MetricRecord(metrics),
+        "client-info": worker_info(partition_id, state.kind),
+    })
     return Message(content=reply, reply_to=msg)
 
 

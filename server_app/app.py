@@ -19,6 +19,19 @@ from strategies.registry import build_strategy
 app = ServerApp()
 
 
+def _client_entry(reply) -> dict:
+    """One client's own numbers for the round (or its error), before aggregation."""
+    entry = {"node-id": reply.metadata.src_node_id}
+    if reply.has_error():
+        entry["error"] = reply.error.reason
+    else:
+        for record in reply.content.metric_records.values():
+            entry.update({k: v for k, v in record.items()})
+        if "client-info" in reply.content.config_records:
+            entry.update({k: v for k, v in reply.content["client-info"].items()})
+    return entry
+
+
 def _record_train_metrics(strategy, sink: dict) -> None:
     """Keep each round's aggregated train metrics so they can be written per round."""
     aggregate = strategy.aggregate_train
@@ -30,6 +43,7 @@ def _record_train_metrics(strategy, sink: dict) -> None:
             "metrics": {} if metrics is None else {k: v for k, v in metrics.items()},
             "replies": len(replies),
             "failures": sum(1 for r in replies if r.has_error()),
+            "clients": [_client_entry(r) for r in replies],
         }
         return arrays, metrics
 
@@ -68,6 +82,7 @@ def main(grid: Grid, context: Context) -> None:
             record["train"] = train_log[server_round]["metrics"]
             record["replies"] = train_log[server_round]["replies"]
             record["failures"] = train_log[server_round]["failures"]
+            record["clients"] = train_log[server_round]["clients"]
         result = evaluator(arrays) if due else None
         if result is not None:
             record["eval"] = result

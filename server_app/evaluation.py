@@ -20,7 +20,7 @@ def extract_features(model: nn.Module, preprocess: nn.Module, data: ModalityData
     model.eval()
     out = []
     for start in range(0, len(data), batch_size):
-        batch = torch.from_numpy(np.asarray(data.x[start: start + batch_size])).to(device)
+        batch = torch.from_numpy(np.array(data.x[start: start + batch_size])).to(device)
         out.append(model.features(preprocess(batch)).float().cpu())
     return torch.cat(out).numpy()
 

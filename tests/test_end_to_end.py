@@ -1,0 +1,69 @@
+"""Whole runs through the real Flower runtime: `flwr run`, local SuperLink, Ray backend."""
+
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import torch
+
+from experiments.launch import superlink_pids
+from models.ssl_model import SSLModel
+from tests.conftest import PROJECT
+
+PORTS = ["--superlink-port", "39291", "--control-port", "39293"]
+
+
+def launch(tmp_path: Path, run_config: str, supernodes: int) -> subprocess.CompletedProcess:
+    flwr_home = tmp_path / "flwr"
+    done = subprocess.run(
+        [sys.executable, "-m", "experiments.launch", "--num-supernodes", str(supernodes),
+         "--flwr-home", str(flwr_home), *PORTS, "--timeout", "900", "--run-config", run_config],
+        cwd=PROJECT, capture_output=True, text=True, timeout=1000,
+    )
+    assert superlink_pids(flwr_home) == []  # the launcher always stops its SuperLink
+    return done
+
+
+@pytest.fixture(scope="module")
+def finished_run(tmp_path_factory, data_root):
+    tmp_path = tmp_path_factory.mktemp("e2e")
+    runs = tmp_path / "runs"
+    config = (f"strategy='ldawa' num-server-rounds=2 max-local-steps=2 batch-size=16 eval-every=1 "
+              f"data-root='{data_root}' run-dir='{runs}'")
+    done = launch(tmp_path, config, supernodes=5)
+    assert done.returncode == 0, done.stdout[-3000:] + done.stderr[-2000:]
+    (folder,) = runs.iterdir()
+    return done, folder
+
+
+def test_run_completes_and_records_every_round(finished_run):
+    done, folder = finished_run
+    records = [json.loads(line) for line in (folder / "metrics.jsonl").read_text().splitlines()]
+    assert [r["round"] for r in records] == [0, 1, 2]
+    for r in records:
+        assert 0.0 <= r["eval"]["knn-image"] <= 1.0 and 0.0 <= r["eval"]["knn-audio"] <= 1.0
+    for r in records[1:]:
+        train = r["train"]
+        # 5 clients at 0.4/0.3/0.3: two visual-only, two audio-only, one audio-visual
+        assert train["clients"] == 5 and train["clients-image"] == 3 and train["clients-audio"] == 3
+        assert train["loss-image"] > 0 and train["loss-audio"] > 0
+        assert 0.0 < train["ldawa-delta-mean"] <= 1.0
+        assert r["failures"] == 0
+    assert "[fssuavl] round   2" in done.stdout
+
+
+def test_final_model_is_a_loadable_encoder(finished_run):
+    _, folder = finished_run
+    state = torch.load(folder / "final_model.pt", weights_only=True)
+    model = SSLModel("resnet18_cifar", 512, 128)
+    model.load_state_dict(state)
+    summary = json.loads((folder / "summary.json").read_text())
+    assert summary["rounds"] == 2 and "final-knn-audio" in summary
+
+
+def test_failed_server_app_gives_nonzero_exit(tmp_path, data_root):
+    done = launch(tmp_path, f"device='cuda:7' data-root='{data_root}' run-dir='{tmp_path / 'runs'}'", supernodes=2)
+    assert done.returncode == 1
+    assert "ended as" in done.stderr

@@ -1,0 +1,85 @@
+"""The local trainer branches on the client's modality, through one shared encoder."""
+
+import pytest
+import torch
+import torch.nn as nn
+
+from client_app.trainer import LocalData, TrainSettings, train_locally
+from models.ssl_model import SSLModel
+
+
+class Recorder(nn.Module):
+    """A view pipeline that records every batch it is asked to augment."""
+
+    def __init__(self, make_view):
+        super().__init__()
+        self.make_view = make_view
+        self.calls = 0
+
+    def forward(self, batch):
+        self.calls += 1
+        return self.make_view(batch)
+
+
+def _views():
+    return {
+        "image": Recorder(lambda b: b.permute(0, 3, 1, 2).float() / 255 + 0.05 * torch.randn(len(b), 3, 8, 8)),
+        "audio": Recorder(lambda b: (b.float() / 32768).view(len(b), 1, 8, 8).expand(-1, 3, -1, -1)
+                          + 0.05 * torch.randn(len(b), 3, 8, 8)),
+    }
+
+
+def _data(image: int, audio: int) -> LocalData:
+    tensors = {}
+    if image:
+        tensors["image"] = torch.randint(0, 256, (image, 8, 8, 3), dtype=torch.uint8)
+    if audio:
+        tensors["audio"] = torch.randint(-3000, 3000, (audio, 64), dtype=torch.int16)
+    return LocalData(tensors)
+
+
+SETTINGS = TrainSettings(local_epochs=1, batch_size=4, learning_rate=0.01)
+
+
+@pytest.fixture(scope="module")
+def model():
+    torch.manual_seed(0)
+    return SSLModel("resnet18_cifar", 32, 16)
+
+
+def test_audio_only_client_never_touches_image_pipeline(model):
+    views = _views()
+    metrics = train_locally(model, _data(0, 12), views, SETTINGS, torch.device("cpu"), seed=0)
+    assert views["image"].calls == 0
+    assert views["audio"].calls == 2 * 3  # two views per step, 12 // 4 steps
+    assert metrics["loss-image"] == 0 and metrics["loss-audio"] > 0
+    assert metrics["num-image-examples"] == 0 and metrics["num-audio-examples"] == 12
+
+
+def test_visual_only_client_never_touches_audio_pipeline(model):
+    views = _views()
+    metrics = train_locally(model, _data(8, 0), views, SETTINGS, torch.device("cpu"), seed=0)
+    assert views["audio"].calls == 0 and views["image"].calls == 2 * 2
+    assert metrics["loss-audio"] == 0 and metrics["loss-image"] > 0
+
+
+def test_audiovisual_client_sums_both_losses_through_the_same_encoder(model):
+    views = _views()
+    metrics = train_locally(model, _data(8, 16), views, SETTINGS, torch.device("cpu"), seed=0)
+    steps = 16 // 4  # epochs run over the larger modality; the smaller one cycles
+    assert views["image"].calls == views["audio"].calls == 2 * steps
+    assert metrics["loss"] == pytest.approx(metrics["loss-image"] + metrics["loss-audio"])
+
+
+def test_training_changes_the_shared_encoder_and_max_steps_caps_work(model):
+    before = {k: v.clone() for k, v in model.state_dict().items()}
+    views = _views()
+    settings = TrainSettings(local_epochs=5, max_local_steps=2, batch_size=4, learning_rate=0.01)
+    metrics = train_locally(model, _data(40, 40), views, settings, torch.device("cpu"), seed=1)
+    assert metrics["steps"] == 2
+    assert not torch.equal(before["encoder.conv1.weight"], model.state_dict()["encoder.conv1.weight"])
+
+
+def test_client_without_two_samples_of_any_modality_is_an_error(model):
+    with pytest.raises(ValueError, match="fewer than 2 samples"):
+        train_locally(model, _data(1, 1), _views(), SETTINGS, torch.device("cpu"), seed=0)
