@@ -77,6 +77,7 @@ class RunConfig:
     knn_k: int = _key(10, "Neighbours for kNN accuracy.")
     seed: int = _key(42, "Seed of partitions, initial weights and local training.")
     run_dir: str = _key("runs", "Where each run's folder (metrics, model) is written; relative = to the working dir.")
+    tensorboard: bool = _key(True, "Also write per-round scalars as TensorBoard event files to <run folder>/tensorboard/.")
     device: str = _key("auto", "'auto' (CUDA when present), 'cpu' or 'cuda[:i]'.")
 
     # ------------------------------------------------------------------

@@ -14,6 +14,7 @@ from data_partition.datasets import load_splits
 from models.device import resolve_device
 from server_app.central_eval import CentralEvaluator, as_metric_record
 from server_app.run_output import RunOutput, format_round
+from server_app.tensorboard_log import TensorBoardLog
 from strategies.registry import build_strategy
 
 app = ServerApp()
@@ -67,6 +68,7 @@ def main(grid: Grid, context: Context) -> None:
     eval_model = build_model(config).to(device)
     evaluator = CentralEvaluator(eval_model, eval_transforms(config, device), datasets, device, config.knn_k, config.seed)
     output = RunOutput.create(config.run_dir, config, context.run_id)
+    tensorboard = TensorBoardLog(output.folder, enabled=config.tensorboard)
     print(f"[fssuavl] run folder: {output.folder}", flush=True)
 
     strategy = build_strategy(config)
@@ -87,6 +89,7 @@ def main(grid: Grid, context: Context) -> None:
         if result is not None:
             record["eval"] = result
         output.append_round(record)
+        tensorboard.write_round(record)
         print("[fssuavl] " + format_round(record), flush=True)
         clock["last"] = time.perf_counter()
         return None if result is None else as_metric_record(result)
@@ -104,4 +107,5 @@ def main(grid: Grid, context: Context) -> None:
         summary.update({f"initial-{k}": v for k, v in first.items()})
         summary.update({f"final-{k}": v for k, v in latest.items()})
     output.write_json("summary.json", summary)
+    tensorboard.close()
     print(f"[fssuavl] done: {summary}", flush=True)

@@ -1,0 +1,101 @@
+"""Per-round scalars as TensorBoard event files, beside ``metrics.jsonl``.
+
+Fed the same record as ``RunOutput.append_round`` and written to
+``<run folder>/tensorboard/``; view all runs with ``tensorboard --logdir runs``.
+Tags (step = server round):
+
+- ``train/<key>``: aggregated client train metrics (``train/loss-image``,
+  ``train/loss-audio``, ``train/loss``, client counts, example counts, the
+  reply filter's ``replies-*`` / ``aggregation-*`` counters, ...);
+- ``ldawa/<key>``: L-DAWA diagnostics with the ``ldawa-`` prefix dropped
+  (``ldawa/delta-mean``, ``ldawa/delta-min``, ``ldawa/divergence``,
+  ``ldawa/divergence-max-client``, ``ldawa/delta/<layer group>``);
+- ``eval/<key>``: central evaluation (``eval/knn-image``, ``eval/probe-audio``, ...);
+- ``round/replies``, ``round/failures``, ``round/seconds``, and where clients
+  report their placement ``round/hosts`` and ``round/ray-nodes`` (distinct
+  hosts and Ray nodes that executed the round's clients).
+"""
+
+from __future__ import annotations
+
+import json
+import sys
+from pathlib import Path
+
+SUBFOLDER = "tensorboard"
+
+
+def _number(value) -> float | None:
+    if isinstance(value, bool):
+        return float(value)
+    if isinstance(value, (int, float)):
+        return float(value)
+    return None
+
+
+def round_scalars(record: dict) -> dict[str, float]:
+    """A ``metrics.jsonl`` record -> ``{tag: value}`` (non-numeric entries are skipped)."""
+    out: dict[str, float] = {}
+    for key, value in (record.get("train") or {}).items():
+        number = _number(value)
+        if number is None:
+            continue
+        if key.startswith("ldawa-"):
+            out["ldawa/" + key[len("ldawa-"):]] = number
+        else:
+            out["train/" + key] = number
+    for key, value in (record.get("eval") or {}).items():
+        number = _number(value)
+        if number is not None:
+            out["eval/" + key] = number
+    for key, tag in (("replies", "round/replies"), ("failures", "round/failures"), ("round-seconds", "round/seconds")):
+        number = _number(record.get(key))
+        if number is not None:
+            out[tag] = number
+    clients = record.get("clients") or []
+    for field, tag in (("host", "round/hosts"), ("ray-node-id", "round/ray-nodes")):
+        seen = {c[field] for c in clients if isinstance(c, dict) and field in c}
+        if seen:
+            out[tag] = float(len(seen))
+    return out
+
+
+class TensorBoardLog:
+    """Writes each round's record as scalars; a disabled log (``writer is None``) does nothing."""
+
+    def __init__(self, run_folder: Path | str, enabled: bool = True) -> None:
+        self.folder = Path(run_folder) / SUBFOLDER
+        self.writer = None
+        if not enabled:
+            return
+        try:
+            from torch.utils.tensorboard import SummaryWriter
+        except ImportError as err:  # tensorboard is a dependency; an old environment may lack it
+            print(f"[fssuavl] warning: TensorBoard logging off ({err}); "
+                  "pip install tensorboard to enable it", file=sys.stderr, flush=True)
+            return
+        self.writer = SummaryWriter(log_dir=str(self.folder))
+        config_file = Path(run_folder) / "config.json"
+        if config_file.exists():
+            self.write_config(json.loads(config_file.read_text()))
+
+    def write_config(self, config: dict) -> None:
+        """The run config as a text summary (TensorBoard's TEXT tab)."""
+        if self.writer is None:
+            return
+        rows = "\n".join(f"| {k} | {json.dumps(v)} |" for k, v in sorted(config.items()))
+        self.writer.add_text("config", "| key | value |\n|---|---|\n" + rows, global_step=0)
+        self.writer.flush()
+
+    def write_round(self, record: dict) -> None:
+        if self.writer is None:
+            return
+        step = int(record["round"])
+        for tag, value in round_scalars(record).items():
+            self.writer.add_scalar(tag, value, global_step=step)
+        self.writer.flush()  # long runs: visible in TensorBoard as soon as the round ends
+
+    def close(self) -> None:
+        if self.writer is not None:
+            self.writer.close()
+            self.writer = None
