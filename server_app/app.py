@@ -85,6 +85,8 @@ def main(grid: Grid, context: Context) -> None:
             record["replies"] = train_log[server_round]["replies"]
             record["failures"] = train_log[server_round]["failures"]
             record["clients"] = train_log[server_round]["clients"]
+        if config.save_every and server_round % config.save_every == 0:
+            output.save_model(arrays.to_torch_state_dict(), f"round-{server_round:04d}.pt")
         result = evaluator(arrays) if due else None
         if result is not None:
             record["eval"] = result
