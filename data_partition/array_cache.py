@@ -3,12 +3,17 @@
 Many worker processes may ask for the same dataset at the same time: the first
 builds it under an exclusive file lock and publishes it with an atomic rename,
 so no reader ever sees a half-written cache.
+
+A build may leave a ``summary.json`` (e.g. counts of files it skipped) in its
+scratch folder: it is stored under ``"summary"`` in the cache's ``meta.json``,
+logged in one line, and read back with :func:`cache_summary`.
 """
 
 from __future__ import annotations
 
 import fcntl
 import json
+import logging
 import os
 import shutil
 import tempfile
@@ -21,6 +26,8 @@ import numpy as np
 from data_partition.modality_data import DatasetSplits, ModalityData
 
 _DONE = "meta.json"
+_SUMMARY = "summary.json"
+log = logging.getLogger(__name__)
 
 
 @contextmanager
@@ -34,8 +41,10 @@ def _exclusive(lock_path: Path):
             fcntl.flock(fh, fcntl.LOCK_UN)
 
 
-def _write(splits: DatasetSplits, folder: Path) -> None:
+def _write(splits: DatasetSplits, folder: Path, summary: dict | None = None) -> None:
     meta = {"name": splits.name, "modality": splits.train.modality, "classes": list(splits.train.classes)}
+    if summary is not None:
+        meta["summary"] = summary
     for split, data in (("train", splits.train), ("test", splits.test)):
         np.save(folder / f"{split}_x.npy", data.x)
         np.save(folder / f"{split}_y.npy", data.y)
@@ -56,6 +65,35 @@ def _read(folder: Path) -> DatasetSplits:
     return DatasetSplits(meta["name"], parts["train"], parts["test"])
 
 
+def _take_summary(scratch: Path) -> dict | None:
+    path = scratch / _SUMMARY
+    if not path.exists():
+        return None
+    summary = json.loads(path.read_text())
+    path.unlink()
+    return summary
+
+
+def _log_summary(name: str, summary: dict | None) -> None:
+    if not summary:
+        return
+    kept = ", ".join(f"{split} {n}" for split, n in summary.get("kept", {}).items())
+    skipped = summary.get("skipped", {})
+    line = f"{name}: cached {kept}; skipped {summary.get('skipped-total', 0)} files"
+    if skipped:
+        line += " (" + ", ".join(f"{n} {reason}" for reason, n in skipped.items()) + ")"
+    (log.warning if skipped else log.info)(line)
+
+
+def cache_ready(folder: Path) -> bool:
+    return (Path(folder) / _DONE).exists()
+
+
+def cache_summary(folder: Path) -> dict:
+    """The build's summary stored in ``meta.json`` ({} when none was left)."""
+    return json.loads((Path(folder) / _DONE).read_text()).get("summary", {})
+
+
 def cached_splits(folder: Path, build: Callable[[Path], DatasetSplits]) -> DatasetSplits:
     """Return the cached splits in ``folder``, building them first if absent.
 
@@ -70,7 +108,10 @@ def cached_splits(folder: Path, build: Callable[[Path], DatasetSplits]) -> Datas
         staging = Path(tempfile.mkdtemp(prefix=f".{folder.name}-", dir=folder.parent))
         os.chmod(staging, 0o755)
         try:
-            _write(build(staging), staging)
+            splits = build(staging)
+            summary = _take_summary(staging)
+            _write(splits, staging, summary)
+            _log_summary(folder.name, summary)
             for scratch in staging.iterdir():
                 if scratch.name != _DONE and not scratch.name.endswith(".npy"):
                     scratch.unlink()

@@ -45,14 +45,28 @@ from strategies.streaming import StreamingFedAvg, StreamingSum, reply_arrays, re
 NORMALISE_EPS = 1e-12
 
 
-def layer_cosine(client: np.ndarray, global_: np.ndarray) -> float:
-    """Clipped cosine between a client layer and the previous global layer."""
-    c = client.astype(np.float64, copy=False).ravel()
-    g = global_.astype(np.float64, copy=False).ravel()
-    cn, gn = np.linalg.norm(c), np.linalg.norm(g)
-    if cn == 0 or gn == 0:
+CHUNK = 8192  # elements per float64 block: cache-sized, no full-layer float64 copies
+
+
+def _dot64(a: np.ndarray, b: np.ndarray) -> float:
+    """``<a, b>`` accumulated in float64, converting one cache-sized block at a time."""
+    a, b = a.ravel(), b.ravel()
+    total = 0.0
+    for i in range(0, a.size, CHUNK):
+        total += float(np.dot(a[i:i + CHUNK].astype(np.float64), b[i:i + CHUNK].astype(np.float64)))
+    return total
+
+
+def layer_cosine(client: np.ndarray, global_: np.ndarray, global_sq: float | None = None) -> float:
+    """Clipped cosine between a client layer and the previous global layer.
+
+    ``global_sq`` (``||global_||^2``) may be passed to avoid recomputing it per client.
+    """
+    gg = _dot64(global_, global_) if global_sq is None else global_sq
+    cc = _dot64(client, client)
+    if cc == 0 or gg == 0:
         return 1.0
-    return min(float(c @ g / (cn * gn)), 1.0)
+    return min(_dot64(client, global_) / (np.sqrt(cc) * np.sqrt(gg)), 1.0)
 
 
 def layer_group(name: str) -> str:
@@ -77,6 +91,7 @@ class LDAWASum:
     def __init__(self, global_: ArrayRecord | Mapping[str, np.ndarray], *,
                  weighting: bool = False, normalise: bool = False) -> None:
         self.global_ = _as_numpy(global_)
+        self._global_sq = {n: _dot64(g, g) for n, g in self.global_.items() if g.ndim >= 1}
         self.weighting, self.normalise = weighting, normalise
         self._sum = StreamingSum()
         self._coef_sum = 0.0
@@ -96,7 +111,7 @@ class LDAWASum:
                 raise ValueError(f"array {name!r}: shape {x.shape} differs from the global {g.shape}")
             if x.ndim == 0:
                 return 1.0  # 0-dim tensors are averaged unscaled
-            d = layer_cosine(x, g)
+            d = layer_cosine(x, g, self._global_sq[name])
             self.deltas[name].append(d)
             self._delta_sum[name] += coef * d
             mine.append(d)

@@ -1,0 +1,229 @@
+"""Real-dataset readers on tiny fixtures written in each dataset's standard layout.
+
+The fixtures come from experiments/make_fixture_root.py: the same files and
+folders as the real downloads, a few samples each, with damaged files where
+the real collections have them.
+"""
+
+from __future__ import annotations
+
+import json
+import pickle
+import shutil
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from data_partition import datasets
+from data_partition.datasets import DATASETS, layout_problem, load_splits, skipped_files
+from data_partition.readers import cifar
+from data_partition.readers.common import LayoutError
+from experiments import make_fixture_root as fx
+
+
+@pytest.fixture(autouse=True)
+def _fresh_memo():
+    """load_splits memoises per (name, root); every test writes its own root."""
+    datasets._LOADED.clear()
+    yield
+    datasets._LOADED.clear()
+
+
+def _dominant_hz(wave: np.ndarray, rate: int = 16_000) -> float:
+    spectrum = np.abs(np.fft.rfft(wave.astype(np.float64)))
+    return float(np.fft.rfftfreq(len(wave), 1 / rate)[spectrum.argmax()])
+
+
+def _tone_hz(label: int) -> float:
+    return 200 + 90 * label  # make_fixture_root._tone
+
+
+# --- CIFAR -------------------------------------------------------------------------------------------
+def test_cifar10_images_labels_and_classes(tmp_path):
+    folder = fx.write_cifar10(tmp_path, per_batch=4, test=5)
+    splits = load_splits("cifar10", tmp_path)
+    batches = [pickle.loads((folder / f"data_batch_{i}").read_bytes()) for i in range(1, 6)]
+    test = pickle.loads((folder / "test_batch").read_bytes())
+    assert splits.train.x.shape == (20, 32, 32, 3) and splits.train.x.dtype == np.uint8
+    assert splits.test.x.shape == (5, 32, 32, 3)
+    assert splits.train.y.dtype == np.int64
+    assert splits.train.y.tolist() == sum((b["labels"] for b in batches), [])
+    assert splits.test.y.tolist() == test["labels"]
+    rows = np.concatenate([b["data"] for b in batches])
+    np.testing.assert_array_equal(splits.train.x[:, :, :, 0].reshape(20, -1), rows[:, :1024])  # red plane
+    np.testing.assert_array_equal(splits.train.x[:, :, :, 2].reshape(20, -1), rows[:, 2048:])  # blue plane
+    assert splits.train.classes[:3] == ("airplane", "automobile", "bird") and len(splits.train.classes) == 10
+    assert skipped_files("cifar10", tmp_path)["skipped-total"] == 0
+
+
+def test_cifar100_uses_fine_labels(tmp_path):
+    folder = fx.write_cifar100(tmp_path, train=12, test=6)
+    splits = load_splits("cifar100", tmp_path)
+    written = pickle.loads((folder / "train").read_bytes())
+    assert splits.train.x.shape == (12, 32, 32, 3) and splits.test.x.shape == (6, 32, 32, 3)
+    assert splits.train.y.tolist() == written["fine_labels"]
+    assert len(splits.train.classes) == 100 and splits.train.classes[7] == "fine7"
+
+
+def test_cifar_damaged_batch_is_skipped_and_counted(tmp_path):
+    folder = fx.write_cifar10(tmp_path, per_batch=3, test=4)
+    fx.truncate_file(folder / "data_batch_2", keep=0.5)
+    splits = load_splits("cifar10", tmp_path)
+    assert len(splits.train) == 12  # four intact batches of three
+    summary = skipped_files("cifar10", tmp_path)
+    assert summary["skipped"] == {"unreadable": 1} and summary["kept"] == {"train": 12, "test": 4}
+    assert "data_batch_2" in summary["skipped-examples"]["unreadable"][0]
+
+
+def test_cifar_pickle_cannot_run_code(tmp_path):
+    class Evil:
+        def __reduce__(self):
+            return (Path.touch, (tmp_path / "pwned",))
+
+    (tmp_path / "evil").write_bytes(pickle.dumps({"data": Evil()}, protocol=2))
+    with pytest.raises(pickle.UnpicklingError):
+        cifar.read_pickle(tmp_path / "evil")
+    assert not (tmp_path / "pwned").exists()
+
+
+# --- Tiny ImageNet -----------------------------------------------------------------------------------
+def test_tiny_imagenet_labels_shapes_and_truncated_jpeg(tmp_path):
+    fx.write_tiny_imagenet(tmp_path, num_classes=3, per_class=3, val=6, truncated=1)
+    splits = load_splits("tiny-imagenet", tmp_path)
+    assert splits.train.x.shape == (8, 64, 64, 3) and splits.train.x.dtype == np.uint8  # 9 written, 1 truncated
+    assert splits.train.y.tolist() == [0, 0, 1, 1, 1, 2, 2, 2]
+    assert splits.test.y.tolist() == [0, 1, 2, 0, 1, 2]  # from val_annotations.txt
+    assert splits.train.classes == ("thing 0", "thing 1", "thing 2")  # words.txt, first synonym
+    assert skipped_files("tiny-imagenet", tmp_path)["skipped"] == {"unreadable": 1}
+    # the class colour survives JPEG: each class's mean colour is nearest to its own class mean
+    means = np.stack([splits.train.x[splits.train.y == c].mean(axis=(0, 1, 2)) for c in range(3)])
+    for img, label in zip(splits.test.x, splits.test.y):
+        assert np.linalg.norm(means - img.mean(axis=(0, 1)), axis=1).argmin() == label
+
+
+# --- Speech Commands ---------------------------------------------------------------------------------
+def test_speech_commands_splits_labels_and_bad_wav(tmp_path):
+    fx.write_speech_commands(tmp_path, words=("down", "go", "yes"), per_word=5, corrupt=1)
+    splits = load_splits("speech-commands", tmp_path)
+    # per word: clip 0 -> testing list, clip 1 -> validation list (left out), clips 2-4 train; one "down" clip is bad
+    assert splits.train.classes == ("down", "go", "yes")  # _background_noise_ is not a class
+    assert splits.train.y.tolist() == [0, 0, 1, 1, 1, 2, 2, 2]
+    assert splits.test.y.tolist() == [0, 1, 2]
+    assert splits.train.x.shape == (8, 16_000) and splits.train.x.dtype == np.int16
+    assert skipped_files("speech-commands", tmp_path)["skipped"] == {"unreadable": 1}
+    for wave, label in zip(splits.test.x, splits.test.y):
+        assert abs(_dominant_hz(wave[:9_000]) - _tone_hz(label)) < 5
+    assert (splits.train.x[:, -1_600:] == 0).all()  # clips of 0.5-0.9 s are zero-padded at the end
+    assert np.abs(splits.train.x[:, :9_000]).max() > 5_000
+
+
+# --- ESC-50 ------------------------------------------------------------------------------------------
+@pytest.mark.parametrize("folder_name", ["ESC-50-master", "esc50"])
+def test_esc50_folds_resampling_and_bad_wav(tmp_path, folder_name):
+    fx.write_esc50(tmp_path, num_classes=3, seconds=1.0, rate=44_100, corrupt=1, folder_name=folder_name)
+    splits = load_splits("esc50", tmp_path)
+    assert splits.train.x.shape == (11, 80_000) and splits.train.x.dtype == np.int16  # 12 in folds 1-4, 1 bad
+    assert splits.test.y.tolist() == [0, 1, 2]  # fold 5
+    assert splits.train.classes == ("sound_0", "sound_1", "sound_2")
+    assert skipped_files("esc50", tmp_path)["skipped"] == {"unreadable": 1}
+    for wave, label in zip(splits.test.x, splits.test.y):  # 44.1 kHz stereo -> 16 kHz mono keeps the pitch
+        assert abs(_dominant_hz(wave[:16_000]) - _tone_hz(label)) < 3
+        assert np.all(wave[16_100:] == 0)  # 1 s clip padded to 5 s
+
+
+# --- VGGSound ----------------------------------------------------------------------------------------
+def test_vggsound_audio_and_frames_with_a_missing_clip(tmp_path):
+    fx.write_vggsound(tmp_path, per_label_train=2, per_label_test=1, missing=1, seconds=1.5, rate=48_000)
+    audio = load_splits("vggsound-audio", tmp_path)
+    frames = load_splits("vggsound-frames", tmp_path)
+    classes = tuple(sorted(fx.VGGSOUND_LABELS))
+    assert audio.train.classes == classes and frames.train.classes == classes  # label with a comma kept whole
+    assert audio.train.x.shape == (6, 160_000) and audio.train.x.dtype == np.int16
+    assert frames.train.x.shape == (6, 64, 64, 3) and frames.train.x.dtype == np.uint8
+    assert audio.train.y.tolist() == frames.train.y.tolist() == [0, 0, 1, 1, 2, 2]
+    assert audio.test.y.tolist() == frames.test.y.tolist() == [0, 1]  # the last test clip was never extracted
+    for name in ("vggsound-audio", "vggsound-frames"):
+        assert skipped_files(name, tmp_path)["skipped"] == {"missing": 1}
+    for wave, label in zip(audio.test.x, audio.test.y):
+        true_label = fx.VGGSOUND_LABELS.index(classes[label])
+        assert abs(_dominant_hz(wave[:16_000]) - _tone_hz(true_label)) < 3
+
+
+# --- errors, cache -----------------------------------------------------------------------------------
+@pytest.mark.parametrize("name, expected", [
+    ("cifar10", "cifar-10-batches-py/{data_batch_1..5,test_batch,batches.meta}"),
+    ("cifar100", "cifar-100-python/{train,test,meta}"),
+    ("tiny-imagenet", "tiny-imagenet-200/{wnids.txt"),
+    ("speech-commands", "speech_commands_v0.02/{<word>/*.wav,validation_list.txt,testing_list.txt}"),
+    ("esc50", "ESC-50-master/{audio/*.wav,meta/esc50.csv}"),
+    ("vggsound-audio", "vggsound/{vggsound.csv,audio/"),
+    ("vggsound-frames", "vggsound/{vggsound.csv,frames/"),
+])
+def test_missing_source_is_one_line_naming_the_layout(tmp_path, name, expected):
+    problem = layout_problem(name, tmp_path)
+    assert problem is not None and "\n" not in problem
+    assert problem.startswith(f"data-root {tmp_path} has no ") and expected in problem
+    with pytest.raises(LayoutError, match="has no"):
+        load_splits(name, tmp_path)
+    assert "does not exist" in layout_problem(name, tmp_path / "nope")
+
+
+def test_incomplete_or_nested_layout_is_explained(tmp_path):
+    folder = fx.write_cifar10(tmp_path, per_batch=2, test=2)
+    (folder / "data_batch_4").unlink()
+    assert "(missing data_batch_4)" in layout_problem("cifar10", tmp_path)
+    fx.write_speech_commands(tmp_path / "sc", per_word=3)
+    problem = layout_problem("speech-commands", tmp_path / "sc" / "speech_commands_v0.02")
+    assert f"set it to {tmp_path / 'sc'}" in problem
+
+
+def test_run_config_reports_layout_before_the_run(tmp_path):
+    from app_config.run_config import ConfigError, RunConfig
+
+    with pytest.raises(ConfigError) as err:
+        RunConfig.from_mapping({"image-dataset": "cifar10", "data-root": str(tmp_path)})
+    assert str(err.value).startswith("image-dataset='cifar10': data-root ") and "\n" not in str(err.value)
+    with pytest.raises(ConfigError, match="^audio-dataset='esc50': "):
+        RunConfig.from_mapping({"audio-dataset": "esc50", "data-root": str(tmp_path)})
+    fx.write_cifar10(tmp_path, per_batch=2, test=2)
+    fx.write_esc50(tmp_path, num_classes=2)
+    RunConfig.from_mapping({"image-dataset": "cifar10", "audio-dataset": "esc50", "data-root": str(tmp_path)})
+
+
+def test_cache_is_built_once_and_outlives_the_source(tmp_path):
+    folder = fx.write_speech_commands(tmp_path, per_word=3)
+    first = load_splits("speech-commands", tmp_path)
+    shutil.rmtree(folder)
+    datasets._LOADED.clear()
+    assert layout_problem("speech-commands", tmp_path) is None  # the cache is enough
+    again = load_splits("speech-commands", tmp_path)
+    assert isinstance(again.train.x, np.memmap)
+    np.testing.assert_array_equal(np.asarray(first.train.x), np.asarray(again.train.x))
+    cache = tmp_path / "cache" / "speech-commands"
+    assert sorted(p.name for p in cache.iterdir()) == ["meta.json", "test_x.npy", "test_y.npy", "train_x.npy",
+                                                        "train_y.npy"]
+    assert json.loads((cache / "meta.json").read_text())["summary"]["kept"] == {"train": 3, "test": 3}
+
+
+def test_nothing_readable_is_a_clear_error(tmp_path):
+    folder = fx.write_speech_commands(tmp_path, words=("go",), per_word=3)
+    fx.corrupt_wav(folder / "go" / "spk002_nohash_0.wav")  # the only training clip
+    with pytest.raises(LayoutError, match="speech-commands: no readable train samples \\(1 unreadable\\)"):
+        load_splits("speech-commands", tmp_path)
+    assert not (tmp_path / "cache" / "speech-commands").exists()
+
+
+def test_every_real_dataset_is_registered_with_a_layout_check():
+    real = {"cifar10", "cifar100", "tiny-imagenet", "speech-commands", "esc50", "vggsound-audio", "vggsound-frames"}
+    assert real <= set(DATASETS)
+    for name in real:
+        assert DATASETS[name].needs_source and DATASETS[name].check_layout is not None
+    assert {DATASETS[n].modality for n in ("speech-commands", "esc50", "vggsound-audio")} == {"audio"}
+
+
+def test_fixture_root_command_writes_loadable_datasets(tmp_path):
+    assert fx.main([str(tmp_path), "--datasets", ",".join(fx.ALL), "--scale", "1"]) == 0
+    for name in DATASETS:
+        if DATASETS[name].needs_source:
+            assert layout_problem(name, tmp_path) is None, name
