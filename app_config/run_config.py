@@ -107,7 +107,7 @@ class RunConfig:
         return config
 
     def validate(self) -> None:
-        from data_partition.datasets import DATASETS, dataset_names
+        from data_partition.datasets import DATASETS, dataset_names, layout_problem
         from strategies.registry import STRATEGIES
 
         def need(ok: bool, message: str) -> None:
@@ -144,6 +144,9 @@ class RunConfig:
             if name or wanted:
                 need(name in DATASETS and DATASETS[name].modality == modality,
                      f"{key}: unknown value {name!r}; valid: {', '.join(dataset_names(modality))}")
+                if DATASETS[name].needs_source:  # real dataset: its files must be laid out under data-root
+                    problem = layout_problem(name, self.resolved_data_root())
+                    need(problem is None, f"{key}={name!r}: {problem}")
         need(self.partitioner in ("iid", "dirichlet"), f"partitioner: unknown value {self.partitioner!r}; valid: iid, dirichlet")
         need(self.dirichlet_alpha > 0, "dirichlet-alpha: must be > 0")
         need(self.min_partition_size >= 0, "min-partition-size: must be >= 0")
