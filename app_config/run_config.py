@@ -55,9 +55,10 @@ class RunConfig:
     audio_hop_ms: float = _key(32.0, "Spectrogram hop in ms (1 s clip -> 1000/hop frames).")
     audio_win_ms: float = _key(64.0, "Spectrogram window in ms.")
     # --- partition --------------------------------------------------------
-    partitioner: str = _key("dirichlet", "'iid' or 'dirichlet' (label skew).")
+    partitioner: str = _key("dirichlet", "'iid', 'dirichlet' (label skew) or 'pathological' (k classes per client).")
     dirichlet_alpha: float = _key(0.5, "Dirichlet concentration; smaller = more label skew.")
     min_partition_size: int = _key(2, "Least samples per client and held modality.")
+    classes_per_client: int = _key(2, "pathological: classes each client holds (client i always has class i mod C).")
     frac_visual_clients: float = _key(0.4, "Fraction of clients holding only images.")
     frac_audio_clients: float = _key(0.3, "Fraction of clients holding only audio.")
     frac_audiovisual_clients: float = _key(0.3, "Fraction holding both (unpaired); the three sum to 1.")
@@ -108,6 +109,7 @@ class RunConfig:
 
     def validate(self) -> None:
         from data_partition.datasets import DATASETS, dataset_names, layout_problem
+        from data_partition.partition import PARTITIONERS
         from strategies.registry import STRATEGIES
 
         def need(ok: bool, message: str) -> None:
@@ -147,7 +149,9 @@ class RunConfig:
                 if DATASETS[name].needs_source:  # real dataset: its files must be laid out under data-root
                     problem = layout_problem(name, self.resolved_data_root())
                     need(problem is None, f"{key}={name!r}: {problem}")
-        need(self.partitioner in ("iid", "dirichlet"), f"partitioner: unknown value {self.partitioner!r}; valid: iid, dirichlet")
+        need(self.partitioner in PARTITIONERS,
+             f"partitioner: unknown value {self.partitioner!r}; valid: {', '.join(PARTITIONERS)}")
+        need(self.classes_per_client >= 1, "classes-per-client: must be >= 1")
         need(self.dirichlet_alpha > 0, "dirichlet-alpha: must be > 0")
         need(self.min_partition_size >= 0, "min-partition-size: must be >= 0")
         need(self.local_epochs >= 1, "local-epochs: must be >= 1")

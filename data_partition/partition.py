@@ -2,10 +2,23 @@
 
 Clients are visual-only, audio-only or audio-visual in configured fractions.
 Each modality's training split is divided among the clients holding that
-modality with flwr-datasets' partitioners (IID or Dirichlet label skew), then
-each client keeps ``*-data-share`` of its part. The plan is a pure function of
-its settings and seed; it is memoised per process and stored on disk, so it is
-computed once and reused every round.
+modality with flwr-datasets' partitioners, then each client keeps
+``*-data-share`` of its part:
+
+- ``iid``: equal random shares;
+- ``dirichlet``: label skew, each class spread over clients by Dirichlet(alpha)
+  (smaller alpha = fewer classes per client), redrawn until every client has
+  ``min-partition-size`` samples;
+- ``pathological``: each client holds exactly ``classes-per-client`` classes
+  (client i always has class i mod C, the others are drawn at random), each
+  class split evenly among the clients holding it.
+
+The samples are shuffled with the seed before splitting (flwr-datasets' IID
+partitioner cuts contiguous shards, and real datasets are stored sorted by
+class). The plan is a pure function of its settings, labels and seed; it is
+memoised per process and stored on disk, so it is computed once and reused
+every round. A split that cannot be made raises :class:`PartitionError` with
+one line naming the settings to change.
 """
 
 from __future__ import annotations
@@ -14,6 +27,7 @@ import hashlib
 import json
 import os
 import tempfile
+import warnings
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
@@ -21,6 +35,7 @@ import numpy as np
 
 VISUAL, AUDIO_ONLY, AUDIOVISUAL = "visual", "audio", "audiovisual"
 KINDS = (VISUAL, AUDIO_ONLY, AUDIOVISUAL)
+PARTITIONERS = ("iid", "dirichlet", "pathological")
 
 
 class PartitionError(ValueError):
@@ -33,12 +48,24 @@ class PlanSettings:
     frac_visual: float
     frac_audio: float
     frac_audiovisual: float
-    partitioner: str  # "iid" | "dirichlet"
+    partitioner: str  # one of PARTITIONERS
     alpha: float
     min_partition_size: int
     visual_share: float
     audio_share: float
     seed: int
+    classes_per_client: int = 2  # pathological partitioner only
+
+    @classmethod
+    def from_config(cls, config, num_partitions: int) -> "PlanSettings":
+        """The plan settings of a :class:`app_config.run_config.RunConfig` for ``num_partitions`` clients."""
+        return cls(
+            num_partitions=num_partitions, frac_visual=config.frac_visual_clients, frac_audio=config.frac_audio_clients,
+            frac_audiovisual=config.frac_audiovisual_clients, partitioner=config.partitioner,
+            alpha=config.dirichlet_alpha, min_partition_size=config.min_partition_size,
+            visual_share=config.visual_data_share, audio_share=config.audio_data_share, seed=config.seed,
+            classes_per_client=config.classes_per_client,
+        )
 
 
 @dataclass(frozen=True)
@@ -63,40 +90,84 @@ def assign_kinds(settings: PlanSettings) -> list[str]:
     return np.random.default_rng(settings.seed).permutation(kinds).tolist()
 
 
-def split_labels(labels: np.ndarray, num_parts: int, settings: PlanSettings, what: str) -> list[np.ndarray]:
-    """Divide sample indices among ``num_parts`` clients by label (flwr-datasets)."""
+def _partitioner(settings: PlanSettings, num_parts: int, seed: int):
+    from flwr_datasets.partitioner import DirichletPartitioner, IidPartitioner, PathologicalPartitioner
+
+    if settings.partitioner == "iid":
+        return IidPartitioner(num_partitions=num_parts)
+    if settings.partitioner == "dirichlet":
+        return DirichletPartitioner(
+            num_partitions=num_parts, partition_by="label", alpha=settings.alpha,
+            min_partition_size=settings.min_partition_size, self_balancing=True, shuffle=True, seed=seed,
+        )
+    if settings.partitioner == "pathological":
+        return PathologicalPartitioner(
+            num_partitions=num_parts, partition_by="label", num_classes_per_partition=settings.classes_per_client,
+            class_assignment_mode="first-deterministic", shuffle=True, seed=seed,
+        )
+    raise PartitionError(f"partitioner: unknown value {settings.partitioner!r}; valid: {', '.join(PARTITIONERS)}")
+
+
+def _impossible(settings: PlanSettings, what: str, num_parts: int, labels: np.ndarray) -> PartitionError:
+    """One line saying why this split cannot be made and which settings to change."""
+    if settings.partitioner == "dirichlet":
+        return PartitionError(
+            f"{what}: no Dirichlet split with dirichlet-alpha={settings.alpha} gives every one of {num_parts} "
+            f"clients min-partition-size={settings.min_partition_size} ({len(labels)} samples, "
+            f"{len(labels) / num_parts:.1f} per client); raise dirichlet-alpha, lower min-partition-size "
+            "or use fewer clients"
+        )
+    if settings.partitioner != "pathological":
+        return PartitionError(f"{what}: {len(labels)} samples cannot give {num_parts} clients "
+                              f"min-partition-size={settings.min_partition_size} each; use fewer clients")
+    per_class = np.bincount(labels)
+    per_class = per_class[per_class > 0]
+    return PartitionError(
+        f"{what}: sharing each class among the clients given it leaves some of the {num_parts} clients below "
+        f"min-partition-size={settings.min_partition_size} (classes-per-client={settings.classes_per_client}, "
+        f"{len(labels)} samples, smallest class {per_class.min()}); raise classes-per-client, lower "
+        "min-partition-size or use fewer clients"
+    )
+
+
+def split_labels(labels: np.ndarray, num_parts: int, settings: PlanSettings, what: str,
+                 seed: int | None = None) -> list[np.ndarray]:
+    """Divide sample indices among ``num_parts`` clients by label (flwr-datasets), seeded by ``seed``."""
     from datasets import Dataset
-    from flwr_datasets.partitioner import DirichletPartitioner, IidPartitioner
 
     if num_parts == 0:
         return []
+    labels = np.asarray(labels, dtype=np.int64)
     if num_parts * max(settings.min_partition_size, 1) > len(labels):
         raise PartitionError(
             f"{what}: {len(labels)} samples cannot give {num_parts} clients min-partition-size="
             f"{settings.min_partition_size} each; use fewer clients or a smaller min-partition-size"
         )
-    table = Dataset.from_dict({"label": labels.tolist(), "index": np.arange(len(labels)).tolist()})
-    if settings.partitioner == "iid":
-        partitioner = IidPartitioner(num_partitions=num_parts)
-    else:
-        partitioner = DirichletPartitioner(
-            num_partitions=num_parts, partition_by="label", alpha=settings.alpha,
-            min_partition_size=settings.min_partition_size, self_balancing=True, shuffle=True, seed=settings.seed,
+    num_classes = len(np.unique(labels))
+    if settings.partitioner == "pathological" and not 1 <= settings.classes_per_client <= num_classes:
+        raise PartitionError(
+            f"{what}: classes-per-client={settings.classes_per_client} must be between 1 and the "
+            f"{num_classes} classes present"
         )
+    seed = settings.seed if seed is None else seed
+    order = np.random.default_rng(seed).permutation(len(labels))
+    table = Dataset.from_dict({"label": labels[order], "index": order})
+    partitioner = _partitioner(settings, num_parts, seed)
     partitioner.dataset = table
     try:
-        parts = [np.asarray(partitioner.load_partition(i)["index"], dtype=np.int64) for i in range(num_parts)]
+        with warnings.catch_warnings():  # retries and unused classes are reported by the checks here
+            warnings.simplefilter("ignore")
+            parts = [np.asarray(partitioner.load_partition(i)["index"], dtype=np.int64) for i in range(num_parts)]
     except ValueError as err:
-        raise PartitionError(
-            f"{what}: no Dirichlet split with dirichlet-alpha={settings.alpha} gives every one of {num_parts} "
-            f"clients min-partition-size={settings.min_partition_size}; raise dirichlet-alpha, lower "
-            "min-partition-size or use fewer clients"
-        ) from err
+        raise _impossible(settings, what, num_parts, labels) from err
+    if min(len(p) for p in parts) < settings.min_partition_size:
+        raise _impossible(settings, what, num_parts, labels)
     return parts
 
 
-def _keep_share(parts: list[np.ndarray], share: float) -> list[np.ndarray]:
-    return [p[: int(round(share * len(p)))] for p in parts]
+def _keep_share(parts: list[np.ndarray], share: float, min_size: int) -> list[np.ndarray]:
+    """The first ``share`` of each (shuffled) part, never cut below ``min_size`` samples."""
+    return [p[: max(int(round(share * len(p))), min(len(p), min_size))] for p in parts]
 
 
 def build_plan(settings: PlanSettings, image_labels: np.ndarray | None, audio_labels: np.ndarray | None) -> list[ClientPart]:
@@ -106,23 +177,26 @@ def build_plan(settings: PlanSettings, image_labels: np.ndarray | None, audio_la
         "audio": [i for i, k in enumerate(kinds) if k in (AUDIO_ONLY, AUDIOVISUAL)],
     }
     per_client = {m: [np.zeros(0, np.int64)] * settings.num_partitions for m in holders}
-    for modality, labels, share in (("image", image_labels, settings.visual_share),
-                                    ("audio", audio_labels, settings.audio_share)):
+    # each modality has its own seed, so an audio-visual client's two label sets are drawn independently
+    for modality, labels, share, seed in (("image", image_labels, settings.visual_share, settings.seed),
+                                          ("audio", audio_labels, settings.audio_share, settings.seed + 1)):
         if not holders[modality]:
             continue
         if labels is None:
             raise PartitionError(f"{len(holders[modality])} clients hold {modality} data but no {modality} dataset is set")
-        parts = _keep_share(split_labels(labels, len(holders[modality]), settings, f"{modality} split"), share)
+        parts = split_labels(labels, len(holders[modality]), settings, f"{modality} split", seed)
+        parts = _keep_share(parts, share, settings.min_partition_size)
         for client, part in zip(holders[modality], parts):
             per_client[modality][client] = part
     return [ClientPart(k, per_client["image"][i], per_client["audio"][i]) for i, k in enumerate(kinds)]
 
 
 _PLANS: dict[str, list[ClientPart]] = {}
+_PLAN_VERSION = 2  # bump when the splitting itself changes, so stored plans are not reused
 
 
 def _plan_key(settings: PlanSettings, image_labels, audio_labels) -> str:
-    h = hashlib.sha256(json.dumps(asdict(settings), sort_keys=True).encode())
+    h = hashlib.sha256(json.dumps({**asdict(settings), "version": _PLAN_VERSION}, sort_keys=True).encode())
     for labels in (image_labels, audio_labels):
         h.update(b"-" if labels is None else np.ascontiguousarray(labels).tobytes())
     return h.hexdigest()[:16]
