@@ -75,6 +75,7 @@ class RunConfig:
     temperature: float = _key(0.5, "NT-Xent temperature.")
     # --- evaluation and output -------------------------------------------
     eval_every: int = _key(2, "Central kNN/linear-probe evaluation every k rounds (round 0 and the last always).")
+    save_every: int = _key(0, "Also save the global model every k rounds (and round 0) as round-NNNN.pt; 0 = final only.")
     knn_k: int = _key(10, "Neighbours for kNN accuracy.")
     seed: int = _key(42, "Seed of partitions, initial weights and local training.")
     run_dir: str = _key("runs", "Where each run's folder (metrics, model) is written; relative = to the working dir.")
@@ -165,6 +166,13 @@ class RunConfig:
         need(0 < self.audio_hop_ms <= self.audio_win_ms, "audio-hop-ms: must be > 0 and <= audio-win-ms")
         need(self.eval_every >= 0, "eval-every: must be >= 0 (0 = only first and last round)")
         need(self.knn_k >= 1, "knn-k: must be >= 1")
+        need(self.save_every >= 0, "save-every: must be >= 0 (0 = final model only)")
+        import timm
+
+        import models.encoders  # noqa: F401  (registers resnet18_cifar, vit_tiny_cifar)
+
+        need(self.encoder in timm.list_models(),
+             f"encoder: unknown value {self.encoder!r}; use resnet18_cifar, vit_tiny_cifar or a timm model name")
         need(self.device == "auto" or self.device == "cpu" or self.device.startswith("cuda"),
              f"device: unknown value {self.device!r}; valid: auto, cpu, cuda, cuda:N")
         if self.data_root:
@@ -190,3 +198,7 @@ def docs_table() -> str:
     for f in fields(RunConfig):
         rows.append(f"| `{f.name.replace('_', '-')}` | `{f.default!r}` | {f.metadata['doc']} |")
     return "\n".join(rows)
+
+
+if __name__ == "__main__":
+    print(docs_table())

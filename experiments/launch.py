@@ -72,18 +72,55 @@ def superlink_pids(flwr_home: Path) -> list[int]:
     return pids
 
 
-def stop_superlink(flwr_home: Path, grace: float = 10.0) -> None:
-    pids = superlink_pids(flwr_home)
-    for pid in pids:
+def _children() -> dict[int, list[int]]:
+    tree: dict[int, list[int]] = {}
+    for proc in Path("/proc").glob("[0-9]*"):
         try:
-            os.kill(pid, signal.SIGTERM)
-        except ProcessLookupError:
-            pass
-    deadline = time.monotonic() + grace
-    while time.monotonic() < deadline and superlink_pids(flwr_home):
-        time.sleep(0.2)
-    for pid in superlink_pids(flwr_home):
-        os.kill(pid, signal.SIGKILL)
+            ppid = int((proc / "stat").read_text().rsplit(")", 1)[1].split()[1])
+        except (OSError, IndexError, ValueError):
+            continue
+        tree.setdefault(ppid, []).append(int(proc.name))
+    return tree
+
+
+def process_tree(roots: list[int]) -> list[int]:
+    """``roots`` and all their descendants (simulation process, Ray's GCS, raylet, workers)."""
+    tree, seen, todo = _children(), [], list(roots)
+    while todo:
+        pid = todo.pop()
+        if pid not in seen:
+            seen.append(pid)
+            todo.extend(tree.get(pid, []))
+    return seen
+
+
+def _alive(pid: int) -> bool:
+    try:
+        state = (Path("/proc") / str(pid) / "stat").read_text().rsplit(")", 1)[1].split()[0]
+    except (OSError, IndexError):
+        return False
+    return state != "Z"
+
+
+def stop_superlink(flwr_home: Path, grace: float = 10.0) -> None:
+    """Stop this FLWR_HOME's SuperLink and everything it started (Ray included)."""
+    pids = process_tree(superlink_pids(flwr_home))
+    for sig in (signal.SIGTERM, signal.SIGKILL):
+        for pid in pids:
+            try:
+                os.kill(pid, sig)
+            except ProcessLookupError:
+                pass
+        deadline = time.monotonic() + grace
+        while time.monotonic() < deadline and any(_alive(p) for p in pids):
+            time.sleep(0.2)
+
+
+def port_taken(port: int) -> bool:
+    import socket
+
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
+        return sock.connect_ex(("127.0.0.1", port)) == 0
 
 
 def run_status(run_id: str, env: dict) -> str:
@@ -110,6 +147,10 @@ def launch(num_supernodes: int, run_config: str, client_cpus: int, client_gpus: 
         cmd += ["--run-config", run_config]
     run_id = None
     stop_superlink(flwr_home)  # a stale SuperLink would not see this environment
+    if port_taken(http_port):
+        print(f"error: port {http_port} is held by another SuperLink (not of {flwr_home}); stop it "
+              "or pass --superlink-port/--control-port", file=sys.stderr)
+        return 2
     try:
         proc = subprocess.Popen(cmd, env=env, cwd=PROJECT, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
         started = time.monotonic()
@@ -137,7 +178,12 @@ def launch(num_supernodes: int, run_config: str, client_cpus: int, client_gpus: 
     return 0
 
 
+def _exit_on_sigterm(signum, _frame) -> None:
+    raise SystemExit(128 + signum)  # unwinds through launch()'s cleanup
+
+
 def main(argv: list[str] | None = None) -> int:
+    signal.signal(signal.SIGTERM, _exit_on_sigterm)
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--num-supernodes", type=int, default=12)
     parser.add_argument("--run-config", default="", help="overrides, e.g. \"strategy='ldawa' num-server-rounds=3\"")
@@ -147,7 +193,13 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--superlink-port", type=int, default=39091)
     parser.add_argument("--control-port", type=int, default=39093)
     parser.add_argument("--timeout", type=float, default=3600.0, help="seconds before the run is abandoned")
+    parser.add_argument("--ray-address", default="",
+                        help="join this running Ray cluster (head's GCS address, e.g. 10.0.0.1:6379) instead of "
+                             "starting a local Ray; sets RAY_ADDRESS for the SuperLink and its simulation "
+                             "(see experiments/RAY_CLUSTER.md)")
     args = parser.parse_args(argv)
+    if args.ray_address:  # ray.init() in Flower's simulation process connects to RAY_ADDRESS when set
+        os.environ["RAY_ADDRESS"] = args.ray_address
     return launch(args.num_supernodes, args.run_config, args.client_cpus, args.client_gpus,
                   args.flwr_home.resolve(), args.superlink_port, args.control_port, args.timeout)
 
