@@ -126,8 +126,11 @@ def train_locally(
     metrics = {
         "steps": float(steps),
         "train-seconds": elapsed,
+        "samples": float(sum(seen.values())),
         "samples-per-second": sum(seen.values()) / max(elapsed, 1e-9),
     }
+    if device.type == "cuda":
+        metrics["peak-gpu-mb"] = torch.cuda.max_memory_allocated(device) / 2**20
     for modality in MODALITY_ORDER:
         metrics[f"loss-{modality}"] = loss_sums[modality] / steps if modality in loss_sums else 0.0
         metrics[f"num-{modality}-examples"] = float(data.count(modality)) if modality in modalities else 0.0

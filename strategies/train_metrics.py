@@ -10,7 +10,7 @@ from __future__ import annotations
 from flwr.app import MetricRecord, RecordDict
 
 PER_MODALITY_WEIGHT = {"loss-image": "num-image-examples", "loss-audio": "num-audio-examples"}
-SUMMED = ("num-image-examples", "num-audio-examples", "train-seconds")
+SUMMED = ("num-image-examples", "num-audio-examples", "train-seconds", "samples")
 
 
 def aggregate_train_metrics(records: list[RecordDict], weighting_key: str) -> MetricRecord:

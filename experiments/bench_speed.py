@@ -1,0 +1,152 @@
+"""Federated simulation speed against the physical limit: the same local work without federation.
+
+Runs, side by side on the same device:
+  (a) a centralized loop doing exactly the clients' local work: the same federation
+      plan, encoder, batch size, augmentations and modalities; every sampled client's
+      local training run one after another in this process, rounds included;
+  (b) a ``flwr run`` simulation of N clients doing that work (through experiments.launch).
+Prints samples/s of both and the ratio (b)/(a), per-round wall time, the share of a
+round spent outside local training (messages, aggregation, Ray scheduling), and peak
+host memory of the simulation's process tree (and peak GPU memory per client on CUDA).
+
+    python -m experiments.bench_speed --clients 20 --rounds 2
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import shlex
+import sys
+import tempfile
+import threading
+import time
+from pathlib import Path
+
+import torch
+
+from app_config.run_config import RunConfig
+from client_app.task import build_model, client_state, train_settings
+from client_app.trainer import train_locally
+from experiments.launch import PROJECT, launch, process_tree, superlink_pids
+
+
+def round_seed(config: RunConfig, server_round: int, partition_id: int) -> int:
+    from client_app.app import _round_seed
+
+    return _round_seed(config, server_round, partition_id)
+
+
+def centralized_local_work(config: RunConfig, clients: int, rounds: int) -> dict:
+    """(a): every client's local training, sequentially, in one process; no messages, no aggregation."""
+    torch.manual_seed(config.seed)
+    initial = build_model(config).state_dict()
+    samples, seconds = 0.0, 0.0
+    for server_round in range(1, rounds + 1):
+        for pid in range(clients):
+            state = client_state(config, run_id=-1, partition_id=pid, num_partitions=clients)
+            state.model.load_state_dict(initial)
+            started = time.perf_counter()
+            metrics = train_locally(state.model, state.data, state.views, train_settings(config), state.device,
+                                    seed=round_seed(config, server_round, pid))
+            seconds += time.perf_counter() - started
+            samples += metrics["samples"]
+    return {"samples": samples, "seconds": seconds, "samples_per_second": samples / seconds}
+
+
+class TreeMemory:
+    """Peak resident memory (MiB) of the SuperLink process tree while a run goes on."""
+
+    def __init__(self, flwr_home: Path) -> None:
+        self.flwr_home, self.peak, self._stop = flwr_home, 0.0, threading.Event()
+        self._thread = threading.Thread(target=self._watch, daemon=True)
+
+    def _rss(self) -> float:
+        total = 0
+        for pid in process_tree(superlink_pids(self.flwr_home)):
+            try:
+                for line in Path(f"/proc/{pid}/status").read_text().splitlines():
+                    if line.startswith("VmRSS:"):
+                        total += int(line.split()[1])
+            except OSError:
+                continue
+        return total / 1024
+
+    def _watch(self) -> None:
+        while not self._stop.wait(0.5):
+            self.peak = max(self.peak, self._rss())
+
+    def __enter__(self) -> "TreeMemory":
+        self._thread.start()
+        return self
+
+    def __exit__(self, *_exc) -> None:
+        self._stop.set()
+        self._thread.join()
+
+
+def federated(overrides: str, clients: int, cpus: int, gpus: float, workdir: Path) -> dict:
+    """(b): the same work as a ``flwr run`` simulation; numbers read from the run's metrics.jsonl."""
+    flwr_home = workdir / "flwr"
+    runs = workdir / "runs"
+    run_config = f"{overrides} run-dir='{runs}' eval-every=0 tensorboard=false"
+    with TreeMemory(flwr_home) as memory:
+        code = launch(clients, run_config, cpus, gpus, flwr_home, 39391, 39393, timeout=7200)
+    if code != 0:
+        raise SystemExit(f"error: the simulation failed (exit {code})")
+    (folder,) = runs.iterdir()
+    records = [json.loads(line) for line in (folder / "metrics.jsonl").read_text().splitlines()]
+    rounds = [r for r in records if r["round"] > 0]
+    samples = sum(c.get("samples", 0.0) for r in rounds for c in r["clients"])
+    train_seconds = sum(c.get("train-seconds", 0.0) for r in rounds for c in r["clients"])
+    wall = sum(r["round-seconds"] for r in rounds)
+    gpu_peaks = [c["peak-gpu-mb"] for r in rounds for c in r["clients"] if "peak-gpu-mb" in c]
+    return {
+        "samples": samples, "seconds": wall, "samples_per_second": samples / wall,
+        "round_seconds": [round(r["round-seconds"], 2) for r in rounds],
+        "client_train_seconds": train_seconds, "peak_host_mib": memory.peak,
+        "peak_gpu_mib_per_client": max(gpu_peaks) if gpu_peaks else None,
+    }
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--clients", type=int, default=20)
+    parser.add_argument("--rounds", type=int, default=2)
+    parser.add_argument("--client-cpus", type=int, default=2)
+    parser.add_argument("--client-gpus", type=float, default=0.0)
+    parser.add_argument("--run-config", default="", help="extra overrides (TOML literals), e.g. \"batch-size=64\"")
+    args = parser.parse_args(argv)
+
+    from experiments.launch import check_config, parse_overrides
+
+    overrides = f"num-server-rounds={args.rounds} {args.run_config}".strip()
+    values = {**parse_overrides(overrides)}
+    check_config(values)
+    defaults = __import__("tomllib").loads((PROJECT / "pyproject.toml").read_text())["tool"]["flwr"]["app"]["config"]
+    config = RunConfig.from_mapping({**defaults, **values})
+
+    with tempfile.TemporaryDirectory(prefix="fssuavl-bench-") as tmp:
+        fed = federated(overrides, args.clients, args.client_cpus, args.client_gpus, Path(tmp))
+    central = centralized_local_work(config, args.clients, args.rounds)
+
+    ratio = fed["samples_per_second"] / central["samples_per_second"]
+    outside = fed["seconds"] - central["seconds"]
+    print(f"device: {'cuda ' + torch.cuda.get_device_name() if torch.cuda.is_available() else 'cpu'}, "
+          f"{args.clients} clients x {args.rounds} rounds, config: {shlex.quote(overrides)}")
+    print(f"(a) centralized local work : {central['samples']:.0f} samples in {central['seconds']:.1f} s "
+          f"= {central['samples_per_second']:.1f} samples/s")
+    print(f"(b) flwr run simulation    : {fed['samples']:.0f} samples in {fed['seconds']:.1f} s "
+          f"= {fed['samples_per_second']:.1f} samples/s")
+    print(f"ratio (b)/(a)              : {ratio:.3f}")
+    print(f"round wall times (s)       : {fed['round_seconds']}")
+    print(f"outside local training    : {outside:.1f} s of {fed['seconds']:.1f} s "
+          f"({100 * outside / fed['seconds']:.0f} %; messages, aggregation, scheduling, data/model set-up)")
+    print(f"peak host memory (sim tree): {fed['peak_host_mib']:.0f} MiB")
+    if fed["peak_gpu_mib_per_client"] is not None:
+        print(f"peak GPU memory per client : {fed['peak_gpu_mib_per_client']:.0f} MiB")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
