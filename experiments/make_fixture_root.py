@@ -9,7 +9,7 @@ Images carry a class-dependent colour and audio a class-dependent tone, so the
 labels are learnable. The tests use these functions; the command builds a root
 for an end-to-end run:
 
-    python -m experiments.make_fixture_root /tmp/fixture-root --datasets cifar10,speech-commands
+    python -m experiments.make_fixture_root /tmp/fixture-root --datasets cifar10,speech-commands --damaged
     python -m experiments.launch --run-config "image-dataset='cifar10' audio-dataset='speech-commands' \\
         data-root='/tmp/fixture-root'"
 """
@@ -219,14 +219,17 @@ def write_vggsound(root: Path, per_label_train: int = 3, per_label_test: int = 1
     return folder
 
 
-WRITERS = {
-    "cifar10": lambda root, scale: write_cifar10(root, per_batch=12 * scale, test=20 * scale),
-    "cifar100": lambda root, scale: write_cifar100(root, train=60 * scale, test=20 * scale),
-    "tiny-imagenet": lambda root, scale: write_tiny_imagenet(root, num_classes=5, per_class=4 * scale, val=10 * scale),
-    "speech-commands": lambda root, scale: write_speech_commands(
-        root, words=("down", "go", "left", "no", "off", "on", "right", "stop", "up", "yes"), per_word=2 + 4 * scale),
-    "esc50": lambda root, scale: write_esc50(root, num_classes=5),
-    "vggsound": lambda root, scale: write_vggsound(root, per_label_train=2 * scale, per_label_test=scale),
+WRITERS = {  # name -> writer(root, scale, damaged)
+    "cifar10": lambda root, scale, damaged: write_cifar10(root, per_batch=12 * scale, test=20 * scale),
+    "cifar100": lambda root, scale, damaged: write_cifar100(root, train=60 * scale, test=20 * scale),
+    "tiny-imagenet": lambda root, scale, damaged: write_tiny_imagenet(
+        root, num_classes=5, per_class=4 * scale, val=10 * scale, truncated=int(damaged)),
+    "speech-commands": lambda root, scale, damaged: write_speech_commands(
+        root, words=("down", "go", "left", "no", "off", "on", "right", "stop", "up", "yes"), per_word=3 + 4 * scale,
+        corrupt=int(damaged)),
+    "esc50": lambda root, scale, damaged: write_esc50(root, num_classes=5, corrupt=int(damaged)),
+    "vggsound": lambda root, scale, damaged: write_vggsound(root, per_label_train=2 * scale, per_label_test=scale,
+                                                            missing=int(damaged)),
 }
 
 
@@ -235,13 +238,15 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("root", type=Path, help="data root to write (created if absent)")
     parser.add_argument("--datasets", default="cifar10,speech-commands", help=f"comma-separated, from {','.join(ALL)}")
     parser.add_argument("--scale", type=int, default=5, help="multiplies the number of samples per dataset")
+    parser.add_argument("--damaged", action="store_true",
+                        help="add one unreadable WAV / truncated JPEG / missing VGGSound clip where the dataset has them")
     args = parser.parse_args(argv)
     wanted = [d.strip() for d in args.datasets.split(",") if d.strip()]
     unknown = sorted(set(wanted) - set(WRITERS))
     if unknown:
         parser.error(f"unknown dataset {unknown[0]!r}; valid: {', '.join(ALL)}")
     for name in wanted:
-        print(f"{name}: {WRITERS[name](args.root, args.scale)}")
+        print(f"{name}: {WRITERS[name](args.root, args.scale, args.damaged)}")
     return 0
 
 

@@ -223,7 +223,10 @@ def test_every_real_dataset_is_registered_with_a_layout_check():
 
 
 def test_fixture_root_command_writes_loadable_datasets(tmp_path):
-    assert fx.main([str(tmp_path), "--datasets", ",".join(fx.ALL), "--scale", "1"]) == 0
+    assert fx.main([str(tmp_path), "--datasets", ",".join(fx.ALL), "--scale", "1", "--damaged"]) == 0
     for name in DATASETS:
         if DATASETS[name].needs_source:
             assert layout_problem(name, tmp_path) is None, name
+    splits = load_splits("speech-commands", tmp_path)
+    assert (len(splits.train), len(splits.test)) == (49, 10)  # 10 words x 5 train clips, one unreadable
+    assert skipped_files("speech-commands", tmp_path)["skipped"] == {"unreadable": 1}
