@@ -61,21 +61,23 @@ def iid_reference(sizes: np.ndarray, labels: np.ndarray, num_classes: int, seed:
 
 
 def modality_stats(plan: list[ClientPart], modality: str, labels: np.ndarray, num_classes: int, seed: int) -> dict:
+    """Statistics over the clients whose kind holds ``modality`` (a client may have been given no samples)."""
     counts = label_counts(plan, modality, labels, num_classes)
-    holders = counts.sum(axis=1) > 0
-    per_kind = {k: int(sum(1 for p, h in zip(plan, holders) if h and p.kind == k)) for k in KINDS}
-    if not holders.any():
+    kinds = (VISUAL, AUDIOVISUAL) if modality == "image" else (AUDIO_ONLY, AUDIOVISUAL)
+    assigned = np.array([p.kind in kinds for p in plan])
+    per_kind = {k: sum(p.kind == k for p in plan) for k in kinds}
+    if not assigned.any():
         return {"clients": 0, "per-kind": per_kind}
-    sizes = counts[holders].sum(axis=1)
-    tv = total_variation(counts[holders], np.bincount(labels, minlength=num_classes))
+    sizes = counts[assigned].sum(axis=1)
+    filled = counts[assigned][sizes > 0]
+    classes = (filled > 0).sum(axis=1)
+    tv = total_variation(filled, np.bincount(labels, minlength=num_classes))
     return {
-        "clients": int(holders.sum()), "per-kind": per_kind,
+        "clients": int(assigned.sum()), "per-kind": per_kind, "empty": int((sizes == 0).sum()),
         "samples-min": int(sizes.min()), "samples-median": float(np.median(sizes)), "samples-max": int(sizes.max()),
         "samples-total": int(sizes.sum()), "train-size": int(len(labels)),
-        "classes-mean": float((counts[holders] > 0).sum(axis=1).mean()),
-        "classes-min": int((counts[holders] > 0).sum(axis=1).min()),
-        "classes-max": int((counts[holders] > 0).sum(axis=1).max()),
-        "tv-mean": float(tv.mean()), "tv-iid": iid_reference(sizes, labels, num_classes, seed),
+        "classes-mean": float(classes.mean()), "classes-min": int(classes.min()), "classes-max": int(classes.max()),
+        "tv-mean": float(tv.mean()), "tv-iid": iid_reference(sizes[sizes > 0], labels, num_classes, seed),
     }
 
 
@@ -96,8 +98,9 @@ def format_stats(settings: PlanSettings, plan: list[ClientPart], stats: dict[str
             lines.append(head)
             continue
         by_kind = ", ".join(f"{k} {n}" for k, n in s["per-kind"].items() if n)
+        empty = f", {s['empty']} of them given no samples" if s["empty"] else ""
         lines += [
-            f"{head} ({by_kind})",
+            f"{head} ({by_kind}){empty}",
             f"  samples/client: min {s['samples-min']}  median {s['samples-median']:g}  max {s['samples-max']}  "
             f"(total {s['samples-total']} of {s['train-size']} train samples)",
             f"  classes/client: mean {s['classes-mean']:.2f}  min {s['classes-min']}  max {s['classes-max']}",

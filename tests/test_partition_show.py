@@ -16,10 +16,12 @@ def test_statistics_of_a_known_split():
     plan = [ClientPart("visual", np.array([0, 1]), empty), ClientPart("audiovisual", np.array([2, 4, 6]), empty),
             ClientPart("audio", empty, np.array([0]))]
     stats = show.modality_stats(plan, "image", labels, 4, seed=0)
-    assert stats["clients"] == 2 and stats["per-kind"] == {"visual": 1, "audio": 0, "audiovisual": 1}
+    assert stats["clients"] == 2 and stats["per-kind"] == {"visual": 1, "audiovisual": 1} and stats["empty"] == 0
     assert (stats["samples-min"], stats["samples-median"], stats["samples-max"]) == (2, 2.5, 3)
     assert stats["classes-mean"] == 2.0  # one class, then three
     assert np.isclose(stats["tv-mean"], (0.75 + 0.25) / 2)  # TV({0}) = 3/4; TV({1,2,3}) = 1/4
+    audio = show.modality_stats(plan + [ClientPart("audiovisual", empty, empty)], "audio", labels, 4, seed=0)
+    assert (audio["clients"], audio["empty"], audio["samples-min"], audio["classes-mean"]) == (3, 2, 0, 1.0)
 
 
 def test_command_prints_statistics_and_writes_png(data_root, tmp_path, capsys):
