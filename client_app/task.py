@@ -42,12 +42,7 @@ def train_settings(config: RunConfig) -> TrainSettings:
 
 
 def plan_settings(config: RunConfig, num_partitions: int) -> PlanSettings:
-    return PlanSettings(
-        num_partitions=num_partitions, frac_visual=config.frac_visual_clients, frac_audio=config.frac_audio_clients,
-        frac_audiovisual=config.frac_audiovisual_clients, partitioner=config.partitioner, alpha=config.dirichlet_alpha,
-        min_partition_size=config.min_partition_size, visual_share=config.visual_data_share,
-        audio_share=config.audio_data_share, seed=config.seed,
-    )
+    return PlanSettings.from_config(config, num_partitions)
 
 
 def build_model(config: RunConfig) -> SSLModel:
