@@ -81,6 +81,19 @@ class RunConfig:
     run_dir: str = _key("runs", "Where each run's folder (metrics, model) is written; relative = to the working dir.")
     tensorboard: bool = _key(True, "Also write per-round scalars as TensorBoard event files to <run folder>/tensorboard/.")
     device: str = _key("auto", "'auto' (CUDA when present), 'cpu' or 'cuda[:i]'.")
+    # --- reliability ------------------------------------------------------
+    checkpoint_every: int = _key(1, "Write a resumable checkpoint (<run folder>/checkpoint.pt: global model, round, "
+                                    "strategy state, RNG states, metrics history) every k rounds; 0 = never.")
+    resume_from: str = _key("", "Continue a run from a checkpoint: its run folder or checkpoint file; '' = fresh run. "
+                                "Rounds resume at the checkpoint's round + 1 in the checkpoint's run folder.")
+    round_timeout: float = _key(3600.0, "Seconds the server waits for a round's replies; clients answering later "
+                                        "count as failures and the round aggregates the replies it has.")
+    deterministic: bool = _key(False, "torch.use_deterministic_algorithms(True, warn_only=True) on server and "
+                                      "clients (bitwise-reproducible CPU runs).")
+    fault_rate: float = _key(0.0, "Tests/experiments only: probability that a client's train call fails, decided by "
+                                  "a hash of (seed, round, partition) so the failing clients are known in advance.")
+    fault_mode: str = _key("raise", "How an injected fault fails: 'raise' (the ClientApp raises) or 'hang' (the "
+                                    "client sleeps past round-timeout, then raises).")
 
     # ------------------------------------------------------------------
     @classmethod
@@ -167,6 +180,17 @@ class RunConfig:
         need(self.eval_every >= 0, "eval-every: must be >= 0 (0 = only first and last round)")
         need(self.knn_k >= 1, "knn-k: must be >= 1")
         need(self.save_every >= 0, "save-every: must be >= 0 (0 = final model only)")
+        # --- reliability ---
+        need(self.checkpoint_every >= 0, "checkpoint-every: must be >= 0 (0 = no checkpoints)")
+        if self.resume_from:
+            from server_app.checkpoint import resume_problem
+
+            problem = resume_problem(self.resume_from)
+            need(problem is None, f"resume-from: {problem}")
+        need(self.round_timeout > 0, "round-timeout: must be > 0 (seconds)")
+        need(0.0 <= self.fault_rate <= 1.0, "fault-rate: must be in [0, 1]")
+        need(self.fault_mode in ("raise", "hang"), f"fault-mode: unknown value {self.fault_mode!r}; valid: raise, hang")
+        # --- end of reliability ---
         import timm
 
         import models.encoders  # noqa: F401  (registers resnet18_cifar, vit_tiny_cifar)

@@ -7,6 +7,8 @@ from flwr.app import ArrayRecord, Context, Message, MetricRecord, RecordDict
 from flwr.clientapp import ClientApp
 
 from app_config.run_config import RunConfig
+from client_app.faults import maybe_inject_fault
+from client_app.local_data import client_config, is_deployed, local_source
 from client_app.losses import nt_xent
 from client_app.proximal import proximal_mu, proximal_term
 from client_app.task import client_state, train_settings
@@ -18,9 +20,22 @@ app = ClientApp()
 
 def _identity(context: Context) -> tuple[int, int]:
     node = context.node_config
+    if is_deployed(node):  # a device with its own data: the partition id only seeds local training
+        return int(node.get("partition-id", context.node_id % 2**31)), int(node.get("num-partitions", 1))
     if "partition-id" not in node or "num-partitions" not in node:
-        raise ValueError("node config needs partition-id and num-partitions (set by the simulation or --node-config)")
+        raise ValueError("node config needs partition-id and num-partitions (set by the simulation or --node-config), "
+                         "or data-dir on a deployed node")
     return int(node["partition-id"]), int(node["num-partitions"])
+
+
+def _setup(context: Context) -> tuple[RunConfig, int, object]:
+    """Run config, partition id and client state of this call."""
+    config = client_config(dict(context.run_config), context.node_config)
+    if config.deterministic:
+        torch.use_deterministic_algorithms(True, warn_only=True)
+    partition_id, num_partitions = _identity(context)
+    local = local_source(context.node_config, config)
+    return config, partition_id, client_state(config, context.run_id, partition_id, num_partitions, local)
 
 
 def _round_seed(config: RunConfig, server_round: int, partition_id: int) -> int:
@@ -29,11 +44,10 @@ def _round_seed(config: RunConfig, server_round: int, partition_id: int) -> int:
 
 @app.train()
 def train(msg: Message, context: Context) -> Message:
-    config = RunConfig.from_mapping(dict(context.run_config))
-    partition_id, num_partitions = _identity(context)
-    state = client_state(config, context.run_id, partition_id, num_partitions)
-    state.model.load_state_dict(msg.content["arrays"].to_torch_state_dict())
     server_round = int(msg.content["config"]["server-round"])
+    config, partition_id, state = _setup(context)
+    maybe_inject_fault(config, server_round, partition_id)  # fault-rate (tests); no-op by default
+    state.model.load_state_dict(msg.content["arrays"].to_torch_state_dict())
     extra_loss = proximal_term(state.model, proximal_mu(msg.content["config"]))  # FedProx; None otherwise
     metrics = train_locally(
         state.model, state.data, state.views, train_settings(config), state.device,
@@ -52,9 +66,7 @@ def train(msg: Message, context: Context) -> Message:
 @torch.no_grad()
 def evaluate(msg: Message, context: Context) -> Message:
     """NT-Xent of the global model on (augmented) local data: a label-free health check."""
-    config = RunConfig.from_mapping(dict(context.run_config))
-    partition_id, num_partitions = _identity(context)
-    state = client_state(config, context.run_id, partition_id, num_partitions)
+    config, partition_id, state = _setup(context)
     state.model.load_state_dict(msg.content["arrays"].to_torch_state_dict())
     state.model.eval()
     torch.manual_seed(_round_seed(config, -1, partition_id))

@@ -15,6 +15,7 @@ import torch.nn as nn
 
 from app_config.run_config import RunConfig
 from client_app.augment import AudioEval, AudioViews, ImageEval, ImageViews
+from client_app.local_data import LocalSource, load_local_data
 from client_app.trainer import LocalData, TrainSettings
 from data_partition.datasets import load_splits
 from data_partition.modality_data import AUDIO, IMAGE
@@ -86,14 +87,17 @@ def federation_part(config: RunConfig, partition_id: int, num_partitions: int) -
 
 _RUN: dict[str, object] = {"key": None}
 _MODELS: dict[str, tuple[SSLModel, dict[str, nn.Module], torch.device]] = {}
-_PARTS: dict[tuple[int, int], tuple[str, LocalData]] = {}
+_PARTS: dict[object, tuple[str, LocalData]] = {}
 
 
-def client_state(config: RunConfig, run_id: int, partition_id: int, num_partitions: int) -> ClientState:
+def client_state(config: RunConfig, run_id: int, partition_id: int, num_partitions: int,
+                 local: LocalSource | None = None) -> ClientState:
     """One model per worker (weights are replaced every round), data per partition.
 
     A worker serves many virtual clients in turn; caching every partition it has
     served holds at most one copy of the dataset, since partitions are disjoint.
+    A deployed node (``local``: its node config's ``data-dir``) uses its own data
+    instead of a partition (see ``client_app.local_data``).
     """
     run_key = (run_id, config)
     if _RUN["key"] != run_key:  # a new run: forget the previous one's state
@@ -103,9 +107,13 @@ def client_state(config: RunConfig, run_id: int, partition_id: int, num_partitio
     if "model" not in _MODELS:
         device = resolve_device(config.device)
         _MODELS["model"] = (build_model(config).to(device), training_views(config, device), device)
-    if (partition_id, num_partitions) not in _PARTS:
-        part, data = federation_part(config, partition_id, num_partitions)
-        _PARTS[(partition_id, num_partitions)] = (part.kind, data)
+    key = (partition_id, num_partitions) if local is None else local
+    if key not in _PARTS:
+        if local is not None:
+            _PARTS[key] = load_local_data(local)
+        else:
+            part, data = federation_part(config, partition_id, num_partitions)
+            _PARTS[key] = (part.kind, data)
     model, views, device = _MODELS["model"]
-    kind, data = _PARTS[(partition_id, num_partitions)]
+    kind, data = _PARTS[key]
     return ClientState(kind, model, data, views, device)

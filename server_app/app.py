@@ -1,18 +1,42 @@
-"""ServerApp: build the strategy from config, run the rounds, evaluate, record."""
+"""ServerApp: build the strategy from config, run the rounds, evaluate, record, checkpoint.
+
+Rounds run through :func:`server_app.round_loop.run_rounds` (Flower's
+``Strategy.start`` loop with a start round, failure counts and a minimum of
+successful replies), so a run started with ``resume-from`` continues after the
+checkpoint's round in the same run folder: ``metrics.jsonl`` is cut back to the
+checkpoint's rounds, the strategy state and RNG states are restored.
+"""
 
 from __future__ import annotations
 
+import json
 import time
+from dataclasses import asdict
 
 import torch
 from flwr.app import ArrayRecord, ConfigRecord, Context, MetricRecord
 from flwr.serverapp import Grid, ServerApp
+from flwr.serverapp.strategy import Result
 
 from app_config.run_config import RunConfig
 from client_app.task import build_model, eval_transforms
 from data_partition.datasets import load_splits
 from models.device import resolve_device
 from server_app.central_eval import CentralEvaluator, as_metric_record
+from server_app.checkpoint import (
+    Checkpoint,
+    CheckpointError,
+    atomic_write_text,
+    capture_rng,
+    capture_strategy_state,
+    config_mismatch,
+    load_checkpoint,
+    resolve_checkpoint,
+    restore_rng,
+    restore_strategy_state,
+    save_checkpoint,
+)
+from server_app.round_loop import NO_REPLY, RoundTrain, run_rounds
 from server_app.run_output import RunOutput, format_round
 from server_app.tensorboard_log import TensorBoardLog
 from strategies.registry import build_strategy
@@ -33,27 +57,49 @@ def _client_entry(reply) -> dict:
     return entry
 
 
-def _record_train_metrics(strategy, sink: dict) -> None:
-    """Keep each round's aggregated train metrics so they can be written per round."""
-    aggregate = strategy.aggregate_train
+def _round_entry(train: RoundTrain) -> dict:
+    """The round's train numbers as written to metrics.jsonl."""
+    metrics = train.metrics
+    clients = [_client_entry(r) for r in train.replies]
+    clients += [{"node-id": node, "error": NO_REPLY} for node in train.missing_nodes]
+    entry = {
+        "metrics": {} if metrics is None else {k: v for k, v in metrics.items()},
+        "replies": len(train.replies),
+        "failures": train.failures,
+        "sent": train.sent,
+        "no-reply": len(train.missing_nodes),
+        "clients": clients,
+    }
+    if train.skipped:
+        entry["aggregation-skipped"] = train.skipped
+    return entry
 
-    def recording(server_round, replies):
-        replies = list(replies)
-        arrays, metrics = aggregate(server_round, replies)
-        sink[server_round] = {
-            "metrics": {} if metrics is None else {k: v for k, v in metrics.items()},
-            "replies": len(replies),
-            "failures": sum(1 for r in replies if r.has_error()),
-            "clients": [_client_entry(r) for r in replies],
-        }
-        return arrays, metrics
 
-    strategy.aggregate_train = recording
+def _evaluations(history: list[dict]) -> dict[int, MetricRecord]:
+    """Central evaluation results per round, from metrics.jsonl records (a resumed run's past)."""
+    return {int(r["round"]): as_metric_record(r["eval"]) for r in history if "eval" in r}
+
+
+def _resume_state(config: RunConfig) -> Checkpoint | None:
+    if not config.resume_from:
+        return None
+    checkpoint = load_checkpoint(config.resume_from)
+    current = {k.replace("_", "-"): v for k, v in asdict(config).items()}
+    problem = config_mismatch(checkpoint.run_config, current)
+    if problem:
+        raise CheckpointError(f"resume-from: cannot resume, {problem}")
+    if checkpoint.strategy_name != config.strategy:
+        raise CheckpointError(f"resume-from: checkpoint of strategy {checkpoint.strategy_name!r}, "
+                              f"this run uses {config.strategy!r}")
+    return checkpoint
 
 
 @app.main()
 def main(grid: Grid, context: Context) -> None:
     config = RunConfig.from_mapping(dict(context.run_config))
+    if config.deterministic:
+        torch.use_deterministic_algorithms(True, warn_only=True)
+    resume = _resume_state(config)
     root = config.resolved_data_root()
     datasets = {}
     if config.image_dataset:
@@ -67,13 +113,27 @@ def main(grid: Grid, context: Context) -> None:
     initial = ArrayRecord(model.state_dict())
     eval_model = build_model(config).to(device)
     evaluator = CentralEvaluator(eval_model, eval_transforms(config, device), datasets, device, config.knn_k, config.seed)
-    output = RunOutput.create(config.run_dir, config, context.run_id)
+    strategy = build_strategy(config)
+    history: list[dict] = []
+    result = Result()
+    start_round, arrays = 1, initial
+    if resume is None:
+        output = RunOutput.create(config.run_dir, config, context.run_id)
+    else:
+        output = RunOutput(resolve_checkpoint(config.resume_from).parent)
+        history = [r for r in resume.history if int(r["round"]) <= resume.round]
+        atomic_write_text(output.metrics_file, "".join(json.dumps(r, sort_keys=True) + "\n" for r in history))
+        restore_strategy_state(strategy, resume.strategy_state)
+        restore_rng(resume.rng)
+        start_round, arrays = resume.round + 1, resume.arrays
+        result.arrays = resume.arrays
+        result.evaluate_metrics_serverapp.update(_evaluations(history))
+        print(f"[fssuavl] resuming after round {resume.round} from {resolve_checkpoint(config.resume_from)}",
+              flush=True)
     tensorboard = TensorBoardLog(output.folder, enabled=config.tensorboard)
     print(f"[fssuavl] run folder: {output.folder}", flush=True)
 
-    strategy = build_strategy(config)
     train_log: dict[int, dict] = {}
-    _record_train_metrics(strategy, train_log)
     clock = {"last": time.perf_counter()}
     last_round = config.num_server_rounds
 
@@ -81,28 +141,46 @@ def main(grid: Grid, context: Context) -> None:
         due = server_round in (0, last_round) or (config.eval_every and server_round % config.eval_every == 0)
         record: dict = {"round": server_round, "round-seconds": time.perf_counter() - clock["last"]}
         if server_round in train_log:
-            record["train"] = train_log[server_round]["metrics"]
-            record["replies"] = train_log[server_round]["replies"]
-            record["failures"] = train_log[server_round]["failures"]
-            record["clients"] = train_log[server_round]["clients"]
+            train = train_log.pop(server_round)
+            record["train"] = train["metrics"]
+            for key in ("replies", "failures", "sent", "no-reply", "aggregation-skipped", "clients"):
+                if key in train:
+                    record[key] = train[key]
         if config.save_every and server_round % config.save_every == 0:
             output.save_model(arrays.to_torch_state_dict(), f"round-{server_round:04d}.pt")
-        result = evaluator(arrays) if due else None
-        if result is not None:
-            record["eval"] = result
+        scores = evaluator(arrays) if due else None
+        if scores is not None:
+            record["eval"] = scores
         output.append_round(record)
+        history.append(record)
         tensorboard.write_round(record)
         print("[fssuavl] " + format_round(record), flush=True)
         clock["last"] = time.perf_counter()
-        return None if result is None else as_metric_record(result)
+        return None if scores is None else as_metric_record(scores)
 
-    result = strategy.start(
-        grid=grid, initial_arrays=initial, num_rounds=config.num_server_rounds,
+    def checkpoint(server_round: int, arrays: ArrayRecord) -> None:
+        every = config.checkpoint_every
+        if not every or (server_round % every and server_round != last_round):
+            return
+        save_checkpoint(output.folder, Checkpoint(
+            round=server_round, arrays=arrays, strategy_name=config.strategy,
+            strategy_state=capture_strategy_state(strategy), rng=capture_rng(config.seed), history=history,
+            run_config={k.replace("_", "-"): v for k, v in asdict(config).items()},
+            meta={"flower-run-id": int(context.run_id), "written": time.strftime("%Y-%m-%dT%H:%M:%S")},
+        ))
+
+    result = run_rounds(
+        strategy, grid, arrays, num_rounds=config.num_server_rounds, start_round=start_round,
+        timeout=config.round_timeout, seed=config.seed, min_replies=config.min_train_nodes,
         train_config=ConfigRecord({}), evaluate_fn=evaluate,
+        on_train=lambda train: train_log.__setitem__(train.round, _round_entry(train)),
+        on_round_end=checkpoint, result=result,
     )
-    final = result.arrays if result.arrays is not None else initial
+    final = result.arrays if len(result.arrays) else arrays
     path = output.save_model(final.to_torch_state_dict())
     summary = {"final-model": str(path), "rounds": config.num_server_rounds}
+    if resume is not None:
+        summary["resumed-after-round"] = resume.round
     evals = result.evaluate_metrics_serverapp
     if evals:
         first, latest = evals[min(evals)], evals[max(evals)]

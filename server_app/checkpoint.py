@@ -1,0 +1,312 @@
+"""Resumable checkpoints of a run: written atomically, read back exactly.
+
+A checkpoint (``<run folder>/checkpoint.pt``, one file, always the latest) holds
+everything the ServerApp needs to continue a run as if it had never stopped:
+
+* ``round``: the last completed round ``k``; a resumed run starts at ``k + 1``;
+* ``arrays``: the global model after round ``k`` (exact bytes, every dtype kept);
+* ``strategy``: the strategy's state, captured generically (see
+  :func:`capture_strategy_state`): every instance attribute holding arrays, e.g.
+  Flower's FedOpt family's ``current_arrays`` / ``m_t`` / ``v_t``, FedAvgM's
+  ``current_arrays`` / ``momentum_vector`` and L-DAWA's previous global model;
+* ``rng``: the seed and the server process's Python, NumPy and torch RNG states;
+* ``history``: the ``metrics.jsonl`` records of rounds ``0..k``;
+* ``run-config``: the run config the rounds were run with.
+
+**Atomic writes.** :func:`save_checkpoint` writes to a temporary file in the
+same folder, flushes and ``fsync``\\ s it, then ``os.replace``\\ s it over the
+previous checkpoint (and ``fsync``\\ s the folder). A process killed at any
+moment leaves either the previous checkpoint or the new one, never a torn file;
+readers only ever open ``checkpoint.pt``, and stale temporary files
+(``.checkpoint-*.tmp``) are removed by the next write.
+
+**Format.** A ``torch.save`` file loadable with ``torch.load(weights_only=True)``
+(no pickled code): arrays are stored as tensors (NumPy dtypes torch lacks as
+lists), structure as tagged dicts, the history and config as JSON text.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import random
+import tempfile
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+import torch
+from flwr.app import Array, ArrayRecord
+
+CHECKPOINT_NAME = "checkpoint.pt"
+FORMAT_VERSION = 1
+TMP_PREFIX = ".checkpoint-"
+TMP_SUFFIX = ".tmp"
+
+# Run-config keys that may differ between the run that wrote a checkpoint and the
+# run resuming it: they change where/how long/how often, never what is computed.
+RESUMABLE_CHANGES = frozenset({
+    "resume-from", "checkpoint-every", "num-server-rounds", "round-timeout", "run-dir", "data-root",
+    "device", "tensorboard", "save-every", "eval-every",
+})
+
+
+class CheckpointError(ValueError):
+    """A checkpoint that cannot be used; the message is one line."""
+
+
+@dataclass
+class Checkpoint:
+    round: int
+    arrays: ArrayRecord
+    strategy_name: str
+    strategy_state: dict = field(default_factory=dict)
+    rng: dict = field(default_factory=dict)
+    history: list[dict] = field(default_factory=list)
+    run_config: dict = field(default_factory=dict)
+    meta: dict = field(default_factory=dict)
+
+
+# --------------------------------------------------------------------------- encoding
+def _tensor_of(x: np.ndarray):
+    try:
+        return torch.from_numpy(np.ascontiguousarray(x)).clone()
+    except TypeError:  # a dtype torch lacks (e.g. uint32 on older torch): keep it as a list
+        return {"__nplist__": x.tolist(), "dtype": str(x.dtype), "shape": list(x.shape)}
+
+
+def _array_of(value) -> np.ndarray:
+    if isinstance(value, torch.Tensor):
+        return value.numpy()
+    return np.asarray(value["__nplist__"], dtype=np.dtype(value["dtype"])).reshape(value["shape"])
+
+
+def _holds_arrays(value) -> bool:
+    if isinstance(value, (np.ndarray, Array, ArrayRecord)):
+        return True
+    if isinstance(value, dict):
+        return any(_holds_arrays(v) for v in value.values())
+    if isinstance(value, (list, tuple)):
+        return any(_holds_arrays(v) for v in value)
+    return False
+
+
+def encode(value):
+    """A value built from arrays, records, containers and scalars -> ``weights_only``-loadable form."""
+    if isinstance(value, ArrayRecord):
+        return {"__arrayrecord__": {k: _tensor_of(a.numpy()) for k, a in value.items()}}
+    if isinstance(value, Array):
+        return {"__array__": _tensor_of(value.numpy())}
+    if isinstance(value, np.ndarray):
+        return {"__ndarray__": _tensor_of(value)}
+    if isinstance(value, np.generic):
+        return {"__ndarray__": _tensor_of(np.asarray(value)), "scalar": True}
+    if isinstance(value, dict):
+        if not all(isinstance(k, str) for k in value):
+            raise TypeError("only dicts with string keys can be checkpointed")
+        return {"__dict__": {k: encode(v) for k, v in value.items()}}
+    if isinstance(value, (list, tuple)):
+        return {"__list__": [encode(v) for v in value], "tuple": isinstance(value, tuple)}
+    if value is None or isinstance(value, (bool, int, float, str)):
+        return value
+    raise TypeError(f"cannot checkpoint a value of type {type(value).__name__}")
+
+
+def decode(value):
+    """Inverse of :func:`encode`."""
+    if not isinstance(value, dict):
+        return value
+    if "__arrayrecord__" in value:
+        return ArrayRecord({k: Array(_array_of(v)) for k, v in value["__arrayrecord__"].items()})
+    if "__array__" in value:
+        return Array(_array_of(value["__array__"]))
+    if "__ndarray__" in value:
+        x = _array_of(value["__ndarray__"])
+        return x[()] if value.get("scalar") else x
+    if "__dict__" in value:
+        return {k: decode(v) for k, v in value["__dict__"].items()}
+    if "__list__" in value:
+        items = [decode(v) for v in value["__list__"]]
+        return tuple(items) if value.get("tuple") else items
+    raise CheckpointError(f"unknown encoded value with keys {sorted(value)[:3]}")
+
+
+# --------------------------------------------------------------------------- strategy state
+def capture_strategy_state(strategy) -> dict:
+    """Every instance attribute of ``strategy`` that holds arrays, encoded.
+
+    Generic on purpose: Flower's strategies keep their server-side optimiser
+    state in plain attributes (FedOpt: ``current_arrays``, ``m_t``, ``v_t``;
+    FedAvgM: ``current_arrays``, ``momentum_vector``), L-DAWA keeps the previous
+    global model (``_global``). Hyper-parameters are rebuilt from the run
+    config; attributes still ``None`` are left at their constructor default.
+    """
+    return {name: encode(value) for name, value in vars(strategy).items() if _holds_arrays(value)}
+
+
+def restore_strategy_state(strategy, state: dict) -> None:
+    for name, value in state.items():
+        setattr(strategy, name, decode(value))
+
+
+# --------------------------------------------------------------------------- RNG states
+def capture_rng(seed: int) -> dict:
+    version, internal, gauss = random.getstate()
+    np_state = np.random.get_state(legacy=False)
+    return {
+        "seed": int(seed),
+        "python": {"version": version, "state": list(internal), "gauss": gauss},
+        "numpy": {"bit_generator": np_state["bit_generator"], "key": [int(v) for v in np_state["state"]["key"]],
+                  "pos": int(np_state["state"]["pos"]), "has_gauss": int(np_state["has_gauss"]),
+                  "gauss": float(np_state["gauss"])},
+        "torch": torch.get_rng_state(),
+    }
+
+
+def restore_rng(rng: dict) -> None:
+    if not rng:
+        return
+    py = rng["python"]
+    random.setstate((py["version"], tuple(py["state"]), py["gauss"]))
+    n = rng["numpy"]
+    np.random.set_state({"bit_generator": n["bit_generator"],
+                         "state": {"key": np.asarray(n["key"], dtype=np.uint32), "pos": n["pos"]},
+                         "has_gauss": n["has_gauss"], "gauss": n["gauss"]})
+    torch.set_rng_state(rng["torch"])
+
+
+# --------------------------------------------------------------------------- files
+def checkpoint_path(folder: Path) -> Path:
+    return Path(folder) / CHECKPOINT_NAME
+
+
+def _fsync_dir(folder: Path) -> None:
+    try:
+        fd = os.open(folder, os.O_RDONLY)
+    except OSError:
+        return
+    try:
+        os.fsync(fd)
+    except OSError:
+        pass
+    finally:
+        os.close(fd)
+
+
+def remove_stale_temporaries(folder: Path) -> None:
+    """Temporary files left by a writer that was killed before ``os.replace``."""
+    for tmp in Path(folder).glob(f"{TMP_PREFIX}*{TMP_SUFFIX}"):
+        try:
+            tmp.unlink()
+        except OSError:
+            pass
+
+
+def atomic_torch_save(payload, path: Path) -> Path:
+    """``torch.save(payload)`` to ``path`` so that ``path`` is never seen half-written."""
+    path = Path(path)
+    folder = path.parent
+    folder.mkdir(parents=True, exist_ok=True)
+    remove_stale_temporaries(folder)
+    fd, tmp = tempfile.mkstemp(dir=folder, prefix=TMP_PREFIX, suffix=TMP_SUFFIX)
+    try:
+        with os.fdopen(fd, "wb") as fh:
+            torch.save(payload, fh)
+            fh.flush()
+            os.fsync(fh.fileno())
+        os.replace(tmp, path)
+    except BaseException:
+        try:
+            os.unlink(tmp)
+        except OSError:
+            pass
+        raise
+    _fsync_dir(folder)
+    return path
+
+
+def save_checkpoint(folder: Path, checkpoint: Checkpoint) -> Path:
+    """Write ``checkpoint`` as ``<folder>/checkpoint.pt``, atomically."""
+    payload = {
+        "format": FORMAT_VERSION,
+        "round": int(checkpoint.round),
+        "arrays": encode(checkpoint.arrays),
+        "strategy-name": checkpoint.strategy_name,
+        "strategy": checkpoint.strategy_state,
+        "rng": checkpoint.rng,
+        "history-json": json.dumps(checkpoint.history),
+        "run-config-json": json.dumps(checkpoint.run_config, sort_keys=True),
+        "meta-json": json.dumps(checkpoint.meta, sort_keys=True),
+    }
+    return atomic_torch_save(payload, checkpoint_path(folder))
+
+
+def resolve_checkpoint(resume_from: str | Path) -> Path:
+    """The checkpoint file named by a ``resume-from`` value (a run folder or the file itself)."""
+    path = Path(resume_from).expanduser()
+    if path.is_dir():
+        path = path / CHECKPOINT_NAME
+    return path.resolve()
+
+
+def resume_problem(resume_from: str) -> str | None:
+    """None when ``resume_from`` names an existing checkpoint, else a one-line reason."""
+    path = resolve_checkpoint(resume_from)
+    if not path.is_file():
+        where = Path(resume_from).expanduser()
+        if where.is_dir():
+            return f"no {CHECKPOINT_NAME} in run folder {str(where)!r} (was checkpoint-every 0?)"
+        return f"no checkpoint at {resume_from!r}; give a run folder or its {CHECKPOINT_NAME}"
+    return None
+
+
+def load_checkpoint(resume_from: str | Path) -> Checkpoint:
+    path = resolve_checkpoint(resume_from)
+    if not path.is_file():
+        raise CheckpointError(resume_problem(str(resume_from)) or f"no checkpoint at {str(path)!r}")
+    try:
+        payload = torch.load(path, map_location="cpu", weights_only=True)
+    except Exception as err:  # noqa: BLE001 - any unreadable file is one error for the user
+        raise CheckpointError(f"checkpoint {str(path)!r} cannot be read: {str(err).splitlines()[0]}") from err
+    if not isinstance(payload, dict) or payload.get("format") != FORMAT_VERSION:
+        raise CheckpointError(f"checkpoint {str(path)!r} has an unknown format")
+    return Checkpoint(
+        round=int(payload["round"]),
+        arrays=decode(payload["arrays"]),
+        strategy_name=payload["strategy-name"],
+        strategy_state=payload["strategy"],
+        rng=payload["rng"],
+        history=json.loads(payload["history-json"]),
+        run_config=json.loads(payload["run-config-json"]),
+        meta=json.loads(payload["meta-json"]),
+    )
+
+
+def config_mismatch(saved: dict, current: dict) -> str | None:
+    """A one-line reason why a run with ``current`` config cannot resume one with ``saved``, or None."""
+    differing = sorted(k for k in set(saved) | set(current)
+                       if k not in RESUMABLE_CHANGES and saved.get(k) != current.get(k))
+    if differing:
+        key = differing[0]
+        more = f" (and {len(differing) - 1} more)" if len(differing) > 1 else ""
+        return (f"{key}: the checkpoint was written with {saved.get(key)!r}, this run has {current.get(key)!r}{more}; "
+                f"only {', '.join(sorted(RESUMABLE_CHANGES - {'resume-from'}))} may change on resume")
+    return None
+
+
+def atomic_write_text(path: Path, text: str) -> None:
+    """Replace ``path``'s contents with ``text`` atomically (temp file in the same folder, fsync, rename)."""
+    path = Path(path)
+    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}-", suffix=TMP_SUFFIX)
+    try:
+        with os.fdopen(fd, "w") as fh:
+            fh.write(text)
+            fh.flush()
+            os.fsync(fh.fileno())
+        os.replace(tmp, path)
+    except BaseException:
+        try:
+            os.unlink(tmp)
+        except OSError:
+            pass
+        raise

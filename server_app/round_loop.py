@@ -1,0 +1,198 @@
+"""The federated round loop, resumable: Flower's ``Strategy.start`` with a start round.
+
+Why not ``strategy.start``: it always counts rounds from 1 and evaluates the
+initial model as round 0, so a run resumed from a checkpoint of round ``k``
+would restart the round numbers, and strategies whose maths depends on the
+round (FedAdam's bias correction uses ``server_round``; L-DAWA's warm-up is
+"round <= warmup") would compute something else than the uninterrupted run.
+:func:`run_rounds` is the same loop -- it calls the strategy's own
+``configure_train`` / ``aggregate_train`` / ``configure_evaluate`` /
+``aggregate_evaluate`` and ``grid.send_and_receive(..., timeout=...)`` in the
+same order -- with a ``start_round`` parameter, plus what reliable, repeatable
+runs need:
+
+* **Failures per round.** Replies carrying an error (the ClientApp raised, the
+  SuperNode went away) and messages without any reply when ``timeout`` ran out
+  (a client hung or disconnected) are counted; the round aggregates the replies
+  it got when at least ``min_replies`` of them succeeded, else it keeps the
+  previous global model (``aggregation-skipped``). Bad replies among the
+  successful ones (NaN/Inf, wrong shapes, bad metrics) are then dropped by the
+  strategies' reply filter (``strategies.reply_filter``).
+* **Order-independent aggregation.** Replies arrive in whatever order clients
+  finish; they are sorted by the partition id the client reports (then node
+  id) before aggregation, so floating-point sums do not depend on timing.
+* **Repeatable sampling.** Python's ``random`` (used by Flower's node sampling)
+  is re-seeded from ``(seed, round)`` before each round's configuration, so a
+  resumed round samples as the uninterrupted one did (same connected nodes).
+* **Hooks.** ``on_train(RoundTrain)`` sees each round's replies and counts
+  before central evaluation; ``on_round_end(round, arrays)`` runs after it
+  (the ServerApp writes its checkpoint there).
+"""
+
+from __future__ import annotations
+
+import io
+import random
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from logging import INFO, WARNING
+
+from flwr.app import ArrayRecord, ConfigRecord, Message, MetricRecord
+from flwr.serverapp import Grid
+from flwr.serverapp.strategy import Result
+from flwr.serverapp.strategy.strategy_utils import log_strategy_start_info
+from flwr.supercore import log
+
+NO_REPLY = "no reply within round-timeout (client hung, crashed or disconnected)"
+
+
+@dataclass
+class RoundTrain:
+    """What happened in one round's training phase."""
+
+    round: int
+    sent: int
+    replies: list[Message]
+    missing_nodes: list[int]
+    metrics: MetricRecord | None
+    skipped: str | None = None  # why aggregation did not run, if it did not
+    errors: int = field(init=False)
+
+    def __post_init__(self) -> None:
+        self.errors = sum(1 for r in self.replies if r.has_error())
+
+    @property
+    def failures(self) -> int:
+        """Error replies plus messages that got no reply at all."""
+        return self.errors + len(self.missing_nodes)
+
+
+def round_seed(seed: int, server_round: int) -> int:
+    return (seed * 7_919 + server_round * 104_729) % (2**31)
+
+
+def _partition_of(reply: Message) -> int | None:
+    if reply.has_error() or "client-info" not in reply.content.config_records:
+        return None
+    value = reply.content["client-info"].get("partition-id")
+    return int(value) if isinstance(value, (int, float)) and not isinstance(value, bool) else None
+
+
+def reply_order(reply: Message) -> tuple:
+    """Sort key: replies with a partition id first, by it; then by sending node."""
+    partition = _partition_of(reply)
+    return (0, partition, reply.metadata.src_node_id) if partition is not None else (1, 0, reply.metadata.src_node_id)
+
+
+def unanswered_nodes(messages: list[Message], replies: list[Message]) -> list[int]:
+    """Destination nodes of ``messages`` that got no reply (matched by message id, else by node)."""
+    answered_ids = {r.metadata.reply_to_message_id for r in replies}
+    answered_nodes = {r.metadata.src_node_id for r in replies}
+    return sorted(
+        m.metadata.dst_node_id for m in messages
+        if not (m.metadata.message_id and m.metadata.message_id in answered_ids)
+        and not (not m.metadata.message_id and m.metadata.dst_node_id in answered_nodes)
+    )
+
+
+def run_rounds(
+    strategy,
+    grid: Grid,
+    arrays: ArrayRecord,
+    *,
+    num_rounds: int,
+    start_round: int = 1,
+    timeout: float = 3600.0,
+    seed: int = 0,
+    min_replies: int = 1,
+    train_config: ConfigRecord | None = None,
+    evaluate_config: ConfigRecord | None = None,
+    evaluate_fn: Callable[[int, ArrayRecord], MetricRecord | None] | None = None,
+    on_train: Callable[[RoundTrain], None] | None = None,
+    on_round_end: Callable[[int, ArrayRecord], None] | None = None,
+    result: Result | None = None,
+) -> Result:
+    """Run rounds ``start_round..num_rounds`` from global ``arrays`` (the model after round ``start_round - 1``).
+
+    The initial model is evaluated (round 0) only when ``start_round == 1``.
+    ``result`` may carry what earlier rounds produced (a resumed run); its
+    ``arrays`` are replaced by each aggregate, as in ``Strategy.start``.
+    """
+    if start_round < 1:
+        raise ValueError("start_round must be >= 1")
+    log(INFO, "Starting %s strategy at round %d of %d:", strategy.__class__.__name__, start_round, num_rounds)
+    log_strategy_start_info(num_rounds, arrays, train_config, evaluate_config)
+    strategy.summary()
+    log(INFO, "")
+    train_config = ConfigRecord() if train_config is None else train_config
+    evaluate_config = ConfigRecord() if evaluate_config is None else evaluate_config
+    result = Result() if result is None else result
+    if start_round > 1 and not len(result.arrays):
+        result.arrays = arrays
+
+    t_start = time.time()
+    if evaluate_fn and start_round == 1:
+        res = evaluate_fn(0, arrays)
+        log(INFO, "Initial global evaluation results: %s", res)
+        if res is not None:
+            result.evaluate_metrics_serverapp[0] = res
+
+    for current_round in range(start_round, num_rounds + 1):
+        log(INFO, "")
+        log(INFO, "[ROUND %s/%s]", current_round, num_rounds)
+
+        # --- training (ClientApp side) ---------------------------------------
+        random.seed(round_seed(seed, current_round))
+        messages = list(strategy.configure_train(current_round, arrays, train_config, grid))
+        replies = list(grid.send_and_receive(messages=messages, timeout=timeout)) if messages else []
+        replies.sort(key=reply_order)
+        missing = unanswered_nodes(messages, replies)
+        successes = sum(1 for r in replies if not r.has_error())
+        skipped = None
+        if missing:
+            log(WARNING, "round %d: %d of %d clients sent no reply within %.0fs", current_round, len(missing),
+                len(messages), timeout)
+        if successes < min_replies:
+            skipped = f"{successes} successful replies, fewer than the minimum {min_replies}"
+            log(WARNING, "round %d: %s; the previous global model is kept", current_round, skipped)
+            agg_arrays, agg_metrics = None, None
+        else:
+            agg_arrays, agg_metrics = strategy.aggregate_train(current_round, replies)
+        if agg_arrays is not None:
+            result.arrays = agg_arrays
+            arrays = agg_arrays
+        if agg_metrics is not None:
+            log(INFO, "\t└──> Aggregated MetricRecord: %s", agg_metrics)
+            result.train_metrics_clientapp[current_round] = agg_metrics
+        if on_train is not None:
+            on_train(RoundTrain(current_round, len(messages), replies, missing, agg_metrics, skipped))
+
+        # --- evaluation (ClientApp side) -------------------------------------
+        eval_messages = list(strategy.configure_evaluate(current_round, arrays, evaluate_config, grid))
+        if eval_messages:
+            eval_replies = grid.send_and_receive(messages=eval_messages, timeout=timeout)
+            agg_eval = strategy.aggregate_evaluate(current_round, sorted(eval_replies, key=reply_order))
+            if agg_eval is not None:
+                log(INFO, "\t└──> Aggregated MetricRecord: %s", agg_eval)
+                result.evaluate_metrics_clientapp[current_round] = agg_eval
+
+        # --- evaluation (ServerApp side) -------------------------------------
+        if evaluate_fn:
+            log(INFO, "Global evaluation")
+            res = evaluate_fn(current_round, arrays)
+            log(INFO, "\t└──> MetricRecord: %s", res)
+            if res is not None:
+                result.evaluate_metrics_serverapp[current_round] = res
+        if on_round_end is not None:
+            on_round_end(current_round, arrays)
+
+    log(INFO, "")
+    log(INFO, "Strategy execution finished in %.2fs", time.time() - t_start)
+    log(INFO, "")
+    log(INFO, "Final results:")
+    log(INFO, "")
+    for line in io.StringIO(str(result)):
+        log(INFO, "\t%s", line.strip("\n"))
+    log(INFO, "")
+    return result
