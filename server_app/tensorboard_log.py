@@ -11,9 +11,10 @@ Tags (step = server round):
   (``ldawa/delta-mean``, ``ldawa/delta-min``, ``ldawa/divergence``,
   ``ldawa/divergence-max-client``, ``ldawa/delta/<layer group>``);
 - ``eval/<key>``: central evaluation (``eval/knn-image``, ``eval/probe-audio``, ...);
-- ``round/replies``, ``round/failures``, ``round/seconds``, and where clients
-  report their placement ``round/hosts`` and ``round/ray-nodes`` (distinct
-  hosts and Ray nodes that executed the round's clients).
+- ``round/replies``, ``round/failures``, ``round/sent``, ``round/no-reply``,
+  ``round/aggregation-skipped`` (when the record has them), ``round/seconds``,
+  and where clients report their placement ``round/hosts`` and
+  ``round/ray-nodes`` (distinct hosts and Ray nodes that ran the round's clients).
 """
 
 from __future__ import annotations
@@ -48,10 +49,13 @@ def round_scalars(record: dict) -> dict[str, float]:
         number = _number(value)
         if number is not None:
             out["eval/" + key] = number
-    for key, tag in (("replies", "round/replies"), ("failures", "round/failures"), ("round-seconds", "round/seconds")):
+    for key in ("replies", "failures", "sent", "no-reply", "aggregation-skipped"):
         number = _number(record.get(key))
         if number is not None:
-            out[tag] = number
+            out["round/" + key] = number
+    number = _number(record.get("round-seconds"))
+    if number is not None:
+        out["round/seconds"] = number
     clients = record.get("clients") or []
     for field, tag in (("host", "round/hosts"), ("ray-node-id", "round/ray-nodes")):
         seen = {c[field] for c in clients if isinstance(c, dict) and field in c}

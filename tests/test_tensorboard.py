@@ -12,7 +12,7 @@ EventAccumulator = pytest.importorskip("tensorboard.backend.event_processing.eve
 RECORDS = [
     {"round": 0, "round-seconds": 0.001,
      "eval": {"knn-image": 0.70, "knn-audio": 0.50, "probe-image": 0.80, "probe-audio": 0.60, "eval-seconds": 3.0}},
-    {"round": 1, "round-seconds": 12.5, "replies": 4, "failures": 1,
+    {"round": 1, "round-seconds": 12.5, "replies": 4, "failures": 1, "sent": 5, "no-reply": 1,
      "train": {"clients": 3, "clients-image": 2, "clients-audio": 2, "loss": 5.5, "loss-image": 4.0,
                "loss-audio": 3.5, "replies-received": 4, "replies-aggregated": 3, "aggregation-skipped": 0,
                "ldawa-delta-mean": 0.91, "ldawa-delta-min": 0.42, "ldawa-divergence": 0.09,
@@ -38,6 +38,7 @@ def test_round_scalars_maps_every_section():
     assert tags["train/loss-image"] == 4.0 and tags["train/loss-audio"] == 3.5
     assert tags["ldawa/delta-mean"] == 0.91 and tags["ldawa/delta/encoder.layer1"] == 0.95
     assert tags["round/failures"] == 1.0 and tags["round/replies"] == 4.0
+    assert tags["round/sent"] == 5.0 and tags["round/no-reply"] == 1.0
     assert tags["round/ray-nodes"] == 2.0 and tags["round/hosts"] == 1.0
     assert not any(t.startswith("train/ldawa") for t in tags)
 
@@ -56,7 +57,8 @@ def test_event_files_hold_expected_tags_and_values(tmp_path):
         "ldawa/delta-mean", "ldawa/delta-min", "ldawa/divergence", "ldawa/divergence-max-client",
         "ldawa/delta/encoder.layer1",
         "eval/knn-image", "eval/knn-audio", "eval/probe-image", "eval/probe-audio", "eval/eval-seconds",
-        "round/replies", "round/failures", "round/seconds", "round/ray-nodes", "round/hosts",
+        "round/replies", "round/failures", "round/sent", "round/no-reply", "round/seconds", "round/ray-nodes",
+        "round/hosts",
     }
     assert expected <= set(scalars), expected - set(scalars)
     assert scalars["eval/probe-image"] == pytest.approx({0: 0.80, 2: 0.85})
