@@ -70,7 +70,7 @@ class Checkpoint:
 # --------------------------------------------------------------------------- encoding
 def _tensor_of(x: np.ndarray):
     try:
-        return torch.from_numpy(np.ascontiguousarray(x)).clone()
+        return torch.from_numpy(np.array(x, order="C", copy=True))  # (np.ascontiguousarray makes 0-d arrays 1-d)
     except TypeError:  # a dtype torch lacks (e.g. uint32 on older torch): keep it as a list
         return {"__nplist__": x.tolist(), "dtype": str(x.dtype), "shape": list(x.shape)}
 

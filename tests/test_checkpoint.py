@@ -70,7 +70,20 @@ def _rounds(strategy, arrays, start, end, **kwargs):
 
 def _equal(a: ArrayRecord, b: ArrayRecord) -> bool:
     return list(a.keys()) == list(b.keys()) and all(
-        a[k].numpy().dtype == b[k].numpy().dtype and a[k].numpy().tobytes() == b[k].numpy().tobytes() for k in a)
+        tuple(a[k].shape) == tuple(b[k].shape) and a[k].numpy().shape == b[k].numpy().shape
+        and a[k].numpy().dtype == b[k].numpy().dtype and a[k].numpy().tobytes() == b[k].numpy().tobytes() for k in a)
+
+
+def test_model_arrays_keep_their_shapes_through_a_checkpoint(tmp_path):
+    """0-d buffers (BatchNorm's num_batches_tracked) must stay 0-d, or clients' replies look misshapen."""
+    from strategies.reply_filter import array_spec
+
+    model = torch.nn.Sequential(torch.nn.Linear(3, 4), torch.nn.BatchNorm1d(4))
+    arrays = ArrayRecord(model.state_dict())
+    save_checkpoint(tmp_path, Checkpoint(round=1, arrays=arrays, strategy_name="fedavg"))
+    back = load_checkpoint(tmp_path).arrays
+    assert array_spec(back) == array_spec(arrays) and _equal(back, arrays)
+    assert back["1.num_batches_tracked"].numpy().shape == ()
 
 
 def test_encode_decode_is_exact_and_loads_with_weights_only(tmp_path):
