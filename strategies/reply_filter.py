@@ -194,6 +194,10 @@ class ReplyFilter:
         if not good:
             log(WARNING, "aggregate_train (round %d): none of %d replies can be aggregated; "
                 "the previous global model is kept", server_round, len(replies))
+            if counts.get(SHAPE, 0) == len(replies):
+                log(WARNING, "aggregate_train (round %d): every reply disagrees with the global model's array "
+                    "names/shapes (e.g. %s); was the global model (a resumed checkpoint?) built for another "
+                    "architecture?", server_round, notes[0])
             return None, MetricRecord({**summary, "aggregation-skipped": 1, "aggregation-nonfinite": 0})
 
         arrays, metrics = super().aggregate_train(server_round, good)

@@ -202,3 +202,18 @@ def test_evaluate_replies_with_bad_metrics_are_excluded():
     metrics = strategy.aggregate_evaluate(1, replies)
     assert metrics["loss"] == pytest.approx((10 * 1.0 + 30 * 3.0) / 40)
     assert strategy.aggregate_evaluate(1, [error_reply(to)]) is None
+
+
+def test_all_replies_disagreeing_with_the_global_model_get_a_hint(caplog):
+    import logging
+
+    from flwr.app import ConfigRecord
+
+    strategy = make_strategy("fedavg", common=common(2))
+    wrong_global = {**global_weights(), "n": np.array([2], np.int64)}  # e.g. a 0-dim buffer saved as 1-dim
+    list(strategy.configure_train(1, arrays_of(wrong_global), ConfigRecord({}), FakeGrid([1, 2], None)))
+    replies = [train_reply(instruction(node), good(node)) for node in (1, 2)]
+    with caplog.at_level(logging.WARNING, logger="flwr"):
+        arrays, metrics = strategy.aggregate_train(1, replies)
+    assert arrays is None and metrics["replies-dropped-shape"] == 2
+    assert "every reply disagrees with the global model" in caplog.text
