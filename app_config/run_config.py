@@ -22,7 +22,7 @@ def _key(default, doc: str):
 @dataclass(frozen=True)
 class RunConfig:
     # --- federation -------------------------------------------------------
-    num_server_rounds: int = _key(5, "Federated rounds to run.")
+    num_server_rounds: int = _key(4, "Federated rounds to run.")
     strategy: str = _key("fedavg", "Aggregation strategy name (see strategies.registry.STRATEGIES).")
     ldawa_warmup_rounds: int = _key(0, "L-DAWA: first rounds aggregated with data-size FedAvg.")
     fraction_train: float = _key(1.0, "Fraction of connected clients sampled each round for training.")
@@ -51,6 +51,9 @@ class RunConfig:
     audio_dataset: str = _key("spoken-digits", "Audio dataset name; '' for none.")
     data_root: str = _key("", "Folder with datasets and caches; '' = $FSSUAVL_DATA_ROOT or ~/.cache/fssuavl.")
     image_size: int = _key(16, "Side (px) of image crops fed to the encoder.")
+    image_min_crop_scale: float = _key(0.5, "Smallest area share of a random resized crop (SimCLR on CIFAR: 0.08-0.2; "
+                                            "0.5 keeps small digits legible).")
+    image_hflip: bool = _key(False, "Random horizontal flips (SimCLR default on; off for orientation-bound digits).")
     audio_n_mels: int = _key(32, "Mel bands of the log-mel spectrogram.")
     audio_hop_ms: float = _key(32.0, "Spectrogram hop in ms (1 s clip -> 1000/hop frames).")
     audio_win_ms: float = _key(64.0, "Spectrogram window in ms.")
@@ -107,7 +110,7 @@ class RunConfig:
         by_key = {f.name.replace("_", "-"): f for f in fields(cls)}
         unknown = sorted(set(values) - set(by_key))
         if unknown:
-            raise ConfigError(f"unknown config key {unknown[0]!r}; valid keys are listed in config/run_config.py")
+            raise ConfigError(f"unknown config key {unknown[0]!r}; valid keys: {', '.join(sorted(by_key))} (documented in app_config/run_config.py)")
         kwargs = {}
         for key, value in values.items():
             f = by_key[key]
@@ -175,6 +178,7 @@ class RunConfig:
         need(self.learning_rate > 0, "learning-rate: must be > 0")
         need(self.temperature > 0, "temperature: must be > 0")
         need(self.image_size >= 8, "image-size: must be >= 8")
+        need(0.0 < self.image_min_crop_scale <= 1.0, "image-min-crop-scale: must be in (0, 1]")
         need(self.audio_n_mels >= 8, "audio-n-mels: must be >= 8")
         need(0 < self.audio_hop_ms <= self.audio_win_ms, "audio-hop-ms: must be > 0 and <= audio-win-ms")
         need(self.eval_every >= 0, "eval-every: must be >= 0 (0 = only first and last round)")
