@@ -145,9 +145,8 @@ def test_table_rows_are_exact_and_mark_where_fssuavl_loses():
         "OOD digits:invert probe | params (M) | GFLOPs image / audio | FSSUAVL loses to |",
         "|---|---|---|---|---|---|---|---|---|---|---|---|",
         "| FSSUAVL | resnet18_cifar | fedavg | 90.0 | 80.0 | 70.0 | 60.0 | 95.0 | 50.0 | 11.17 | 0.278 / 1.111 | "
-        "FVSSL on image probe (91.2 vs 90.0); FVSSL on OOD digits:invert probe (60.0 vs 50.0); "
-        "Separate (FVSSL+FASSL) on image probe (91.2 vs 90.0); Separate (FVSSL+FASSL) on audio kNN (61.0 vs 60.0); "
-        "Centralized on audio probe (75.0 vs 70.0) |",
+        "FVSSL: image probe +1.2, OOD digits:invert probe +10.0; Separate (FVSSL+FASSL): image probe +1.2, "
+        "audio kNN +1.0; Centralized: audio probe +5.0 |",
         "| FSSUAVL | vit_tiny_cifar | fedavg | 50.0 | 50.0 | 50.0 | 50.0 | n/a | n/a | 5.36 | 0.183 / 0.730 | none |",
         "| FVSSL | resnet18_cifar | fedavg | **91.2** | 80.0 | 30.0 | 20.0 | 90.0 | **60.0** | 11.17 | "
         "0.278 / 1.111 |  |",
