@@ -137,7 +137,7 @@ def load_local_data(source: LocalSource) -> tuple[str, LocalData]:
         raise NodeConfigError(
             f"node config data-dir: no {looked} data in {source.data_dir!r}; expected an array cache "
             "(meta.json, train_x.npy, train_y.npy) or a data root with cache/<dataset>/ or a dataset's layout")
-    tensors = {m: torch.from_numpy(np.ascontiguousarray(found[m].x)) for m in wanted}
+    tensors = {m: torch.from_numpy(np.array(found[m].x)) for m in wanted}  # a writable in-memory copy
     data = LocalData(tensors)
     if len(data.modalities) != len(wanted):
         raise NodeConfigError(f"node config data-dir: {source.data_dir!r} holds fewer than 2 samples of a modality")

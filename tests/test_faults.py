@@ -11,9 +11,11 @@ import pytest
 from client_app.faults import InjectedFault, expected_failures, fault_draw, fault_selected, maybe_inject_fault
 from experiments.launch import superlink_pids
 from tests.conftest import PROJECT
+from tests.test_deployment import small_root  # noqa: F401  (fixture: small data root, fast central evaluation)
 
 PORTS = ["--superlink-port", "39591", "--control-port", "39593"]
 SUPERNODES, ROUNDS, RATE, SEED = 10, 2, 0.2, 42
+TINY = "encoder='test_resnet' projection-hidden-dim=64 projection-dim=32"  # a 0.4M-parameter CNN: fast rounds
 
 
 def test_fault_selection_is_a_fixed_function_of_seed_round_and_partition():
@@ -38,10 +40,23 @@ def test_injected_fault_raises_only_for_selected_clients():
     maybe_inject_fault(RunConfig(), 1, failing[0])  # the default rate never fails
 
 
-def test_run_with_failing_clients_completes_and_counts_failures_per_round(tmp_path, data_root):
+def test_hang_mode_sleeps_past_the_round_timeout_then_raises(monkeypatch):
+    import client_app.faults as faults
+    from app_config.run_config import RunConfig
+
+    slept = []
+    monkeypatch.setattr(faults.time, "sleep", slept.append)
+    config = RunConfig(fault_rate=1.0, fault_mode="hang", round_timeout=30.0)
+    with pytest.raises(InjectedFault, match="mode hang"):
+        maybe_inject_fault(config, 1, 0)
+    assert slept == [30.0 + faults.HANG_EXTRA_SECONDS]
+
+
+def test_run_with_failing_clients_completes_and_counts_failures_per_round(tmp_path, small_root):  # noqa: F811
+    data_root = small_root
     runs, flwr_home = tmp_path / "runs", tmp_path / "flwr"
     config = (f"num-server-rounds={ROUNDS} fault-rate={RATE} seed={SEED} max-local-steps=1 batch-size=8 "
-              f"eval-every=0 data-root='{data_root}' run-dir='{runs}'")
+              f"{TINY} eval-every=0 data-root='{data_root}' run-dir='{runs}'")
     done = subprocess.run(
         [sys.executable, "-m", "experiments.launch", "--num-supernodes", str(SUPERNODES), "--flwr-home",
          str(flwr_home), *PORTS, "--timeout", "600", "--run-config", config],

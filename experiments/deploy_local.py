@@ -1,0 +1,506 @@
+"""Deploy the app for real on this machine: a SuperLink and N SuperNodes with TLS and SuperNode auth.
+
+What a deployment on devices does, on loopback (127.0.0.1), end to end:
+
+1. makes a CA, a SuperLink certificate for ``127.0.0.1`` / ``localhost`` signed
+   by it, and one ECDSA (P-384, OpenSSH format) key pair per SuperNode;
+2. starts ``flower-superlink`` with TLS (``--ssl-certfile/--ssl-keyfile/
+   --ssl-ca-certfile``) and ``--enable-supernode-auth``;
+3. writes the ``[superlink.NAME]`` connection (address + ``root-certificates``)
+   into ``$FLWR_HOME/config.toml`` of the Flower CLI and registers each
+   SuperNode's public key with ``flwr supernode register KEY NAME``;
+4. gives every SuperNode its own data folder (by default disjoint slices of the
+   embedded data: visual-only, audio-only and audio-visual nodes in turn) and
+   starts ``flower-supernode --root-certificates CA --auth-supernode-private-key
+   KEY --node-config "data-dir='...' ..."``;
+5. runs ``flwr run . NAME --stream --run-config ...``, then reads the run's real
+   status with ``flwr ls NAME --run-id ID --format json`` (``flwr run`` exits 0
+   even when the ServerApp failed);
+6. stops every process it started (also on errors and SIGTERM).
+
+Every process gets its own ``FLWR_HOME`` under the work folder (a temp dir by
+default) and ``FLWR_DISABLE_RUNTIME_DEPENDENCY_INSTALLATION=1``,
+``FLWR_TELEMETRY_ENABLED=0``, ``FLWR_DISABLE_UPDATE_CHECK=1``. Ports: SuperLink
+39691, SuperNodes 39701.. (distinct from the simulation launcher's 39091/39093).
+
+    python -m experiments.deploy_local --num-supernodes 2 \\
+        --run-config "num-server-rounds=2 max-local-steps=1 batch-size=8 eval-every=0"
+
+Exit code: 0 when the run finished as ``completed``, 1 otherwise, 2 on bad arguments.
+"""
+
+from __future__ import annotations
+
+import argparse
+import datetime
+import ipaddress
+import json
+import os
+import re
+import signal
+import subprocess
+import sys
+import tempfile
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+
+PROJECT = Path(__file__).resolve().parents[1]
+CONNECTION = "fssuavl-deploy"
+SUPERLINK_PORT = 39691
+SUPERNODE_PORT = 39701
+KINDS = ("visual", "audio", "audiovisual")
+
+
+# --------------------------------------------------------------------------- certificates and keys
+def make_tls_certificates(folder: Path, hosts: tuple[str, ...] = ("127.0.0.1", "localhost")) -> dict[str, Path]:
+    """A CA and a server certificate for ``hosts`` signed by it (PEM files in ``folder``)."""
+    from cryptography import x509
+    from cryptography.hazmat.primitives import hashes, serialization
+    from cryptography.hazmat.primitives.asymmetric import ec
+    from cryptography.x509.oid import ExtendedKeyUsageOID, NameOID
+
+    folder.mkdir(parents=True, exist_ok=True)
+    now = datetime.datetime.now(datetime.timezone.utc) - datetime.timedelta(minutes=5)
+    until = now + datetime.timedelta(days=30)
+
+    def pem_key(key) -> bytes:
+        return key.private_bytes(serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8,
+                                 serialization.NoEncryption())
+
+    ca_key = ec.generate_private_key(ec.SECP256R1())
+    ca_name = x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, "fssuavl local CA")])
+    ca_cert = (x509.CertificateBuilder().subject_name(ca_name).issuer_name(ca_name)
+               .public_key(ca_key.public_key()).serial_number(x509.random_serial_number())
+               .not_valid_before(now).not_valid_after(until)
+               .add_extension(x509.BasicConstraints(ca=True, path_length=None), critical=True)
+               .add_extension(x509.KeyUsage(digital_signature=True, key_cert_sign=True, crl_sign=True,
+                                            content_commitment=False, key_encipherment=False,
+                                            data_encipherment=False, key_agreement=False,
+                                            encipher_only=False, decipher_only=False), critical=True)
+               .sign(ca_key, hashes.SHA256()))
+    server_key = ec.generate_private_key(ec.SECP256R1())
+    names: list[x509.GeneralName] = []
+    for host in hosts:
+        try:
+            names.append(x509.IPAddress(ipaddress.ip_address(host)))
+        except ValueError:
+            names.append(x509.DNSName(host))
+    server_cert = (x509.CertificateBuilder()
+                   .subject_name(x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, hosts[0])]))
+                   .issuer_name(ca_name).public_key(server_key.public_key())
+                   .serial_number(x509.random_serial_number()).not_valid_before(now).not_valid_after(until)
+                   .add_extension(x509.SubjectAlternativeName(names), critical=False)
+                   .add_extension(x509.BasicConstraints(ca=False, path_length=None), critical=True)
+                   .add_extension(x509.ExtendedKeyUsage([ExtendedKeyUsageOID.SERVER_AUTH]), critical=False)
+                   .sign(ca_key, hashes.SHA256()))
+    paths = {"ca": folder / "ca.crt", "cert": folder / "server.pem", "key": folder / "server.key"}
+    paths["ca"].write_bytes(ca_cert.public_bytes(serialization.Encoding.PEM))
+    paths["cert"].write_bytes(server_cert.public_bytes(serialization.Encoding.PEM))
+    paths["key"].write_bytes(pem_key(server_key))
+    os.chmod(paths["key"], 0o600)
+    return paths
+
+
+def make_supernode_keys(folder: Path, name: str) -> tuple[Path, Path]:
+    """An ECDSA P-384 key pair in OpenSSH format (what ``flwr supernode register`` and SuperNodes read)."""
+    from cryptography.hazmat.primitives import serialization
+    from cryptography.hazmat.primitives.asymmetric import ec
+
+    folder.mkdir(parents=True, exist_ok=True)
+    key = ec.generate_private_key(ec.SECP384R1())
+    private, public = folder / name, folder / f"{name}.pub"
+    private.write_bytes(key.private_bytes(serialization.Encoding.PEM, serialization.PrivateFormat.OpenSSH,
+                                          serialization.NoEncryption()))
+    os.chmod(private, 0o600)
+    public.write_bytes(key.public_key().public_bytes(serialization.Encoding.OpenSSH,
+                                                     serialization.PublicFormat.OpenSSH) + b"\n")
+    return private, public
+
+
+# --------------------------------------------------------------------------- node data
+def split_embedded_data(data_root: Path, folder: Path, num_nodes: int) -> list[tuple[Path, str]]:
+    """Per-node data folders from the embedded datasets: node i gets samples i::num_nodes of each
+    modality it holds; kinds cycle visual, audio, audiovisual. Single-modality nodes get one array
+    cache as their data-dir, audio-visual nodes a data root with ``cache/digits`` and ``cache/spoken-digits``.
+    """
+    from client_app.local_data import write_array_cache
+    from data_partition.datasets import cache_folder, load_splits
+
+    image = load_splits("digits", data_root).train
+    audio = load_splits("spoken-digits", data_root).train
+    nodes = []
+    for i in range(num_nodes):
+        kind = KINDS[i % len(KINDS)]
+        node_dir = folder / f"node-{i}"
+        images = image.subset(np.arange(i, len(image), num_nodes))
+        sounds = audio.subset(np.arange(i, len(audio), num_nodes))
+        if kind == "visual":
+            data_dir = write_array_cache(node_dir / "images", "digits", images)
+        elif kind == "audio":
+            data_dir = write_array_cache(node_dir / "audio", "spoken-digits", sounds)
+        else:
+            data_dir = node_dir / "root"
+            write_array_cache(cache_folder("digits", data_dir), "digits", images)
+            write_array_cache(cache_folder("spoken-digits", data_dir), "spoken-digits", sounds)
+        nodes.append((data_dir, kind))
+    return nodes
+
+
+# --------------------------------------------------------------------------- processes
+def _environ_of(pid: int) -> dict[str, str]:
+    try:
+        raw = (Path("/proc") / str(pid) / "environ").read_bytes()
+    except OSError:
+        return {}
+    out = {}
+    for item in raw.split(b"\0"):
+        key, _, value = item.partition(b"=")
+        if key:
+            out[key.decode(errors="replace")] = value.decode(errors="replace")
+    return out
+
+
+def processes_of(workdir: Path) -> list[int]:
+    """PIDs whose ``FLWR_HOME`` lies under ``workdir``: every process a deployment started, including
+    the SuperExecs, ServerApp and ClientApp processes Flower spawns (they inherit the environment),
+    even if their parent already died."""
+    marker = str(workdir)
+    pids = []
+    for proc in Path("/proc").glob("[0-9]*"):
+        pid = int(proc.name)
+        if pid != os.getpid() and _environ_of(pid).get("FLWR_HOME", "").startswith(marker):
+            pids.append(pid)
+    return pids
+
+
+def _alive(pid: int) -> bool:
+    try:
+        state = (Path("/proc") / str(pid) / "stat").read_text().rsplit(")", 1)[1].split()[0]
+    except (OSError, IndexError):
+        return False
+    return state != "Z"
+
+
+def stop_pids(pids: list[int], grace: float = 10.0) -> None:
+    for sig in (signal.SIGTERM, signal.SIGKILL):
+        for pid in pids:
+            try:
+                os.kill(pid, sig)
+            except ProcessLookupError:
+                pass
+        deadline = time.monotonic() + grace
+        while time.monotonic() < deadline and any(_alive(p) for p in pids):
+            time.sleep(0.1)
+
+
+@dataclass
+class Deployment:
+    """A SuperLink plus SuperNodes on loopback; use as a context manager (``stop`` always runs)."""
+
+    workdir: Path
+    superlink_port: int = SUPERLINK_PORT
+    supernode_port: int = SUPERNODE_PORT
+    log: callable = print
+    procs: dict[str, subprocess.Popen] = field(default_factory=dict)
+    node_ids: dict[str, int] = field(default_factory=dict)
+
+    def __post_init__(self) -> None:
+        self.workdir = Path(self.workdir).resolve()
+        self.workdir.mkdir(parents=True, exist_ok=True)
+        self.tls = make_tls_certificates(self.workdir / "tls")
+        self.cli_home = self.workdir / "cli-home"
+        self._logs: dict[str, Path] = {}
+
+    # -- environment -------------------------------------------------------
+    def env(self, flwr_home: Path) -> dict[str, str]:
+        env = dict(os.environ)
+        env.update({
+            "FLWR_HOME": str(flwr_home),
+            "FLWR_DISABLE_RUNTIME_DEPENDENCY_INSTALLATION": "1",
+            "FLWR_TELEMETRY_ENABLED": "0",
+            "FLWR_DISABLE_UPDATE_CHECK": "1",
+            "HF_HUB_OFFLINE": "1",
+            "PYTHONUNBUFFERED": "1",
+        })
+        env["PATH"] = str(Path(sys.executable).parent) + os.pathsep + env.get("PATH", "")
+        env.pop("RAY_ADDRESS", None)
+        return env
+
+    @property
+    def address(self) -> str:
+        return f"127.0.0.1:{self.superlink_port}"
+
+    def _start(self, name: str, cmd: list[str], home: Path) -> subprocess.Popen:
+        home.mkdir(parents=True, exist_ok=True)
+        log_path = self.workdir / f"{name}.log"
+        self._logs[name] = log_path
+        with open(log_path, "ab") as fh:
+            proc = subprocess.Popen(cmd, env=self.env(home), cwd=home, stdout=fh, stderr=subprocess.STDOUT)
+        self.procs[name] = proc
+        return proc
+
+    def log_text(self, name: str) -> str:
+        path = self._logs.get(name)
+        return path.read_text(errors="replace") if path and path.exists() else ""
+
+    def cli(self, *args: str, timeout: float = 120) -> subprocess.CompletedProcess:
+        return subprocess.run(["flwr", *args], env=self.env(self.cli_home), cwd=PROJECT, capture_output=True,
+                              text=True, timeout=timeout)
+
+    # -- SuperLink ---------------------------------------------------------
+    def start_superlink(self, timeout: float = 60) -> None:
+        _check_free(self.superlink_port)
+        self._start("superlink", [
+            "flower-superlink", "--ssl-ca-certfile", str(self.tls["ca"]), "--ssl-certfile", str(self.tls["cert"]),
+            "--ssl-keyfile", str(self.tls["key"]), "--enable-supernode-auth", "--isolation", "subprocess",
+            "--host", "127.0.0.1", "--port", str(self.superlink_port),
+            "--database", str(self.workdir / "superlink-home" / "state.db"),
+            "--disable-runtime-dependency-installation",
+        ], self.workdir / "superlink-home")
+        self.write_connection()
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            if self.procs["superlink"].poll() is not None:
+                raise RuntimeError(f"flower-superlink exited ({self.procs['superlink'].returncode}): "
+                                   + self.log_text("superlink")[-2000:])
+            if self._answers():
+                self.log(f"[deploy] SuperLink up on {self.address} (TLS, SuperNode auth)")
+                return
+            time.sleep(1.0)
+        raise RuntimeError(f"flower-superlink did not answer within {timeout:.0f}s: "
+                           + self.log_text("superlink")[-2000:])
+
+    def _answers(self) -> bool:
+        """Whether the SuperLink's Control API answers over TLS (``flwr`` exits 0 even when it does not)."""
+        done = self.cli("supernode", "list", CONNECTION, "--format", "json", timeout=30)
+        try:
+            return done.returncode == 0 and _json_of(done.stdout).get("success") is True
+        except (ValueError, json.JSONDecodeError):
+            return False
+
+    def write_connection(self) -> Path:
+        """The Flower CLI's ``[superlink.NAME]`` entry (TLS with our CA)."""
+        self.cli_home.mkdir(parents=True, exist_ok=True)
+        path = self.cli_home / "config.toml"
+        path.write_text(
+            f'[superlink]\ndefault = "{CONNECTION}"\n\n'
+            f'[superlink.{CONNECTION}]\naddress = "{self.address}"\nroot-certificates = "{self.tls["ca"]}"\n'
+        )
+        return path
+
+    def register(self, public_key: Path) -> int:
+        done = self.cli("supernode", "register", str(public_key), CONNECTION, "--format", "json")
+        try:
+            node_id = int(_json_of(done.stdout)["node-id"])
+        except (ValueError, KeyError, IndexError, json.JSONDecodeError) as err:
+            raise RuntimeError(f"flwr supernode register failed: {(done.stdout + done.stderr)[-1000:]}") from err
+        self.node_ids[str(public_key)] = node_id
+        self.log(f"[deploy] registered SuperNode key {public_key.name} as node {node_id}")
+        return node_id
+
+    # -- SuperNodes --------------------------------------------------------
+    def start_supernode(self, index: int, private_key: Path, node_config: dict,
+                        extra: tuple[str, ...] = ()) -> subprocess.Popen:
+        port = self.supernode_port + index
+        _check_free(port)
+        config = " ".join(f"{k}={_toml(v)}" for k, v in node_config.items())
+        return self._start(f"supernode-{index}", [
+            "flower-supernode", "--superlink", self.address, "--root-certificates", str(self.tls["ca"]),
+            "--auth-supernode-private-key", str(private_key), "--isolation", "subprocess",
+            "--host", "127.0.0.1", "--port", str(port), "--node-config", config, *extra,
+        ], self.workdir / f"supernode-{index}-home")
+
+    def connected_nodes(self) -> list[dict]:
+        done = self.cli("supernode", "list", CONNECTION, "--format", "json", timeout=30)
+        try:
+            return _json_of(done.stdout).get("nodes", [])
+        except (ValueError, json.JSONDecodeError):
+            return []
+
+    def wait_online(self, count: int, timeout: float = 60) -> list[dict]:
+        deadline = time.monotonic() + timeout
+        online: list[dict] = []
+        while time.monotonic() < deadline:
+            online = [n for n in self.connected_nodes() if str(n.get("status", "")).lower() in ("online", "active")]
+            if len(online) >= count:
+                return online
+            time.sleep(1.0)
+        raise RuntimeError(f"only {len(online)} of {count} SuperNodes came online: {self.connected_nodes()}")
+
+    # -- runs --------------------------------------------------------------
+    def run(self, run_config: str = "", timeout: float = 1800) -> tuple[str | None, str, str]:
+        """``flwr run . NAME --stream``; returns (run id, final status, streamed output)."""
+        cmd = ["flwr", "run", str(PROJECT), CONNECTION, "--stream"]
+        if run_config:
+            cmd += ["--run-config", run_config]
+        proc = subprocess.Popen(cmd, env=self.env(self.cli_home), cwd=PROJECT, stdout=subprocess.PIPE,
+                                stderr=subprocess.STDOUT, text=True)
+        self.procs["flwr-run"] = proc
+        run_id, lines, started = None, [], time.monotonic()
+        try:
+            for line in proc.stdout:
+                lines.append(line)
+                self.log(line.rstrip("\n"))
+                found = re.search(r"run (\d+)", line)
+                if run_id is None and found and "started" in line.lower():
+                    run_id = found.group(1)
+                if time.monotonic() - started > timeout:
+                    raise TimeoutError(f"run exceeded {timeout:.0f}s")
+            proc.wait(timeout=60)
+        finally:
+            if proc.poll() is None:
+                proc.kill()
+                proc.wait()
+        status = self.status(run_id) if run_id else "not started"
+        return run_id, status, "".join(lines)
+
+    def status(self, run_id: str, wait: float = 60) -> str:
+        """The run's status from ``flwr ls``, waiting briefly for it to reach ``finished:*``."""
+        deadline, status = time.monotonic() + wait, "unknown"
+        while time.monotonic() < deadline:
+            done = self.cli("ls", CONNECTION, "--run-id", str(run_id), "--format", "json", timeout=30)
+            try:
+                runs = _json_of(done.stdout).get("runs", [])
+                status = runs[0].get("status", "unknown") if runs else "unknown"
+            except (ValueError, json.JSONDecodeError):
+                status = f"unknown ({(done.stdout + done.stderr).strip()[-300:]})"
+            if status.startswith("finished"):
+                return status
+            time.sleep(1.0)
+        return status
+
+    # -- teardown ----------------------------------------------------------
+    def stop(self) -> None:
+        """Stop every process this deployment started, and everything those started."""
+        from experiments.launch import process_tree
+
+        roots = [p.pid for p in self.procs.values() if p.poll() is None]
+        pids = sorted(set(process_tree(roots)) | set(processes_of(self.workdir)))
+        stop_pids(pids)
+        for proc in self.procs.values():
+            try:
+                proc.wait(timeout=1)
+            except subprocess.TimeoutExpired:
+                pass
+        left = processes_of(self.workdir)
+        if left:
+            stop_pids(left, grace=5)
+
+    def __enter__(self) -> "Deployment":
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self.stop()
+
+
+def _json_of(text: str) -> dict:
+    """The JSON object a ``flwr ... --format json`` command printed (possibly after other lines)."""
+    return json.loads(text[text.index("{"):])
+
+
+def _toml(value) -> str:
+    if isinstance(value, bool):
+        return "true" if value else "false"
+    if isinstance(value, (int, float)):
+        return repr(value)
+    return "'" + str(value).replace("'", "") + "'"
+
+
+def _check_free(port: int) -> None:
+    import socket
+
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
+        if sock.connect_ex(("127.0.0.1", port)) == 0:
+            raise RuntimeError(f"port {port} on 127.0.0.1 is in use; pass other ports (--superlink-port, "
+                               "--supernode-port)")
+
+
+# --------------------------------------------------------------------------- command line
+def deploy(num_supernodes: int, run_config: str, workdir: Path, data_root: Path, node_data: list[str],
+           superlink_port: int, supernode_port: int, timeout: float) -> int:
+    from experiments.launch import check_config, parse_overrides
+
+    try:
+        check_config(parse_overrides(run_config))
+    except ValueError as err:
+        print(f"error: {err}", file=sys.stderr)
+        return 2
+    with Deployment(workdir, superlink_port, supernode_port) as dep:
+        if node_data:
+            nodes = [(Path(p.split(":")[0]).resolve(), p.split(":")[1] if ":" in p else "") for p in node_data]
+        else:
+            nodes = split_embedded_data(data_root, workdir / "node-data", num_supernodes)
+        dep.start_superlink()
+        for i, (data_dir, kind) in enumerate(nodes):
+            private, public = make_supernode_keys(workdir / "keys", f"supernode-{i}")
+            dep.register(public)
+            config = {"data-dir": str(data_dir), "partition-id": i}
+            if kind:
+                config["modality"] = kind
+            dep.start_supernode(i, private, config)
+            print(f"[deploy] SuperNode {i}: {kind or 'all found'} data in {data_dir}")
+        dep.wait_online(len(nodes))
+        run_id, status, _ = dep.run(run_config, timeout=timeout)
+    if "completed" not in status:
+        print(f"error: run {run_id} ended as {status!r}; logs in {workdir}", file=sys.stderr)
+        return 1
+    print(f"run {run_id}: {status}")
+    return 0
+
+
+def _exit_on_sigterm(signum, _frame) -> None:
+    raise SystemExit(128 + signum)  # unwinds through Deployment.__exit__ (stops every process)
+
+
+def main(argv: list[str] | None = None) -> int:
+    signal.signal(signal.SIGTERM, _exit_on_sigterm)
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--num-supernodes", type=int, default=2)
+    parser.add_argument("--run-config", default="", help="overrides, e.g. \"num-server-rounds=2 strategy='ldawa'\"")
+    parser.add_argument("--data-root", type=Path, default=None,
+                        help="where the embedded datasets are cached (server evaluation data and the source of "
+                             "the per-node slices); default: the run config's data root")
+    parser.add_argument("--node-data", action="append", default=[], metavar="DIR[:MODALITY]",
+                        help="a SuperNode's data-dir (repeat once per SuperNode) instead of embedded-data slices")
+    parser.add_argument("--workdir", type=Path, default=None, help="certificates, keys, FLWR_HOMEs, logs "
+                        "(default: a new temp dir)")
+    parser.add_argument("--superlink-port", type=int, default=SUPERLINK_PORT)
+    parser.add_argument("--supernode-port", type=int, default=SUPERNODE_PORT, help="first SuperNode's port")
+    parser.add_argument("--timeout", type=float, default=3600.0)
+    args = parser.parse_args(argv)
+    workdir = args.workdir or Path(tempfile.mkdtemp(prefix="fssuavl-deploy-"))
+    run_config = args.run_config
+    if args.data_root is None:
+        from app_config.run_config import RunConfig
+        from experiments.launch import check_config, parse_overrides
+
+        try:
+            check_config(parse_overrides(run_config))
+        except ValueError as err:
+            print(f"error: {err}", file=sys.stderr)
+            return 2
+        root = parse_overrides(run_config).get("data-root", "")
+        data_root = RunConfig(data_root=root).resolved_data_root()
+    else:
+        data_root = args.data_root.resolve()
+        if "data-root" not in parse_overrides_safe(run_config):
+            run_config = (run_config + f" data-root='{data_root}'").strip()
+    print(f"[deploy] work folder {workdir}")
+    return deploy(args.num_supernodes, run_config, workdir, data_root, args.node_data,
+                  args.superlink_port, args.supernode_port, args.timeout)
+
+
+def parse_overrides_safe(text: str) -> dict:
+    from experiments.launch import parse_overrides
+
+    try:
+        return parse_overrides(text)
+    except ValueError:
+        return {}
+
+
+if __name__ == "__main__":
+    sys.exit(main())

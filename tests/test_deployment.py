@@ -1,0 +1,118 @@
+"""Deployment: real SuperLink (TLS, SuperNode auth) and SuperNodes on loopback; deployed clients' own data."""
+
+from __future__ import annotations
+
+import json
+import time
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from app_config.run_config import RunConfig
+from client_app.local_data import LocalSource, NodeConfigError, client_config, load_local_data, local_source
+from experiments.deploy_local import (
+    Deployment,
+    make_supernode_keys,
+    processes_of,
+    split_embedded_data,
+)
+
+SUPERLINK_PORT, SUPERNODE_PORT = 39691, 39701
+TINY = "encoder='test_resnet' projection-hidden-dim=64 projection-dim=32"  # a 0.4M-parameter CNN: fast rounds
+
+
+def small_data_root(data_root: Path, folder: Path, n_train: int = 400, n_test: int = 120) -> Path:
+    """A data root with random subsets of the embedded caches: whole runs then spend seconds, not
+    minutes, on the server's central evaluation (round 0 and the last round always evaluate)."""
+    from client_app.local_data import write_array_cache
+    from data_partition.datasets import cache_folder, load_splits
+
+    rng = np.random.default_rng(0)
+    for name in ("digits", "spoken-digits"):
+        splits = load_splits(name, data_root)
+        train = np.sort(rng.permutation(len(splits.train))[:n_train])
+        test = np.sort(rng.permutation(len(splits.test))[:n_test])
+        write_array_cache(cache_folder(name, folder), name, splits.train.subset(train), splits.test.subset(test))
+    return folder
+
+
+@pytest.fixture(scope="module")
+def small_root(tmp_path_factory, data_root) -> Path:
+    return small_data_root(data_root, tmp_path_factory.mktemp("small-data"))
+
+
+@pytest.fixture(scope="module")
+def node_data(tmp_path_factory, small_root) -> list[tuple[Path, str]]:
+    return split_embedded_data(small_root, tmp_path_factory.mktemp("nodes"), 3)
+
+
+def test_deployed_client_reads_its_own_data_dir(node_data):
+    (images, _), (audio, _), (both, _) = node_data
+    source = lambda path, modality="": LocalSource(str(path), modality, "digits", "spoken-digits")  # noqa: E731
+    kind, data = load_local_data(source(images))
+    assert kind == "visual" and data.modalities == ("image",) and data.count("image") > 100 // 3
+    assert load_local_data(source(audio))[0] == "audio"
+    kind, data = load_local_data(source(both))
+    assert kind == "audiovisual" and data.modalities == ("image", "audio")
+    assert load_local_data(source(both, "audio"))[0] == "audio"
+    with pytest.raises(NodeConfigError, match="no audio"):
+        load_local_data(source(images, "audio"))
+    with pytest.raises(NodeConfigError, match="does not exist"):
+        load_local_data(source(images / "nope"))
+
+
+def test_node_config_keys_are_checked_and_server_paths_are_not_required_on_a_device(tmp_path):
+    assert local_source({"partition-id": 0, "num-partitions": 2}, RunConfig()) is None  # simulation: unchanged
+    with pytest.raises(NodeConfigError, match="modality"):
+        local_source({"data-dir": str(tmp_path), "modality": "smell"}, RunConfig())
+    config = client_config({"data-root": "/only/on/the/server", "resume-from": "/server/run"},
+                           {"data-dir": str(tmp_path)})
+    assert config.data_root == "/only/on/the/server" and config.resume_from == "/server/run"
+
+
+def test_tls_auth_deployment_runs_two_rounds_and_refuses_an_unregistered_supernode(tmp_path, small_root, node_data):
+    workdir, runs = tmp_path / "deploy", tmp_path / "runs"
+    lines: list[str] = []
+    started = time.monotonic()
+    try:
+        with Deployment(workdir, SUPERLINK_PORT, SUPERNODE_PORT, log=lines.append) as dep:
+            dep.start_superlink()
+            registered = []
+            for i, (data_dir, kind) in enumerate(node_data[:2]):  # a visual-only and an audio-only device
+                private, public = make_supernode_keys(workdir / "keys", f"supernode-{i}")
+                registered.append(dep.register(public))
+                dep.start_supernode(i, private, {"data-dir": str(data_dir), "modality": kind})
+            online = dep.wait_online(2)
+            assert sorted(int(n["node-id"]) for n in online) == sorted(registered)
+
+            # A SuperNode with a valid TLS setup but an unregistered key is refused.
+            private, _ = make_supernode_keys(workdir / "keys", "intruder")
+            intruder = dep.start_supernode(5, private, {"data-dir": str(node_data[2][0])},
+                                           extra=("--max-retries", "0"))
+            try:
+                intruder.wait(timeout=60)
+            finally:
+                if intruder.poll() is None:
+                    intruder.kill()
+                    intruder.wait()
+            assert intruder.returncode != 0, dep.log_text("supernode-5")[-2000:]
+            assert "Failed to activate SuperNode" in dep.log_text("supernode-5")
+            assert len(dep.connected_nodes()) == 2
+
+            run_id, status, output = dep.run(
+                f"{TINY} num-server-rounds=2 max-local-steps=1 batch-size=8 eval-every=0 tensorboard=false "
+                f"data-root='{small_root}' run-dir='{runs}'", timeout=600)
+            assert run_id is not None and "completed" in status, output[-3000:] + dep.log_text("superlink")[-3000:]
+    finally:
+        assert processes_of(workdir) == []  # every process the deployment started is gone
+    print(f"deployment test took {time.monotonic() - started:.0f}s")
+
+    (folder,) = runs.iterdir()
+    records = [json.loads(line) for line in (folder / "metrics.jsonl").read_text().splitlines()]
+    assert [r["round"] for r in records] == [0, 1, 2]
+    for record in records[1:]:
+        assert record["failures"] == 0 and record["replies"] == 2
+        assert sorted(c["kind"] for c in record["clients"]) == ["audio", "visual"]
+        assert record["train"]["clients-image"] == 1 and record["train"]["clients-audio"] == 1
+    assert (folder / "final_model.pt").exists()
