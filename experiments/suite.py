@@ -56,6 +56,7 @@ YAML keys (anything else is an error naming the key):
       max-test-samples: 0
       image-dataset: digits        # in-domain sets (default: the defaults' datasets)
       audio-dataset: spoken-digits
+      untrained-reference: true    # also a row per encoder for the initial, untrained weights
     plots:
       tsne-rounds: [0, 3]          # rounds whose checkpoints are shown (save-every is set to reach them)
       tsne-methods: [fssuavl]
@@ -93,7 +94,7 @@ TOP_KEYS = ("name", "description", "runner", "defaults", "evaluation", "plots", 
 RUNNER_DEFAULTS = {"num-supernodes": 6, "client-cpus": 2, "client-gpus": 0.0, "timeout": 3600,
                    "flwr-home": "/tmp/fssuavl-suite-flwr", "superlink-port": 39491, "control-port": 39493}
 EVAL_DEFAULTS = {"knn-k": 0, "out-of-domain": [], "fusion": True, "max-train-samples": 0, "max-test-samples": 0,
-                 "image-dataset": None, "audio-dataset": None}
+                 "image-dataset": None, "audio-dataset": None, "untrained-reference": True}
 PLOT_DEFAULTS = {"tsne-rounds": [], "tsne-methods": ["fssuavl"], "tsne-max-points": 200}
 ENTRY_KEYS = ("method", "encoder", "strategy", "overrides", "num-supernodes", "sweep", "label")
 SUITE_SET_KEYS = ("run-dir", "save-every")  # the suite sets these per job
@@ -536,7 +537,35 @@ def evaluate_entry(suite: Suite, entry: Entry, runs: dict[str, Path], cache, enc
     return row
 
 
+def untrained_rows(suite: Suite, cache) -> list[Row]:
+    """One row per FSSUAVL encoder and setting: the seeded initial weights every run starts from,
+    evaluated like the trained encoders (what training adds on top of a random network)."""
+    import torch
+
+    from client_app.task import build_model
+    from experiments.evaluate_encoder import Encoder, evaluate
+    from experiments.model_cost import encoder_cost
+    from models.device import resolve_device
+
+    rows, done = [], set()
+    for entry in suite.entries:
+        if entry.method != "fssuavl" or (entry.encoder, entry.setting_text) in done:
+            continue
+        done.add((entry.encoder, entry.setting_text))
+        config = fssuavl_job(suite, entry).config()
+        torch.manual_seed(config.seed)  # as the ServerApp draws the initial global model
+        model = build_model(config).to(resolve_device(config.device)).eval()
+        encoder = Encoder(config, model, key=f"initial:{config.encoder}:{config.seed}:{entry.setting_text}")
+        print(f"[suite] evaluating the untrained {config.encoder}", flush=True)
+        cost = encoder_cost(config)
+        rows.append(Row(UNTRAINED_METHOD, entry.encoder, UNTRAINED_STRATEGY, entry.setting_text,
+                        evaluate(encoder, encoder, eval_settings(suite, config), cache),
+                        cost["params"], cost["flops-image"], cost["flops-audio"]))
+    return rows
+
+
 # --------------------------------------------------------------------------- table
+UNTRAINED_METHOD, UNTRAINED_STRATEGY = "Untrained (initial weights)", "- (no training)"
 ACCURACY_COLUMNS = (("probe-image", "image probe"), ("knn-image", "image kNN"), ("probe-audio", "audio probe"),
                     ("knn-audio", "audio kNN"), ("fusion-probe", "fusion probe"))
 
@@ -549,23 +578,31 @@ def accuracy_columns(ood: list[str]) -> list[tuple[str, str]]:
     return list(ACCURACY_COLUMNS) + [(f"ood-probe-{name}", f"OOD {name} probe") for name in ood]
 
 
-def comparisons(rows: list[Row], ood: list[str]) -> dict[int, list[tuple[str, str, str, str]]]:
-    """Row index of each FSSUAVL row -> [(baseline method, column title, baseline value, FSSUAVL value)]
-    wherever a baseline of the same encoder, strategy and setting is higher (as displayed)."""
+def references(rows: list[Row], row: Row) -> list[int]:
+    """Indices of the FSSUAVL rows a baseline row is compared with: same encoder and setting, and the
+    same strategy (the centralized row: the strategy whose budget it used; the untrained reference:
+    every strategy)."""
+    if row.ours or row.status != "ok":
+        return []
+    return [i for i, r in enumerate(rows) if r.ours and r.status == "ok" and r.encoder == row.encoder
+            and r.setting == row.setting and (row.strategy == UNTRAINED_STRATEGY
+                                              or r.strategy == _base_strategy(row.strategy))]
+
+
+def comparisons(rows: list[Row], ood: list[str]) -> dict[int, dict]:
+    """Row index of each FSSUAVL row -> {"against": [baseline methods compared with it],
+    "losses": [(baseline method, column title, baseline value, FSSUAVL value)]} where a baseline is higher
+    (as displayed)."""
     columns = accuracy_columns(ood)
-    ours = {(r.encoder, r.setting, r.strategy): i for i, r in enumerate(rows) if r.ours}
-    losses: dict[int, list] = {i: [] for i in ours.values()}
+    out: dict[int, dict] = {i: {"against": [], "losses": []} for i, r in enumerate(rows) if r.ours}
     for row in rows:
-        if row.ours or row.status != "ok":
-            continue
-        ref = ours.get((row.encoder, row.setting, _base_strategy(row.strategy)))
-        if ref is None or rows[ref].status != "ok":
-            continue
-        for key, title in columns:
-            mine, theirs = _pct(rows[ref].metrics.get(key)), _pct(row.metrics.get(key))
-            if mine != "n/a" and theirs != "n/a" and float(theirs) > float(mine):
-                losses[ref].append((row.method, title, theirs, mine))
-    return losses
+        for ref in references(rows, row):
+            out[ref]["against"].append(row.method)
+            for key, title in columns:
+                mine, theirs = _pct(rows[ref].metrics.get(key)), _pct(row.metrics.get(key))
+                if mine != "n/a" and theirs != "n/a" and float(theirs) > float(mine):
+                    out[ref]["losses"].append((row.method, title, theirs, mine))
+    return out
 
 
 def _base_strategy(strategy: str) -> str:
@@ -580,39 +617,38 @@ def render_table(rows: list[Row], ood: list[str]) -> list[str]:
     head = ["method", "encoder", "strategy"] + (["setting"] if with_setting else []) + [t for _, t in columns] + \
         ["params (M)", "GFLOPs image / audio", "FSSUAVL loses to"]
     lines = ["| " + " | ".join(head) + " |", "|" + "|".join("---" for _ in head) + "|"]
-    losses = comparisons(rows, ood)
-    ours = {(r.encoder, r.setting, r.strategy): r for r in rows if r.ours}
+    compared = comparisons(rows, ood)
     for i, row in enumerate(rows):
         cells = [row.method, row.encoder, row.strategy] + ([row.setting] if with_setting else [])
         if row.status != "ok":
             cells += [row.status] + [""] * (len(columns) - 1) + ["", "", ""]
             lines.append("| " + " | ".join(cells) + " |")
             continue
-        ref = ours.get((row.encoder, row.setting, _base_strategy(row.strategy))) if not row.ours else None
+        refs = [rows[j] for j in references(rows, row)]
         for key, _ in columns:
             text = _pct(row.metrics.get(key))
-            if ref is not None and ref.status == "ok" and text != "n/a":
-                mine = _pct(ref.metrics.get(key))
-                if mine != "n/a" and float(text) > float(mine):
-                    text = f"**{text}**"
+            mine = [_pct(r.metrics.get(key)) for r in refs]
+            if text != "n/a" and any(m != "n/a" and float(text) > float(m) for m in mine):
+                text = f"**{text}**"
             cells.append(text)
         cells.append(f"{row.params / 1e6:.2f}")
         cells.append(f"{row.flops_image / 1e9:.3f} / {row.flops_audio / 1e9:.3f}")
-        if row.ours:
-            found = losses.get(i, [])
-            cells.append(_losses_cell(found))
-        else:
-            cells.append("")
+        cells.append(_losses_cell(compared[i]) if row.ours else "")
         lines.append("| " + " | ".join(cells) + " |")
     return lines
 
 
-def _losses_cell(found: list[tuple[str, str, str, str]]) -> str:
-    """'FVSSL: image probe +1.2, audio kNN +0.4; Centralized: audio probe +3.0' (points above FSSUAVL)."""
+def _losses_cell(compared: dict) -> str:
+    """'FVSSL: image probe +1.2, audio kNN +0.4; Centralized: audio probe +3.0' (points above FSSUAVL),
+    'none (vs FVSSL, ...)' or 'no baseline in this suite'."""
     by_method: dict[str, list[str]] = {}
-    for method, title, theirs, mine in found:
+    for method, title, theirs, mine in compared["losses"]:
         by_method.setdefault(method, []).append(f"{title} +{float(theirs) - float(mine):.1f}")
-    return "; ".join(f"{m}: {', '.join(items)}" for m, items in by_method.items()) or "none"
+    if by_method:
+        return "; ".join(f"{m}: {', '.join(items)}" for m, items in by_method.items())
+    if compared["against"]:
+        return f"none (vs {', '.join(compared['against'])})"
+    return "no baseline in this suite"
 
 
 def render_fusion(rows: list[Row]) -> list[str]:
@@ -632,14 +668,18 @@ def render_fusion(rows: list[Row]) -> list[str]:
 
 def loss_summary(rows: list[Row], ood: list[str]) -> list[str]:
     out = []
-    for i, found in comparisons(rows, ood).items():
+    for i, compared in comparisons(rows, ood).items():
         r = rows[i]
         where = f"FSSUAVL {r.encoder} {r.strategy}" + (f" ({r.setting})" if r.setting != "-" else "")
-        if found:
-            parts = "; ".join(f"{m} {t} {theirs} vs {mine}" for m, t, theirs, mine in found)
+        if compared["losses"]:
+            parts = "; ".join(f"{m} {t} {theirs} vs {mine}" for m, t, theirs, mine in compared["losses"])
             out.append(f"- {where} loses to: {parts}.")
+        elif compared["against"]:
+            out.append(f"- {where}: higher than or equal to {', '.join(compared['against'])} on every accuracy "
+                       "column.")
         else:
-            out.append(f"- {where}: no baseline of the same encoder and strategy is higher on any accuracy column.")
+            out.append(f"- {where}: no baseline with this encoder, strategy and setting in this suite "
+                       "(not compared).")
     return out
 
 
@@ -650,9 +690,9 @@ def write_report(suite: Suite, rows: list[Row], out_dir: Path, plots: list[Path]
     lines = [f"# Suite `{suite.name}`", ""]
     if suite.description:
         lines += [suite.description, ""]
-    lines += ["Accuracy in % on held-out data (frozen encoder). **Bold**: a baseline higher than the FSSUAVL row "
-              "with the same encoder, strategy and setting (as displayed); the last column lists every such loss "
-              "in percentage points.", ""]
+    lines += ["Accuracy in % on held-out data (frozen encoder). **Bold**: a baseline higher (as displayed) than "
+              "an FSSUAVL row it is compared with: same encoder and setting, same strategy (the untrained "
+              "reference: every strategy). The last column lists every such loss in percentage points.", ""]
     lines += render_table(rows, ood)
     fusion = render_fusion(rows)
     if len(fusion) > 2:
@@ -719,6 +759,7 @@ def run_suite(suite: Suite, results_dir: Path, work_dir: Path, fresh: bool = Fal
     work = work_dir / suite.name
     runs: dict[str, Path] = {}
     failures = []
+    reused = {job.id for job in all_jobs(suite) if not fresh and _finished_run(work / job.id) is not None}
     for job in all_jobs(suite):
         if job.budget_job is not None and job.budget_job.id not in runs:
             failures.append(f"{job.id}: its budget run {job.budget_job.id} failed")
@@ -743,6 +784,8 @@ def run_suite(suite: Suite, results_dir: Path, work_dir: Path, fresh: bool = Fal
                 (f" {entry.setting_text}" if entry.setting else "")
             if entry.method != "separate" and jobs[-1].id in runs:
                 series[label] = eval_series(runs[jobs[-1].id] / "metrics.jsonl")
+        if suite.evaluation["untrained-reference"]:
+            rows += untrained_rows(suite, cache)
         plots.append(accuracy_per_round(series, out_dir / "accuracy_per_round.png",
                                         f"suite {suite.name}: central evaluation per round"))
         for entry in suite.entries:
@@ -752,7 +795,8 @@ def run_suite(suite: Suite, results_dir: Path, work_dir: Path, fresh: bool = Fal
                 if path is not None:
                     plots.append(path)
     eval_seconds = time.perf_counter() - eval_started
-    notes = suite_notes(suite, runs, train_seconds, eval_seconds, time.perf_counter() - started, failures)
+    notes = suite_notes(suite, runs, train_seconds, eval_seconds, time.perf_counter() - started, failures,
+                        len(reused & set(runs)))
     (out_dir / "results.json").write_text(json.dumps(
         {"suite": suite.name, "rows": [asdict(r) for r in rows], "runs": {k: str(v) for k, v in runs.items()},
          "train-seconds": train_seconds, "eval-seconds": eval_seconds, "failures": failures},
@@ -763,7 +807,7 @@ def run_suite(suite: Suite, results_dir: Path, work_dir: Path, fresh: bool = Fal
 
 
 def suite_notes(suite: Suite, runs: dict, train_seconds: dict, eval_seconds: float, wall: float,
-                failures: list[str]) -> list[str]:
+                failures: list[str], reused: int = 0) -> list[str]:
     first = next((e for e in suite.entries if e.method == "fssuavl"), suite.entries[0])
     config = Job("federated", "fssuavl", first.overrides, first.num_supernodes).config()
     images, audios = _holders(dict(first.overrides), first.num_supernodes)
@@ -786,9 +830,15 @@ def suite_notes(suite: Suite, runs: dict, train_seconds: dict, eval_seconds: flo
         "Probe: standardised features + logistic regression; kNN: cosine, distance-weighted, "
         f"k={suite.evaluation['knn-k'] or config.knn_k}; both on backbone features. Spoken digits are tested on "
         "two voices never heard in training.",
-        f"Wall time: {wall / 60:.1f} min in this call (training {sum(train_seconds.values()) / 60:.1f} min over "
-        f"{len(train_seconds)} runs, evaluation and plots {eval_seconds / 60:.1f} min).",
+        f"Wall time: {wall / 60:.1f} min in this call; the {len(train_seconds)} training runs took "
+        f"{sum(train_seconds.values()) / 60:.1f} min" + (f" ({reused} of them reused from an earlier call)"
+                                                          if reused else "")
+        + f", evaluation and plots {eval_seconds / 60:.1f} min.",
     ]
+    if suite.evaluation["untrained-reference"]:
+        notes.append("Untrained: the seeded initial weights every run starts from (round 0), evaluated the same "
+                     "way; compared with the FSSUAVL rows of every strategy. A random network already gives "
+                     "useful features on these small sets, so a trained model's gain is measured against it.")
     notes += [f"FAILED: {f}" for f in failures]
     return notes
 

@@ -147,7 +147,8 @@ def test_table_rows_are_exact_and_mark_where_fssuavl_loses():
         "| FSSUAVL | resnet18_cifar | fedavg | 90.0 | 80.0 | 70.0 | 60.0 | 95.0 | 50.0 | 11.17 | 0.278 / 1.111 | "
         "FVSSL: image probe +1.2, OOD digits:invert probe +10.0; Separate (FVSSL+FASSL): image probe +1.2, "
         "audio kNN +1.0; Centralized: audio probe +5.0 |",
-        "| FSSUAVL | vit_tiny_cifar | fedavg | 50.0 | 50.0 | 50.0 | 50.0 | n/a | n/a | 5.36 | 0.183 / 0.730 | none |",
+        "| FSSUAVL | vit_tiny_cifar | fedavg | 50.0 | 50.0 | 50.0 | 50.0 | n/a | n/a | 5.36 | 0.183 / 0.730 | "
+        "no baseline in this suite |",
         "| FVSSL | resnet18_cifar | fedavg | **91.2** | 80.0 | 30.0 | 20.0 | 90.0 | **60.0** | 11.17 | "
         "0.278 / 1.111 |  |",
         "| Separate (FVSSL+FASSL) | resnet18_cifar | fedavg | **91.2** | 80.0 | 65.0 | **61.0** | n/a | n/a | 22.34 | "
@@ -163,8 +164,8 @@ def test_loss_summary_and_fusion_table():
     table[0].metrics.update({"paired-probe-image": 0.9, "paired-probe-audio": 0.72})
     summary = S.loss_summary(table, ["digits:invert"])
     assert summary[0].startswith("- FSSUAVL resnet18_cifar fedavg loses to: FVSSL image probe 91.2 vs 90.0;")
-    assert summary[1] == ("- FSSUAVL vit_tiny_cifar fedavg: no baseline of the same encoder and strategy is "
-                          "higher on any accuracy column.")
+    assert summary[1] == ("- FSSUAVL vit_tiny_cifar fedavg: no baseline with this encoder, strategy and setting "
+                          "in this suite (not compared).")
     fusion = S.render_fusion(table)
     assert fusion[2] == "| FSSUAVL | resnet18_cifar | fedavg | 90.0 | 72.0 | 95.0 | +5.0 |"
     assert len(fusion) == 3  # rows without paired numbers are left out
@@ -177,3 +178,22 @@ def test_report_file(tmp_path):
     assert "## Where FSSUAVL loses" in text and "- a note" in text
     assert "`digits:invert`: digits, pixel values inverted" in text
     assert "![accuracy_per_round](accuracy_per_round.png)" in text
+
+
+def test_untrained_reference_is_compared_with_every_strategy():
+    cost = dict(params=1, flops_image=0, flops_audio=0)
+    table = [
+        S.Row("FSSUAVL", "resnet18_cifar", "fedavg", metrics={"probe-image": 0.9, "probe-audio": 0.7}, **cost),
+        S.Row("FSSUAVL", "resnet18_cifar", "ldawa", metrics={"probe-image": 0.8, "probe-audio": 0.8}, **cost),
+        S.Row("FSSUAVL", "vit_tiny_cifar", "fedavg", metrics={"probe-image": 0.1, "probe-audio": 0.1}, **cost),
+        S.Row(S.UNTRAINED_METHOD, "resnet18_cifar", S.UNTRAINED_STRATEGY,
+              metrics={"probe-image": 0.85, "probe-audio": 0.6}, **cost),
+    ]
+    lines = S.render_table(table, [])
+    assert lines[2].endswith("| none (vs Untrained (initial weights)) |")
+    assert lines[3].endswith("| Untrained (initial weights): image probe +5.0 |")
+    assert lines[4].endswith("| no baseline in this suite |")  # another encoder: not compared
+    assert "| **85.0** | n/a | 60.0 |" in lines[5]  # higher than the ldawa row's image probe
+    summary = S.loss_summary(table, [])
+    assert summary[0] == ("- FSSUAVL resnet18_cifar fedavg: higher than or equal to Untrained (initial weights) "
+                          "on every accuracy column.")
