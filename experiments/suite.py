@@ -232,11 +232,33 @@ def parse_suite(text: str, source: str = "<suite>") -> Suite:
         entries.extend(_expand_entry(f"{source}: entries[{i}]", item, defaults, runner))
     suite = Suite(name, str(raw.get("description") or "").strip(), runner, defaults, evaluation, plots, entries, source)
     try:
-        for job in all_jobs(suite):  # every job's full run config must validate now, not after an hour
+        jobs = all_jobs(suite)
+        for job in jobs:  # every job's full run config must validate now, not after an hour
             job.config()
     except SuiteError as err:
         raise SuiteError(f"{source}: {err}") from err
+    _check_eval_data(suite, jobs[0].config(), source)
     return suite
+
+
+def _check_eval_data(suite: Suite, config, source: str) -> None:
+    """Evaluation datasets must be registered and, for real datasets, laid out under the data root."""
+    from data_partition.datasets import DATASETS, layout_problem
+    from experiments.evaluate_encoder import parse_eval_set
+
+    names = [(f"evaluation.out-of-domain: {t}", parse_eval_set(t).dataset) for t in suite.evaluation["out-of-domain"]]
+    for key, modality in (("image-dataset", "image"), ("audio-dataset", "audio")):
+        name = suite.evaluation[key]
+        if name:
+            if name not in DATASETS or DATASETS[name].modality != modality:
+                valid = ", ".join(sorted(n for n, d in DATASETS.items() if d.modality == modality))
+                raise SuiteError(f"{source}: evaluation.{key}: unknown value {name!r}; valid: {valid}")
+            names.append((f"evaluation.{key}", name))
+    root = config.resolved_data_root()
+    for key, name in names:
+        problem = layout_problem(name, root)
+        if problem:
+            raise SuiteError(f"{source}: {key}: {problem}")
 
 
 def _section(raw: dict, section: str, defaults: dict, source: str) -> dict:

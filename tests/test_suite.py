@@ -46,6 +46,7 @@ def test_minimal_suite_uses_run_config_defaults():
     ("entries:\n  - {method: fssuavl, sweep: {dirichlet-alpha: [1.0], seed: [1]}}\n", "sweep: expected one key"),
     ("entries:\n  - {method: fssuavl, sweep: {alpha: [1.0]}}\n", "sweep: unknown key 'alpha'"),
     ("entries: []\n", "'entries' is missing or empty"),
+    ("evaluation: {image-dataset: esc50}\nentries:\n  - {method: fssuavl}\n", "image-dataset: unknown value 'esc50'"),
     ("entries: [\n", "not valid YAML"),
 ])
 def test_bad_suites_give_one_line_errors(text, words):
@@ -197,3 +198,10 @@ def test_untrained_reference_is_compared_with_every_strategy():
     summary = S.loss_summary(table, [])
     assert summary[0] == ("- FSSUAVL resnet18_cifar fedavg: higher than or equal to Untrained (initial weights) "
                           "on every accuracy column.")
+
+
+def test_real_out_of_domain_set_must_be_present_under_the_data_root(tmp_path):
+    text = (f"defaults: {{data-root: '{tmp_path}'}}\nevaluation: {{out-of-domain: [cifar10]}}\n"
+            "entries:\n  - {method: fssuavl}\n")
+    message = error_of(text)
+    assert "evaluation.out-of-domain: cifar10" in message
