@@ -47,6 +47,8 @@ from pathlib import Path
 
 import numpy as np
 
+from experiments.launch import port_taken, stop_pids
+
 PROJECT = Path(__file__).resolve().parents[1]
 CONNECTION = "fssuavl-deploy"
 SUPERLINK_PORT = 39691
@@ -174,26 +176,6 @@ def processes_of(workdir: Path) -> list[int]:
         if pid != os.getpid() and _environ_of(pid).get("FLWR_HOME", "").startswith(marker):
             pids.append(pid)
     return pids
-
-
-def _alive(pid: int) -> bool:
-    try:
-        state = (Path("/proc") / str(pid) / "stat").read_text().rsplit(")", 1)[1].split()[0]
-    except (OSError, IndexError):
-        return False
-    return state != "Z"
-
-
-def stop_pids(pids: list[int], grace: float = 10.0) -> None:
-    for sig in (signal.SIGTERM, signal.SIGKILL):
-        for pid in pids:
-            try:
-                os.kill(pid, sig)
-            except ProcessLookupError:
-                pass
-        deadline = time.monotonic() + grace
-        while time.monotonic() < deadline and any(_alive(p) for p in pids):
-            time.sleep(0.1)
 
 
 @dataclass
@@ -410,12 +392,9 @@ def _toml(value) -> str:
 
 
 def _check_free(port: int) -> None:
-    import socket
-
-    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
-        if sock.connect_ex(("127.0.0.1", port)) == 0:
-            raise RuntimeError(f"port {port} on 127.0.0.1 is in use; pass other ports (--superlink-port, "
-                               "--supernode-port)")
+    if port_taken(port):
+        raise RuntimeError(f"port {port} on 127.0.0.1 is in use; pass other ports (--superlink-port, "
+                           "--supernode-port)")
 
 
 # --------------------------------------------------------------------------- command line

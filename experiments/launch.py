@@ -102,9 +102,8 @@ def _alive(pid: int) -> bool:
     return state != "Z"
 
 
-def stop_superlink(flwr_home: Path, grace: float = 10.0) -> None:
-    """Stop this FLWR_HOME's SuperLink and everything it started (Ray included)."""
-    pids = process_tree(superlink_pids(flwr_home))
+def stop_pids(pids: list[int], grace: float = 10.0) -> None:
+    """SIGTERM, wait up to ``grace`` seconds, then SIGKILL whatever is still alive."""
     for sig in (signal.SIGTERM, signal.SIGKILL):
         for pid in pids:
             try:
@@ -113,7 +112,12 @@ def stop_superlink(flwr_home: Path, grace: float = 10.0) -> None:
                 pass
         deadline = time.monotonic() + grace
         while time.monotonic() < deadline and any(_alive(p) for p in pids):
-            time.sleep(0.2)
+            time.sleep(0.1)
+
+
+def stop_superlink(flwr_home: Path, grace: float = 10.0) -> None:
+    """Stop this FLWR_HOME's SuperLink and everything it started (Ray included)."""
+    stop_pids(process_tree(superlink_pids(flwr_home)), grace)
 
 
 def port_taken(port: int) -> bool:
