@@ -18,6 +18,9 @@ from __future__ import annotations
 
 import hashlib
 import time
+from logging import WARNING
+
+from flwr.supercore import log
 
 HANG_EXTRA_SECONDS = 5.0
 
@@ -46,6 +49,8 @@ def maybe_inject_fault(config, server_round: int, partition_id: int) -> None:
     if not fault_selected(config.seed, server_round, partition_id, config.fault_rate):
         return
     if config.fault_mode == "hang":
+        log(WARNING, "injected fault: partition %d hanging for %.0fs in round %d", partition_id,
+            config.round_timeout + HANG_EXTRA_SECONDS, server_round)
         time.sleep(config.round_timeout + HANG_EXTRA_SECONDS)
     raise InjectedFault(f"injected fault (fault-rate={config.fault_rate:g}, mode {config.fault_mode}) "
                         f"in round {server_round} on partition {partition_id}")

@@ -116,3 +116,74 @@ def test_tls_auth_deployment_runs_two_rounds_and_refuses_an_unregistered_superno
         assert sorted(c["kind"] for c in record["clients"]) == ["audio", "visual"]
         assert record["train"]["clients-image"] == 1 and record["train"]["clients-audio"] == 1
     assert (folder / "final_model.pt").exists()
+
+
+def test_a_supernode_killed_mid_round_is_counted_and_the_run_completes(tmp_path, small_root, node_data):
+    """A device that disconnects while it trains: the round ends at ``round-timeout`` with the two other
+    replies aggregated, the lost client is counted, and the run completes."""
+    import threading
+
+    from client_app.faults import fault_selected
+    from experiments.launch import process_tree, stop_pids
+
+    seed, rate, timeout = 42, 0.5, 30
+    # partition ids chosen so that only the victim's train call is slowed (it hangs) in round 1,
+    # and the two healthy devices never fail: the victim is surely still training when it is killed
+    healthy, victim = (6, 9), 0
+    assert fault_selected(seed, 1, victim, rate)
+    assert not any(fault_selected(seed, r, p, rate) for r in (1, 2) for p in healthy)
+
+    workdir, runs = tmp_path / "deploy", tmp_path / "runs"
+    round_one, killed = threading.Event(), threading.Event()
+
+    def watch(line: str) -> None:
+        if "[ROUND 1/" in line:
+            round_one.set()
+
+    try:
+        with Deployment(workdir, SUPERLINK_PORT, SUPERNODE_PORT, log=watch) as dep:
+            dep.start_superlink()
+            devices = [(node_data[0][0], "visual", healthy[0]), (node_data[1][0], "audio", healthy[1]),
+                       (node_data[2][0], "audiovisual", victim)]
+            for i, (data_dir, kind, partition) in enumerate(devices):
+                private, public = make_supernode_keys(workdir / "keys", f"supernode-{i}")
+                dep.register(public)
+                dep.start_supernode(i, private, {"data-dir": str(data_dir), "modality": kind,
+                                                 "partition-id": partition})
+            dep.wait_online(3)
+            victim_proc = dep.procs["supernode-2"]
+
+            def kill_victim() -> None:
+                if not round_one.wait(timeout=300):
+                    return
+                deadline = time.monotonic() + 20  # until the victim reports it is busy in round 1
+                while time.monotonic() < deadline and "hanging" not in dep.log_text("supernode-2"):
+                    time.sleep(0.5)
+                busy = "hanging" in dep.log_text("supernode-2")
+                stop_pids(process_tree([victim_proc.pid]), grace=0)  # SIGKILL: no goodbye to the SuperLink
+                print(f"victim killed {'while training' if busy else 'after 20 s in round 1'}")
+                killed.set()
+
+            killer = threading.Thread(target=kill_victim, daemon=True)
+            killer.start()
+            run_id, status, output = dep.run(
+                f"{TINY} num-server-rounds=2 max-local-steps=1 batch-size=8 eval-every=0 tensorboard=false "
+                f"fault-rate={rate} fault-mode='hang' seed={seed} round-timeout={timeout} "
+                f"data-root='{small_root}' run-dir='{runs}'", timeout=600)
+            killer.join(timeout=5)
+            assert killed.is_set(), "the victim SuperNode was never killed"
+            assert run_id is not None and "completed" in status, output[-3000:] + dep.log_text("superlink")[-3000:]
+    finally:
+        assert processes_of(workdir) == []
+
+    (folder,) = runs.iterdir()
+    records = [json.loads(line) for line in (folder / "metrics.jsonl").read_text().splitlines()]
+    assert [r["round"] for r in records] == [0, 1, 2]
+    first = records[1]
+    print({r["round"]: {k: r.get(k) for k in ("sent", "replies", "failures", "no-reply")} for r in records[1:]})
+    assert first["sent"] == 3 and first["failures"] == 1  # the killed device: no reply or an error reply
+    assert first["train"]["replies-aggregated"] == 2
+    assert sorted(c["kind"] for c in first["clients"] if "error" not in c) == ["audio", "visual"]
+    second = records[2]  # the victim may still be listed as online (then: one more failure) or already gone
+    assert second["train"]["replies-aggregated"] == 2 and second["failures"] == second["sent"] - 2
+    assert (folder / "final_model.pt").exists()
