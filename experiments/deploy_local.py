@@ -47,7 +47,7 @@ from pathlib import Path
 
 import numpy as np
 
-from experiments.launch import port_taken, stop_pids
+from experiments.launch import flower_env, port_taken, stop_pids
 
 PROJECT = Path(__file__).resolve().parents[1]
 CONNECTION = "fssuavl-deploy"
@@ -198,16 +198,7 @@ class Deployment:
 
     # -- environment -------------------------------------------------------
     def env(self, flwr_home: Path) -> dict[str, str]:
-        env = dict(os.environ)
-        env.update({
-            "FLWR_HOME": str(flwr_home),
-            "FLWR_DISABLE_RUNTIME_DEPENDENCY_INSTALLATION": "1",
-            "FLWR_TELEMETRY_ENABLED": "0",
-            "FLWR_DISABLE_UPDATE_CHECK": "1",
-            "HF_HUB_OFFLINE": "1",
-            "PYTHONUNBUFFERED": "1",
-        })
-        env["PATH"] = str(Path(sys.executable).parent) + os.pathsep + env.get("PATH", "")
+        env = flower_env(flwr_home)
         env.pop("RAY_ADDRESS", None)
         return env
 

@@ -27,18 +27,22 @@ from pathlib import Path
 PROJECT = Path(__file__).resolve().parents[1]
 
 
-def flower_env(flwr_home: Path, http_port: int, control_port: int) -> dict[str, str]:
+def flower_env(flwr_home: Path, http_port: int | None = None, control_port: int | None = None) -> dict[str, str]:
+    """The environment for Flower processes: own FLWR_HOME, no dependency install, telemetry or update
+    check, and (for the local simulation SuperLink) its ports."""
     env = dict(os.environ)
     env.update({
         "FLWR_HOME": str(flwr_home),
         "FLWR_DISABLE_RUNTIME_DEPENDENCY_INSTALLATION": "1",
         "FLWR_TELEMETRY_ENABLED": "0",
         "FLWR_DISABLE_UPDATE_CHECK": "1",
-        "FLWR_LOCAL_SUPERLINK_HTTP_API_PORT": str(http_port),
-        "FLWR_LOCAL_CONTROL_API_PORT": str(control_port),
         "HF_HUB_OFFLINE": "1",
         "PYTHONUNBUFFERED": "1",
     })
+    if http_port is not None:
+        env["FLWR_LOCAL_SUPERLINK_HTTP_API_PORT"] = str(http_port)
+    if control_port is not None:
+        env["FLWR_LOCAL_CONTROL_API_PORT"] = str(control_port)
     bin_dir = str(Path(sys.executable).parent)
     env["PATH"] = bin_dir + os.pathsep + env.get("PATH", "")
     return env
