@@ -28,9 +28,7 @@ lists), structure as tagged dicts, the history and config as JSON text.
 from __future__ import annotations
 
 import json
-import os
 import random
-import tempfile
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -38,10 +36,11 @@ import numpy as np
 import torch
 from flwr.app import Array, ArrayRecord
 
+from server_app.atomic_file import TMP_SUFFIX, atomic_write
+
 CHECKPOINT_NAME = "checkpoint.pt"
 FORMAT_VERSION = 1
 TMP_PREFIX = ".checkpoint-"
-TMP_SUFFIX = ".tmp"
 
 # Run-config keys that may differ between the run that wrote a checkpoint and the
 # run resuming it: they change where/how long/how often, never what is computed.
@@ -180,19 +179,6 @@ def checkpoint_path(folder: Path) -> Path:
     return Path(folder) / CHECKPOINT_NAME
 
 
-def _fsync_dir(folder: Path) -> None:
-    try:
-        fd = os.open(folder, os.O_RDONLY)
-    except OSError:
-        return
-    try:
-        os.fsync(fd)
-    except OSError:
-        pass
-    finally:
-        os.close(fd)
-
-
 def remove_stale_temporaries(folder: Path) -> None:
     """Temporary files left by a writer that was killed before ``os.replace``."""
     for tmp in Path(folder).glob(f"{TMP_PREFIX}*{TMP_SUFFIX}"):
@@ -205,24 +191,9 @@ def remove_stale_temporaries(folder: Path) -> None:
 def atomic_torch_save(payload, path: Path) -> Path:
     """``torch.save(payload)`` to ``path`` so that ``path`` is never seen half-written."""
     path = Path(path)
-    folder = path.parent
-    folder.mkdir(parents=True, exist_ok=True)
-    remove_stale_temporaries(folder)
-    fd, tmp = tempfile.mkstemp(dir=folder, prefix=TMP_PREFIX, suffix=TMP_SUFFIX)
-    try:
-        with os.fdopen(fd, "wb") as fh:
-            torch.save(payload, fh)
-            fh.flush()
-            os.fsync(fh.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        try:
-            os.unlink(tmp)
-        except OSError:
-            pass
-        raise
-    _fsync_dir(folder)
-    return path
+    path.parent.mkdir(parents=True, exist_ok=True)
+    remove_stale_temporaries(path.parent)
+    return atomic_write(path, lambda fh: torch.save(payload, fh), prefix=TMP_PREFIX)
 
 
 def save_checkpoint(folder: Path, checkpoint: Checkpoint) -> Path:
@@ -296,17 +267,4 @@ def config_mismatch(saved: dict, current: dict) -> str | None:
 
 def atomic_write_text(path: Path, text: str) -> None:
     """Replace ``path``'s contents with ``text`` atomically (temp file in the same folder, fsync, rename)."""
-    path = Path(path)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}-", suffix=TMP_SUFFIX)
-    try:
-        with os.fdopen(fd, "w") as fh:
-            fh.write(text)
-            fh.flush()
-            os.fsync(fh.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        try:
-            os.unlink(tmp)
-        except OSError:
-            pass
-        raise
+    atomic_write(Path(path), lambda fh: fh.write(text.encode()), prefix=f".{Path(path).name}-")

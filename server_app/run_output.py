@@ -3,13 +3,13 @@
 from __future__ import annotations
 
 import json
-import os
-import tempfile
 import time
 from dataclasses import asdict
 from pathlib import Path
 
 import torch
+
+from server_app.atomic_file import atomic_write
 
 
 class RunOutput:
@@ -27,24 +27,15 @@ class RunOutput:
         return out
 
     def write_json(self, name: str, payload: dict) -> None:
-        self._atomic_write(name, json.dumps(payload, indent=2, sort_keys=True).encode())
+        data = json.dumps(payload, indent=2, sort_keys=True).encode()
+        atomic_write(self.folder / name, lambda fh: fh.write(data))
 
     def append_round(self, record: dict) -> None:
         with open(self.metrics_file, "a") as fh:
             fh.write(json.dumps(record, sort_keys=True) + "\n")
 
     def save_model(self, state_dict: dict, name: str = "final_model.pt") -> Path:
-        fd, tmp = tempfile.mkstemp(dir=self.folder, suffix=".tmp")
-        with os.fdopen(fd, "wb") as fh:
-            torch.save(state_dict, fh)
-        os.replace(tmp, self.folder / name)
-        return self.folder / name
-
-    def _atomic_write(self, name: str, data: bytes) -> None:
-        fd, tmp = tempfile.mkstemp(dir=self.folder, suffix=".tmp")
-        with os.fdopen(fd, "wb") as fh:
-            fh.write(data)
-        os.replace(tmp, self.folder / name)
+        return atomic_write(self.folder / name, lambda fh: torch.save(state_dict, fh))
 
 
 def format_round(record: dict) -> str:

@@ -13,7 +13,7 @@ import pytest
 import torch
 from flwr.app import Array, ArrayRecord, ConfigRecord
 
-import server_app.checkpoint as ckpt
+import server_app.atomic_file as atomic_file
 from app_config.run_config import ConfigError, RunConfig
 from server_app.checkpoint import (
     Checkpoint,
@@ -150,7 +150,7 @@ def test_write_interrupted_before_replace_keeps_the_previous_checkpoint(tmp_path
     def killed(*_args):
         raise KeyboardInterrupt("killed before os.replace")
 
-    monkeypatch.setattr(ckpt.os, "replace", killed)
+    monkeypatch.setattr(atomic_file.os, "replace", killed)
     with pytest.raises(KeyboardInterrupt):
         save_checkpoint(tmp_path, _checkpoint(2))
     monkeypatch.undo()
