@@ -2,8 +2,8 @@
 
 torchvision's v2 transforms draw ONE set of parameters for a whole (B, C, H, W)
 tensor; SimCLR needs a fresh draw per sample, so images use kornia's batched
-augmentations (per-sample parameters) and audio uses per-sample shifts, gains,
-noise levels and torchaudio's ``iid_masks`` masking.
+augmentations (per-sample parameters) and audio uses per-sample shifts, noise
+levels, mixing, kornia stretches and torchaudio's ``iid_masks`` masking.
 """
 
 from __future__ import annotations
@@ -13,7 +13,13 @@ import torch
 import torch.nn as nn
 import torchaudio.transforms as T
 
-from models.audio_frontend import LogMelFrontEnd, to_encoder_channels
+from models.audio_frontend import (
+    LogMelFrontEnd,
+    levels_to_power,
+    normalise_levels,
+    power_to_levels,
+    to_encoder_channels,
+)
 
 IMAGE_MEAN, IMAGE_STD = 0.5, 0.25
 
@@ -71,11 +77,6 @@ def random_time_shift(waves: torch.Tensor, max_fraction: float) -> torch.Tensor:
     return torch.gather(waves, 1, src.clamp(0, t - 1)) * valid
 
 
-def random_gain(waves: torch.Tensor, max_db: float) -> torch.Tensor:
-    gain_db = (torch.rand(waves.shape[0], 1, device=waves.device) * 2 - 1) * max_db
-    return waves * torch.pow(10.0, gain_db / 20.0)
-
-
 def random_noise(waves: torch.Tensor, snr_db_range: tuple[float, float], p: float) -> torch.Tensor:
     """Mix white noise at a per-sample random SNR into a random subset of clips."""
     b = waves.shape[0]
@@ -86,29 +87,53 @@ def random_noise(waves: torch.Tensor, snr_db_range: tuple[float, float], p: floa
     return waves + apply * noise
 
 
-class AudioViews(nn.Module):
-    """Audio SimCLR pipeline: time shift, gain, noise, log-mel, time/frequency masks."""
+def mix_other_clips(levels: torch.Tensor, max_ratio: float) -> torch.Tensor:
+    """BYOL-A's mixup: add another clip of the batch at a random share in [0, max_ratio) of the power.
 
-    def __init__(self, frontend: LogMelFrontEnd, n_mels: int, max_shift: float = 0.15,
-                 max_gain_db: float = 6.0, noise_snr_db: tuple[float, float] = (5.0, 30.0),
+    The word of the clip stays dominant while the background changes, so the two
+    views agree on content rather than on the recording around it.
+    """
+    ratio = torch.rand(levels.shape[0], 1, 1, 1, device=levels.device) * max_ratio
+    mixed = (1 - ratio) * levels_to_power(levels) + ratio * levels_to_power(levels.roll(1, dims=0))
+    return power_to_levels(mixed)
+
+
+class AudioViews(nn.Module):
+    """Audio SimCLR views aimed at the spoken content rather than the voice or the recording.
+
+    Waveform: random time shift and white noise at a random SNR. Log-mel
+    (peak-referenced, so level-invariant): mixing in another clip (BYOL-A),
+    per-sample stretch of the frequency axis (≈ pitch: another voice) and of the
+    time axis (≈ tempo: another speaking rate) with a random time offset, as
+    BYOL-A's random resized crop; then torchaudio's per-sample time and
+    frequency masks. Every draw is per sample (kornia, ``iid_masks``).
+    """
+
+    def __init__(self, frontend: LogMelFrontEnd, n_mels: int, mix_ratio: float = 0.4, stretch: float = 0.25,
+                 max_shift: float = 0.15, noise_snr_db: tuple[float, float] = (5.0, 30.0),
                  noise_p: float = 0.5) -> None:
         super().__init__()
         self.frontend = frontend
-        self.max_shift, self.max_gain_db = max_shift, max_gain_db
+        self.max_shift, self.mix_ratio = max_shift, mix_ratio
         self.noise_snr_db, self.noise_p = noise_snr_db, noise_p
+        scale = (1.0 / (1.0 + stretch), 1.0 + stretch)
+        self.stretch = K.RandomAffine(degrees=0.0, translate=(0.1, 0.0), scale=(*scale, *scale),
+                                      padding_mode="zeros", p=1.0) if stretch > 0 else None
         self.freq_mask = T.FrequencyMasking(freq_mask_param=max(1, n_mels // 5), iid_masks=True)
         self.time_masks = None
 
     def forward(self, batch_int16: torch.Tensor) -> torch.Tensor:
-        waves = waves_to_tensor(batch_int16)
-        waves = random_time_shift(waves, self.max_shift)
-        waves = random_gain(waves, self.max_gain_db)
+        waves = random_time_shift(waves_to_tensor(batch_int16), self.max_shift)
         waves = random_noise(waves, self.noise_snr_db, self.noise_p)
-        spec = self.frontend(waves)
+        levels = self.frontend(waves)
+        if self.mix_ratio > 0:
+            levels = mix_other_clips(levels, self.mix_ratio)
+        if self.stretch is not None:
+            levels = self.stretch(levels)
         if self.time_masks is None:
-            self.time_masks = T.TimeMasking(time_mask_param=max(1, spec.shape[-1] // 5), iid_masks=True)
-        spec = self.time_masks(self.freq_mask(spec))
-        return to_encoder_channels(spec)
+            self.time_masks = T.TimeMasking(time_mask_param=max(1, levels.shape[-1] // 5), iid_masks=True)
+        levels = self.time_masks(self.freq_mask(levels))  # masks fill with 0: silence
+        return to_encoder_channels(normalise_levels(levels))
 
 
 class AudioEval(nn.Module):
@@ -117,4 +142,4 @@ class AudioEval(nn.Module):
         self.frontend = frontend
 
     def forward(self, batch_int16: torch.Tensor) -> torch.Tensor:
-        return to_encoder_channels(self.frontend(waves_to_tensor(batch_int16)))
+        return to_encoder_channels(normalise_levels(self.frontend(waves_to_tensor(batch_int16))))

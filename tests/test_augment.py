@@ -3,7 +3,7 @@
 import torch
 
 from client_app.augment import AudioViews, ImageViews, random_time_shift
-from models.audio_frontend import LogMelFrontEnd
+from models.audio_frontend import LEVEL_MEAN, LEVEL_STD, LogMelFrontEnd
 
 
 def test_image_views_differ_per_sample_for_identical_inputs():
@@ -43,3 +43,45 @@ def test_time_shift_moves_each_clip_by_its_own_offset_without_wrapping():
     assert len(set(positions.tolist())) > 4  # per-sample offsets
     assert ((positions - 50).abs() <= 30).all()
     assert torch.allclose(shifted.sum(dim=1), torch.ones(16))  # nothing wrapped or lost
+
+
+def _spoken_like(n: int = 8) -> torch.Tensor:
+    """A 0.4 s tone burst with a falling pitch inside 1 s of silence, as int16."""
+    t = torch.arange(6400) / 16000
+    burst = torch.sin(2 * torch.pi * (600 - 400 * t) * t) * torch.hann_window(6400)
+    wave = torch.zeros(16000)
+    wave[4800:11200] = burst
+    return (wave * 12000).to(torch.int16).repeat(n, 1)
+
+
+def test_front_end_does_not_depend_on_the_recording_level():
+    waves = _spoken_like(2).float() / 32768
+    frontend = LogMelFrontEnd(32, 32, 64)
+    loud, quiet = frontend(waves), frontend(waves * 0.01)  # 40 dB quieter
+    assert torch.allclose(loud, quiet, atol=1e-4)
+    assert loud.min() == 0.0 and loud.amax(dim=(-2, -1)).eq(1.0).all()  # floor = silence, peak = 1
+
+
+def test_mixing_keeps_each_clip_dominant():
+    from client_app.augment import mix_other_clips
+    from models.audio_frontend import levels_to_power
+
+    torch.manual_seed(0)
+    levels = torch.rand(6, 1, 8, 8)
+    mixed = levels_to_power(mix_other_clips(levels, 0.4))
+    own, other = levels_to_power(levels), levels_to_power(levels.roll(1, dims=0))
+    assert ((mixed - own).abs() <= (mixed - other).abs() + 1e-6).all()  # at most 40 % of the power is the other's
+    assert not torch.allclose(mixed, own)
+    assert torch.allclose(mix_other_clips(levels, 0.0), levels, atol=1e-5)
+
+
+def test_stretch_is_drawn_per_sample_and_pads_with_silence():
+    torch.manual_seed(2)
+    views = AudioViews(LogMelFrontEnd(32, 32, 64), 32, mix_ratio=0.0, stretch=0.25, noise_p=0.0)
+    views.freq_mask = torch.nn.Identity()
+    views.time_masks = torch.nn.Identity()
+    out = views(_spoken_like(8))[:, 0]
+    levels = out * LEVEL_STD + LEVEL_MEAN  # undo the fixed normalisation
+    distinct = {tuple(v.flatten().round(decimals=3).tolist()) for v in levels}
+    assert len(distinct) == 8
+    assert levels.min() > -1e-4  # padding and masks are silence (level 0), never below it
