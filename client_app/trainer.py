@@ -8,7 +8,6 @@ with an audio clip: the modalities are only discriminated in one shared space.
 
 from __future__ import annotations
 
-import math
 import time
 from dataclasses import dataclass, field
 
@@ -102,7 +101,10 @@ def train_locally(
 
     model.train()
     optimizer = make_optimizer(model, settings)
-    loss_sums = {m: 0.0 for m in modalities}
+    # Losses stay on the device and are read once after the last step: a per-step .item() would
+    # wait for the GPU every step. A NaN/Inf step is caught then (its update is already useless).
+    loss_sums = {m: torch.zeros((), device=device) for m in modalities}
+    finite = torch.ones((), dtype=torch.bool, device=device)
     seen = {m: 0 for m in modalities}
     started = time.perf_counter()
     for _ in range(steps):
@@ -113,14 +115,16 @@ def train_locally(
             view1, view2 = views[modality](batch), views[modality](batch)
             loss = nt_xent(model(view1), model(view2), settings.temperature)
             total = total + loss
-            loss_sums[modality] += loss.item()
+            loss_sums[modality] += loss.detach()
             seen[modality] += len(batch)
         if extra_loss is not None:
             total = total + extra_loss(model)
-        if not math.isfinite(total.item()):
-            raise FloatingPointError("local loss became NaN/Inf: lower learning-rate")
+        finite &= torch.isfinite(total.detach())
         total.backward()
         optimizer.step()
+    if not bool(finite):
+        raise FloatingPointError("local loss became NaN/Inf: lower learning-rate")
+    loss_means = {m: float(loss_sums[m]) / steps for m in modalities}
     elapsed = time.perf_counter() - started
 
     metrics = {
@@ -132,7 +136,7 @@ def train_locally(
     if device.type == "cuda":
         metrics["peak-gpu-mb"] = torch.cuda.max_memory_allocated(device) / 2**20
     for modality in MODALITY_ORDER:
-        metrics[f"loss-{modality}"] = loss_sums[modality] / steps if modality in loss_sums else 0.0
+        metrics[f"loss-{modality}"] = loss_means.get(modality, 0.0)
         metrics[f"num-{modality}-examples"] = float(data.count(modality)) if modality in modalities else 0.0
     metrics["loss"] = sum(metrics[f"loss-{m}"] for m in modalities)
     return metrics
