@@ -15,8 +15,9 @@ class ConfigError(ValueError):
     """A run-config value that cannot work; the message names the key and the fix."""
 
 
-def _key(default, doc: str):
-    return field(default=default, metadata={"doc": doc})
+def _key(default, doc: str, number_or_auto: bool = False):
+    """``number_or_auto``: a float key that also takes the string "auto" (resolved from the encoder's recipe)."""
+    return field(default=default, metadata={"doc": doc, "number_or_auto": number_or_auto})
 
 
 @dataclass(frozen=True)
@@ -24,7 +25,9 @@ class RunConfig:
     # --- federation -------------------------------------------------------
     num_server_rounds: int = _key(4, "Federated rounds to run.")
     strategy: str = _key("fedavg", "Aggregation strategy name (see strategies.registry.STRATEGIES).")
-    ldawa_warmup_rounds: int = _key(0, "L-DAWA: first rounds aggregated with data-size FedAvg.")
+    ldawa_warmup_rounds: int = _key(3, "L-DAWA: first rounds aggregated with data-size FedAvg (the reference, "
+                                       "yasar-rehman/L-DAWA main_CIFAR10_LDAWA.py, uses FedAvg in rounds 1-3 and "
+                                       "L-DAWA from round 4); 0 = L-DAWA from round 1.")
     fraction_train: float = _key(1.0, "Fraction of connected clients sampled each round for training.")
     fraction_evaluate: float = _key(0.0, "Fraction sampled for client-side SSL-loss evaluation (0 = off).")
     min_train_nodes: int = _key(2, "Least clients a training round waits for.")
@@ -43,7 +46,8 @@ class RunConfig:
                                         "(not in the reference).")
     # --- end of strategy parameters ---
     # --- model ------------------------------------------------------------
-    encoder: str = _key("resnet18_cifar", "timm model name: resnet18_cifar, vit_tiny_cifar or any timm model.")
+    encoder: str = _key("resnet18_half_cifar", "timm model name: resnet18_half_cifar (ResNet-18 at half width, "
+                                                "the CPU default), resnet18_cifar, vit_tiny_cifar or any timm model.")
     projection_hidden_dim: int = _key(512, "Hidden width of the SimCLR projection MLP.")
     projection_dim: int = _key(128, "Output width of the projection MLP (NT-Xent space).")
     # --- data -------------------------------------------------------------
@@ -71,11 +75,17 @@ class RunConfig:
     local_epochs: int = _key(1, "Local epochs per round (over the client's larger modality).")
     max_local_steps: int = _key(0, "Cap on local steps per round; 0 = no cap.")
     batch_size: int = _key(32, "Samples per modality per step.")
-    optimizer: str = _key("sgd", "'sgd' (momentum) or 'adamw'.")
-    learning_rate: float = _key(0.05, "Local learning rate.")
+    optimizer: str = _key("auto", "'auto' (the encoder family's recipe: SGD for convnets, AdamW for vision "
+                                  "transformers; models/recipes.py), 'sgd' (momentum) or 'adamw'.")
+    learning_rate: float | str = _key("auto", "Base local learning rate, or 'auto' (convnets 0.1, transformers "
+                                              "1e-3); each round's rate follows lr-schedule.", number_or_auto=True)
+    lr_schedule: str = _key("cosine", "Learning rate across rounds, sent by the server each round: 'cosine' "
+                                      "(decay after the warm-up) or 'constant'.")
+    lr_warmup_rounds: int = _key(1, "Rounds of linear learning-rate warm-up before the schedule (0 = none).")
     momentum: float = _key(0.9, "SGD momentum.")
-    weight_decay: float = _key(5e-4, "Weight decay.")
-    temperature: float = _key(0.5, "NT-Xent temperature.")
+    weight_decay: float | str = _key("auto", "Weight decay, or 'auto' (convnets 5e-4, transformers 0.05).",
+                                     number_or_auto=True)
+    temperature: float = _key(0.2, "NT-Xent temperature.")
     # --- evaluation and output -------------------------------------------
     eval_every: int = _key(2, "Central kNN/linear-probe evaluation every k rounds (round 0 and the last always).")
     save_every: int = _key(0, "Also save the global model every k rounds (and round 0) as round-NNNN.pt; 0 = final only.")
@@ -114,6 +124,11 @@ class RunConfig:
         kwargs = {}
         for key, value in values.items():
             f = by_key[key]
+            if f.metadata["number_or_auto"]:
+                if value != "auto" and (isinstance(value, bool) or not isinstance(value, (int, float))):
+                    raise ConfigError(f"{key}: expected a number or 'auto', got {value!r}")
+                kwargs[f.name] = value if value == "auto" else float(value)
+                continue
             expected = type(f.default)
             if expected is float and isinstance(value, int) and not isinstance(value, bool):
                 value = float(value)
@@ -174,8 +189,13 @@ class RunConfig:
         need(self.local_epochs >= 1, "local-epochs: must be >= 1")
         need(self.max_local_steps >= 0, "max-local-steps: must be >= 0 (0 = no cap)")
         need(self.batch_size >= 2, "batch-size: must be >= 2 (NT-Xent needs negatives)")
-        need(self.optimizer in ("sgd", "adamw"), f"optimizer: unknown value {self.optimizer!r}; valid: sgd, adamw")
-        need(self.learning_rate > 0, "learning-rate: must be > 0")
+        need(self.optimizer in ("auto", "sgd", "adamw"),
+             f"optimizer: unknown value {self.optimizer!r}; valid: auto, sgd, adamw")
+        need(self.learning_rate == "auto" or self.learning_rate > 0, "learning-rate: must be > 0 or 'auto'")
+        need(self.weight_decay == "auto" or self.weight_decay >= 0, "weight-decay: must be >= 0 or 'auto'")
+        need(self.lr_schedule in ("cosine", "constant"),
+             f"lr-schedule: unknown value {self.lr_schedule!r}; valid: cosine, constant")
+        need(self.lr_warmup_rounds >= 0, "lr-warmup-rounds: must be >= 0")
         need(self.temperature > 0, "temperature: must be > 0")
         need(self.image_size >= 8, "image-size: must be >= 8")
         need(0.0 < self.image_min_crop_scale <= 1.0, "image-min-crop-scale: must be in (0, 1]")
@@ -195,12 +215,10 @@ class RunConfig:
         need(0.0 <= self.fault_rate <= 1.0, "fault-rate: must be in [0, 1]")
         need(self.fault_mode in ("raise", "hang"), f"fault-mode: unknown value {self.fault_mode!r}; valid: raise, hang")
         # --- end of reliability ---
-        import timm
+        from models.encoders import is_encoder_name
 
-        import models.encoders  # noqa: F401  (registers resnet18_cifar, vit_tiny_cifar)
-
-        need(self.encoder in timm.list_models(),
-             f"encoder: unknown value {self.encoder!r}; use resnet18_cifar, vit_tiny_cifar or a timm model name")
+        need(is_encoder_name(self.encoder), f"encoder: unknown value {self.encoder!r}; use resnet18_half_cifar, "
+                                            "resnet18_cifar, vit_tiny_cifar or a timm model name")
         need(self.device == "auto" or self.device == "cpu" or self.device.startswith("cuda"),
              f"device: unknown value {self.device!r}; valid: auto, cpu, cuda, cuda:N")
         if self.data_root:

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import math
+
 import torch
 from flwr.app import ArrayRecord, Context, Message, MetricRecord, RecordDict
 from flwr.clientapp import ClientApp
@@ -38,6 +40,16 @@ def _setup(context: Context) -> tuple[RunConfig, int, object]:
     return config, partition_id, client_state(config, context.run_id, partition_id, num_partitions, local)
 
 
+def round_learning_rate(train_config) -> float | None:
+    """This round's learning rate from the server's train config (None: the recipe's base rate)."""
+    value = train_config.get("learning-rate")
+    if value is None:
+        return None
+    if isinstance(value, bool) or not isinstance(value, (int, float)) or not math.isfinite(value) or value <= 0:
+        raise ValueError(f"train config learning-rate must be a finite number > 0, got {value!r}")
+    return float(value)
+
+
 def _round_seed(config: RunConfig, server_round: int, partition_id: int) -> int:
     return (config.seed * 1_000_003 + server_round * 10_007 + partition_id) % (2**31)
 
@@ -49,11 +61,13 @@ def train(msg: Message, context: Context) -> Message:
     maybe_inject_fault(config, server_round, partition_id)  # fault-rate (tests); no-op by default
     state.model.load_state_dict(msg.content["arrays"].to_torch_state_dict())
     extra_loss = proximal_term(state.model, proximal_mu(msg.content["config"]))  # FedProx; None otherwise
+    settings = train_settings(config, state.model, round_learning_rate(msg.content["config"]))
     metrics = train_locally(
-        state.model, state.data, state.views, train_settings(config), state.device,
+        state.model, state.data, state.views, settings, state.device,
         seed=_round_seed(config, server_round, partition_id), extra_loss=extra_loss,
     )
     metrics["num-examples"] = float(sum(state.data.count(m) for m in state.data.modalities))
+    metrics["learning-rate"] = settings.learning_rate
     reply = RecordDict({
         "arrays": ArrayRecord(state.model.state_dict()),
         "metrics": MetricRecord(metrics),

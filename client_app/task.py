@@ -22,6 +22,7 @@ from data_partition.modality_data import AUDIO, IMAGE
 from data_partition.partition import ClientPart, PlanSettings, load_or_build_plan
 from models.audio_frontend import LogMelFrontEnd
 from models.device import resolve_device
+from models.recipes import resolve_recipe, round_learning_rate
 from models.ssl_model import SSLModel
 
 
@@ -34,12 +35,21 @@ class ClientState:
     device: torch.device
 
 
-def train_settings(config: RunConfig) -> TrainSettings:
+def train_settings(config: RunConfig, model: SSLModel, learning_rate: float | None = None) -> TrainSettings:
+    """Local training settings; ``learning_rate``: this round's rate sent by the server (else the recipe's)."""
+    recipe = resolve_recipe(model.encoder, config.optimizer, config.learning_rate, config.weight_decay)
     return TrainSettings(
         local_epochs=config.local_epochs, max_local_steps=config.max_local_steps, batch_size=config.batch_size,
-        optimizer=config.optimizer, learning_rate=config.learning_rate, momentum=config.momentum,
-        weight_decay=config.weight_decay, temperature=config.temperature,
+        optimizer=recipe.optimizer, learning_rate=recipe.learning_rate if learning_rate is None else learning_rate,
+        momentum=config.momentum, weight_decay=recipe.weight_decay, temperature=config.temperature,
     )
+
+
+def scheduled_learning_rate(config: RunConfig, model: SSLModel, server_round: int) -> float:
+    """The learning rate the server sends for ``server_round`` (recipe's base rate on the run's schedule)."""
+    base = train_settings(config, model).learning_rate
+    return round_learning_rate(base, server_round, config.num_server_rounds, config.lr_schedule,
+                               config.lr_warmup_rounds)
 
 
 def plan_settings(config: RunConfig, num_partitions: int) -> PlanSettings:

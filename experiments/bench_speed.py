@@ -47,7 +47,7 @@ def centralized_local_work(config: RunConfig, clients: int, rounds: int) -> dict
             state = client_state(config, run_id=-1, partition_id=pid, num_partitions=clients)
             state.model.load_state_dict(initial)
             started = time.perf_counter()
-            metrics = train_locally(state.model, state.data, state.views, train_settings(config), state.device,
+            metrics = train_locally(state.model, state.data, state.views, train_settings(config, state.model), state.device,
                                     seed=round_seed(config, server_round, pid))
             seconds += time.perf_counter() - started
             samples += metrics["samples"]

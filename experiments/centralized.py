@@ -241,7 +241,8 @@ def train_centralized(config, budget: list[dict[str, int]], pooled, run_dir: Pat
     """Train on ``pooled`` data round by round to the given budget; write a run folder; return it."""
     from dataclasses import asdict, replace
 
-    from client_app.task import build_model, eval_transforms, train_settings, training_views
+    from client_app.task import (build_model, eval_transforms, scheduled_learning_rate, train_settings,
+                                  training_views)
     from client_app.trainer import LocalData, train_locally
     from data_partition.datasets import load_splits
     from flwr.app import ArrayRecord
@@ -263,7 +264,7 @@ def train_centralized(config, budget: list[dict[str, int]], pooled, run_dir: Pat
     eval_model = build_model(config).to(device)
     evaluator = CentralEvaluator(eval_model, eval_transforms(config, device), datasets, device, config.knn_k, config.seed)
     views = training_views(config, device)
-    base = train_settings(config)
+    base = train_settings(config, model)
 
     folder = Path(run_dir).expanduser().resolve() / f"{time.strftime('%Y%m%d-%H%M%S')}-centralized-{config.seed}"
     folder.mkdir(parents=True, exist_ok=False)
@@ -284,7 +285,8 @@ def train_centralized(config, budget: list[dict[str, int]], pooled, run_dir: Pat
                 data = LocalData({m: pooled.tensors[m] for m in call.modalities})
                 per_epoch = max(max(1, data.count(m) // min(call.batch_size, data.count(m))) for m in call.modalities)
                 settings = replace(base, batch_size=call.batch_size, max_local_steps=call.steps,
-                                   local_epochs=math.ceil(call.steps / per_epoch))
+                                   local_epochs=math.ceil(call.steps / per_epoch),
+                                   learning_rate=scheduled_learning_rate(config, model, server_round))
                 out = train_locally(model, data, views, settings, device, _call_seed(config.seed, server_round, index))
                 steps += int(out["steps"])
                 for m in call.modalities:

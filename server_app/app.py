@@ -19,7 +19,7 @@ from flwr.serverapp import Grid, ServerApp
 from flwr.serverapp.strategy import Result
 
 from app_config.run_config import RunConfig
-from client_app.task import build_model, eval_transforms
+from client_app.task import build_model, eval_transforms, scheduled_learning_rate
 from data_partition.datasets import load_splits
 from models.device import resolve_device
 from server_app.central_eval import CentralEvaluator, as_metric_record
@@ -172,7 +172,9 @@ def main(grid: Grid, context: Context) -> None:
     result = run_rounds(
         strategy, grid, arrays, num_rounds=config.num_server_rounds, start_round=start_round,
         timeout=config.round_timeout, seed=config.seed, min_replies=config.min_train_nodes,
-        train_config=ConfigRecord({}), evaluate_fn=evaluate,
+        train_config=lambda server_round: ConfigRecord(
+            {"learning-rate": scheduled_learning_rate(config, model, server_round)}),
+        evaluate_fn=evaluate,
         on_train=lambda train: train_log.__setitem__(train.round, _round_entry(train)),
         on_round_end=checkpoint, result=result,
     )

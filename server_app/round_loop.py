@@ -106,7 +106,7 @@ def run_rounds(
     timeout: float = 3600.0,
     seed: int = 0,
     min_replies: int = 1,
-    train_config: ConfigRecord | None = None,
+    train_config: ConfigRecord | Callable[[int], ConfigRecord] | None = None,
     evaluate_config: ConfigRecord | None = None,
     evaluate_fn: Callable[[int, ArrayRecord], MetricRecord | None] | None = None,
     on_train: Callable[[RoundTrain], None] | None = None,
@@ -115,6 +115,9 @@ def run_rounds(
 ) -> Result:
     """Run rounds ``start_round..num_rounds`` from global ``arrays`` (the model after round ``start_round - 1``).
 
+    ``train_config`` is one record for every round or a function of the round
+    (the ServerApp sends each round's learning rate this way).
+
     The initial model is evaluated (round 0) only when ``start_round == 1``.
     ``result`` may carry what earlier rounds produced (a resumed run); its
     ``arrays`` are replaced by each aggregate, as in ``Strategy.start``.
@@ -122,10 +125,10 @@ def run_rounds(
     if start_round < 1:
         raise ValueError("start_round must be >= 1")
     log(INFO, "Starting %s strategy at round %d of %d:", strategy.__class__.__name__, start_round, num_rounds)
-    log_strategy_start_info(num_rounds, arrays, train_config, evaluate_config)
+    config_of_round = train_config if callable(train_config) else (lambda _round: train_config)
+    log_strategy_start_info(num_rounds, arrays, config_of_round(start_round), evaluate_config)
     strategy.summary()
     log(INFO, "")
-    train_config = ConfigRecord() if train_config is None else train_config
     evaluate_config = ConfigRecord() if evaluate_config is None else evaluate_config
     result = Result() if result is None else result
     if start_round > 1 and not len(result.arrays):
@@ -144,7 +147,9 @@ def run_rounds(
 
         # --- training (ClientApp side) ---------------------------------------
         random.seed(round_seed(seed, current_round))
-        messages = list(strategy.configure_train(current_round, arrays, train_config, grid))
+        round_config = config_of_round(current_round)
+        round_config = ConfigRecord() if round_config is None else round_config
+        messages = list(strategy.configure_train(current_round, arrays, round_config, grid))
         replies = list(grid.send_and_receive(messages=messages, timeout=timeout)) if messages else []
         replies.sort(key=reply_order)
         missing = unanswered_nodes(messages, replies)

@@ -47,6 +47,8 @@ def format_round(record: dict) -> str:
             f"loss img {train.get('loss-image', float('nan')):.3f} aud {train.get('loss-audio', float('nan')):.3f}"
             f" | {int(train.get('clients', 0))} clients"
         )
+        if "learning-rate" in train:
+            parts.append(f"lr {train['learning-rate']:.3g}")
     if "round-seconds" in record:
         parts.append(f"{record['round-seconds']:.1f}s")
     ev = record.get("eval", {})

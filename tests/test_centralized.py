@@ -65,7 +65,7 @@ def federated_rounds(config):
         for pid in range(NUM_CLIENTS):
             part, data = task.federation_part(config, pid, NUM_CLIENTS)
             model = task.build_model(config)
-            out = train_locally(model, data, counting_views(config, processed), task.train_settings(config),
+            out = train_locally(model, data, counting_views(config, processed), task.train_settings(config, model),
                                 torch.device("cpu"), seed=pid)
             clients.append({"partition-id": pid, "kind": part.kind, **out})
         records.append({"round": server_round, "clients": clients})

@@ -9,6 +9,7 @@ import pytest
 import torch
 
 from experiments.launch import superlink_pids
+from app_config.run_config import RunConfig
 from models.ssl_model import SSLModel
 from tests.conftest import PROJECT
 
@@ -30,7 +31,7 @@ def launch(tmp_path: Path, run_config: str, supernodes: int) -> subprocess.Compl
 def finished_run(tmp_path_factory, data_root):
     tmp_path = tmp_path_factory.mktemp("e2e")
     runs = tmp_path / "runs"
-    config = (f"strategy='ldawa' num-server-rounds=2 max-local-steps=2 batch-size=16 eval-every=1 "
+    config = (f"strategy='ldawa' ldawa-warmup-rounds=1 num-server-rounds=2 max-local-steps=2 batch-size=16 eval-every=1 "
               f"data-root='{data_root}' run-dir='{runs}'")
     done = launch(tmp_path, config, supernodes=5)
     assert done.returncode == 0, done.stdout[-3000:] + done.stderr[-2000:]
@@ -49,15 +50,17 @@ def test_run_completes_and_records_every_round(finished_run):
         # 5 clients at 0.4/0.3/0.3: two visual-only, two audio-only, one audio-visual
         assert train["clients"] == 5 and train["clients-image"] == 3 and train["clients-audio"] == 3
         assert train["loss-image"] > 0 and train["loss-audio"] > 0
-        assert 0.0 < train["ldawa-delta-mean"] <= 1.0
         assert r["failures"] == 0
+    assert 0.0 < records[2]["train"]["ldawa-delta-mean"] <= 1.0  # L-DAWA after its one warm-up round
+    # the server's schedule: warm-up round 1 at half the recipe's rate (SGD 0.1), then cosine from the full rate
+    assert [r["train"]["learning-rate"] for r in records[1:]] == pytest.approx([0.05, 0.1])
     assert "[fssuavl] round   2" in done.stdout
 
 
 def test_final_model_is_a_loadable_encoder(finished_run):
     _, folder = finished_run
     state = torch.load(folder / "final_model.pt", weights_only=True)
-    model = SSLModel("resnet18_cifar", 512, 128)
+    model = SSLModel(RunConfig().encoder, 512, 128)
     model.load_state_dict(state)
     summary = json.loads((folder / "summary.json").read_text())
     assert summary["rounds"] == 2 and "final-knn-audio" in summary
