@@ -21,8 +21,10 @@ fedmedian      flwr FedMedian         --
 fedtrimmedavg  flwr FedTrimmedAvg     trimmed-beta
 ============== ====================== =========================================
 
-All of them drop and count bad replies (``strategies.reply_filter``) and the
-FedAvg-based ones stream the weighted mean (``strategies.streaming``).
+All of them drop and count bad replies (``strategies.reply_filter``), cap each
+reply's weight at ``weight-cap-factor`` x the round's lower median
+``num-examples`` (``strategies.weight_cap``; 0 = off) and the FedAvg-based
+ones stream the weighted mean (``strategies.streaming``).
 A strategy key set away from its default while another strategy is chosen is
 reported with a warning (the run config always carries every key, so it cannot
 be an error). :func:`make_strategy` builds one by name with explicit keyword
@@ -50,6 +52,12 @@ from strategies.robust import (
     RobustLDAWA,
 )
 from strategies.train_metrics import aggregate_train_metrics
+from strategies.weight_cap import DEFAULT_FACTOR, check_factor
+
+
+def _weight_cap_factor(config) -> float:
+    """Run-config ``weight-cap-factor`` (default 4.0 until app_config.run_config declares it)."""
+    return check_factor(getattr(config, "weight_cap_factor", DEFAULT_FACTOR))
 
 
 def _common(config) -> dict:
@@ -72,7 +80,9 @@ class StrategySpec:
 
     def __call__(self, config) -> Strategy:
         kwargs = {kw: getattr(config, key.replace("-", "_")) for kw, key in self.params.items()}
-        return self.cls(**_common(config), **kwargs)
+        strategy = self.cls(**_common(config), **kwargs)
+        strategy.weight_cap_factor = _weight_cap_factor(config)
+        return strategy
 
 
 FEDOPT = {"eta": "fedopt-eta", "beta_1": "fedopt-beta1", "beta_2": "fedopt-beta2", "tau": "fedopt-tau"}
@@ -101,7 +111,8 @@ def _spec(name: str) -> StrategySpec:
     return STRATEGIES[name]
 
 
-def make_strategy(name: str, *, common: Mapping | None = None, **params) -> Strategy:
+def make_strategy(name: str, *, common: Mapping | None = None, weight_cap_factor: float = DEFAULT_FACTOR,
+                  **params) -> Strategy:
     """Strategy ``name`` with its own keyword parameters (e.g. ``proximal_mu=0.1``).
 
     ``common`` holds FedAvg's sampling arguments (``fraction_train``, ...).
@@ -113,7 +124,9 @@ def make_strategy(name: str, *, common: Mapping | None = None, **params) -> Stra
         valid = ", ".join(sorted(spec.params)) or "none"
         raise ValueError(f"strategy {name!r}: unknown parameter {unknown[0]!r}; valid: {valid}")
     common = {"train_metrics_aggr_fn": aggregate_train_metrics, **dict(common or {})}
-    return spec.cls(**common, **params)
+    strategy = spec.cls(**common, **params)
+    strategy.weight_cap_factor = check_factor(weight_cap_factor)
+    return strategy
 
 
 def unused_strategy_keys(config) -> list[str]:
