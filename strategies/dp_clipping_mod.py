@@ -58,6 +58,9 @@ def dp_clipping_mod(msg: Message, ctxt: Context, call_next) -> Message:
     (key, arrays), = reply.content.array_records.items()
     if list(arrays.keys()) != list(sent.keys()):
         return _error(msg, "the reply's array names differ from the ones received")
-    reply.content[key], clipped = clip_update(arrays, sent, float(norm))
+    try:
+        reply.content[key], clipped = clip_update(arrays, sent, float(norm))
+    except Exception as err:  # noqa: BLE001 - arrays of other shapes or dtypes: an error reply, not a crash
+        return _error(msg, f"the reply's arrays cannot be clipped: {type(err).__name__}: {str(err)[:100]}")
     next(iter(reply.content.metric_records.values()))[KEY_NORM_BIT] = int(clipped)
     return reply
