@@ -48,6 +48,7 @@ only some clients are averaged over the clients holding them by
 
 from __future__ import annotations
 
+import copy
 from collections import Counter
 from collections.abc import Iterable
 from logging import ERROR, INFO, WARNING
@@ -119,7 +120,7 @@ def for_aggregation(msg: Message, weighted_by_key: str, weight: float) -> Messag
     values = dict(metrics.items())
     values[weighted_by_key] = float(weight)
     content = RecordDict({array_key: ArrayRecord(dict(arrays.items())), metric_key: MetricRecord(values)})
-    return Message(content, metadata=msg.metadata)
+    return Message(content, metadata=copy.copy(msg.metadata))  # Message() writes to its metadata
 
 
 def cast_to_spec(arrays: ArrayRecord, spec: Spec | None) -> tuple[bool, ArrayRecord]:
