@@ -6,11 +6,17 @@ The data goes to a temporary file in the target's folder, is flushed and
 process is interrupted before the rename, the temporary file is removed and the
 previous file stays as it was (a SIGKILL can leave the temporary file behind;
 writers that care remove such leftovers by their prefix).
+
+The new file gets the mode of the file it replaces, or the mode a plain
+``open(path, "w")`` would give it (``0o666`` less the umask): ``mkstemp``
+alone would make every output ``0600`` and flip an existing ``0644`` file to
+``0600`` on each rewrite (e.g. ``metrics.jsonl`` cut back on resume).
 """
 
 from __future__ import annotations
 
 import os
+import stat
 import tempfile
 from collections.abc import Callable
 from pathlib import Path
@@ -32,12 +38,35 @@ def fsync_dir(folder: Path) -> None:
         os.close(fd)
 
 
+def current_umask() -> int:
+    """The process umask (read from /proc where possible; ``os.umask`` can only be read by setting it)."""
+    try:
+        for line in Path("/proc/self/status").read_text().splitlines():
+            if line.startswith("Umask:"):
+                return int(line.split()[1], 8)
+    except (OSError, ValueError):
+        pass
+    mask = os.umask(0o022)
+    os.umask(mask)
+    return mask
+
+
+def target_mode(path: Path) -> int:
+    """The permission bits ``path`` has, or those a new file would get from ``open``."""
+    try:
+        return stat.S_IMODE(os.stat(path).st_mode)
+    except OSError:
+        return 0o666 & ~current_umask()
+
+
 def atomic_write(path: Path, write: Callable[[BinaryIO], object], prefix: str = ".tmp-") -> Path:
-    """Replace ``path`` with what ``write(binary_file)`` writes, atomically."""
+    """Replace ``path`` with what ``write(binary_file)`` writes, atomically, keeping its file mode."""
     path = Path(path)
+    mode = target_mode(path)
     fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=prefix, suffix=TMP_SUFFIX)
     try:
         with os.fdopen(fd, "wb") as fh:
+            os.fchmod(fh.fileno(), mode)
             write(fh)
             fh.flush()
             os.fsync(fh.fileno())

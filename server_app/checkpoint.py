@@ -5,10 +5,12 @@ everything the ServerApp needs to continue a run as if it had never stopped:
 
 * ``round``: the last completed round ``k``; a resumed run starts at ``k + 1``;
 * ``arrays``: the global model after round ``k`` (exact bytes, every dtype kept);
-* ``strategy``: the strategy's state, captured generically (see
-  :func:`capture_strategy_state`): every instance attribute holding arrays, e.g.
-  Flower's FedOpt family's ``current_arrays`` / ``m_t`` / ``v_t``, FedAvgM's
-  ``current_arrays`` / ``momentum_vector`` and L-DAWA's previous global model;
+* ``strategy``: the strategy's state (see :func:`capture_strategy_state`): a
+  known list of attributes, Flower's FedOpt family's ``current_arrays`` /
+  ``m_t`` / ``v_t``, FedAvgM's ``current_arrays`` / ``momentum_vector``,
+  L-DAWA's previous global model, the DP wrappers' ``current_arrays`` and
+  adaptive clipping norm, and a wrapper's wrapped strategy; restoring refuses
+  anything else;
 * ``rng``: the seed and the server process's Python, NumPy and torch RNG states;
 * ``history``: the ``metrics.jsonl`` records of rounds ``0..k``;
 * ``run-config``: the run config the rounds were run with.
@@ -131,21 +133,79 @@ def decode(value):
 
 
 # --------------------------------------------------------------------------- strategy state
-def capture_strategy_state(strategy) -> dict:
-    """Every instance attribute of ``strategy`` that holds arrays, encoded.
+# The server-side state of the registered strategies, by attribute name: Flower's FedOpt family
+# (``current_arrays``, ``m_t``, ``v_t``), FedAvgM (``current_arrays``, ``momentum_vector``), L-DAWA's
+# previous global model (``_global``), the server-side DP wrappers' ``current_arrays``.
+ARRAY_STATE = frozenset({"current_arrays", "m_t", "v_t", "momentum_vector", "_global"})
+NORM_STATE = "clipping_norm"  # the adaptive DP wrappers' current clipping norm
+INNER_STATE = "strategy"  # a wrapper's wrapped strategy, captured recursively
 
-    Generic on purpose: Flower's strategies keep their server-side optimiser
-    state in plain attributes (FedOpt: ``current_arrays``, ``m_t``, ``v_t``;
-    FedAvgM: ``current_arrays``, ``momentum_vector``), L-DAWA keeps the previous
-    global model (``_global``). Hyper-parameters are rebuilt from the run
-    config; attributes still ``None`` are left at their constructor default.
+
+def _adaptive(strategy) -> bool:
+    return hasattr(strategy, "_geometric_update") and hasattr(strategy, NORM_STATE)
+
+
+def capture_strategy_state(strategy) -> dict:
+    """The strategy's server-side state, encoded: the ``ARRAY_STATE`` attributes holding arrays, the
+    adaptive DP wrappers' clipping norm, and (for a wrapper) the wrapped strategy's state.
+
+    Hyper-parameters are rebuilt from the run config; attributes still
+    ``None`` are left at their constructor default.
     """
-    return {name: encode(value) for name, value in vars(strategy).items() if _holds_arrays(value)}
+    state = {name: encode(value) for name, value in vars(strategy).items()
+             if name in ARRAY_STATE and _holds_arrays(value)}
+    if _adaptive(strategy):
+        state[NORM_STATE] = float(strategy.clipping_norm)
+    inner = vars(strategy).get(INNER_STATE)
+    if inner is not None and hasattr(inner, "aggregate_train"):
+        state[INNER_STATE] = {"__state__": capture_strategy_state(inner)}
+    return state
+
+
+def _arrays_like(value) -> bool:
+    """An ArrayRecord, a dict of named arrays or a list of arrays (FedAvgM's momentum)."""
+    if isinstance(value, ArrayRecord):
+        return True
+    if isinstance(value, list):
+        return all(isinstance(v, (np.ndarray, np.generic)) for v in value)
+    return isinstance(value, dict) and all(
+        isinstance(k, str) and isinstance(v, (np.ndarray, np.generic)) for k, v in value.items())
 
 
 def restore_strategy_state(strategy, state: dict) -> None:
+    """Set the attributes :func:`capture_strategy_state` captured, and nothing else.
+
+    A checkpoint naming any other attribute, an attribute this strategy does
+    not have, or a value of the wrong kind is refused with a one-line
+    :class:`CheckpointError` (a checkpoint cannot set arbitrary strategy attributes).
+    """
+    if not isinstance(state, dict):
+        raise CheckpointError("checkpoint: the strategy state is not a mapping")
+    known = sorted(ARRAY_STATE | {NORM_STATE, INNER_STATE})
     for name, value in state.items():
-        setattr(strategy, name, decode(value))
+        if name not in known:
+            raise CheckpointError(f"checkpoint: unknown strategy state {str(name)[:40]!r}; known: {', '.join(known)}")
+        if name == INNER_STATE:
+            inner = vars(strategy).get(INNER_STATE)
+            if inner is None or not isinstance(value, dict) or "__state__" not in value:
+                raise CheckpointError(f"checkpoint: wrapped-strategy state for {type(strategy).__name__}, "
+                                      "which wraps none")
+            restore_strategy_state(inner, value["__state__"])
+            continue
+        if name == NORM_STATE:
+            if not _adaptive(strategy):
+                raise CheckpointError(f"checkpoint: {NORM_STATE} for {type(strategy).__name__}, "
+                                      "which does not adapt it")
+            if isinstance(value, bool) or not isinstance(value, (int, float)) or not (0 < value < float("inf")):
+                raise CheckpointError(f"checkpoint: {NORM_STATE} must be a finite number > 0, got {value!r}")
+            strategy.clipping_norm = float(value)
+            continue
+        if name not in vars(strategy):
+            raise CheckpointError(f"checkpoint: state {name!r} for {type(strategy).__name__}, which has none")
+        decoded = decode(value)
+        if not _arrays_like(decoded):
+            raise CheckpointError(f"checkpoint: state {name!r} must hold named arrays, got {type(decoded).__name__}")
+        setattr(strategy, name, decoded)
 
 
 # --------------------------------------------------------------------------- RNG states

@@ -20,7 +20,10 @@ runs need:
   strategies' reply filter (``strategies.reply_filter``).
 * **Order-independent aggregation.** Replies arrive in whatever order clients
   finish; they are sorted by the partition id the client reports (then node
-  id) before aggregation, so floating-point sums do not depend on timing.
+  id) before aggregation, so floating-point sums do not depend on timing. A
+  partition id that is not an int in ``[0, 2**31)`` (NaN, Inf, a list, ...)
+  is ignored for the ordering (that reply sorts last, by node id); the reply
+  filter then drops the reply.
 * **Repeatable sampling.** Python's ``random`` (used by Flower's node sampling)
   is re-seeded from ``(seed, round)`` before each round's configuration, so a
   resumed round samples as the uninterrupted one did (same connected nodes).
@@ -73,10 +76,13 @@ def round_seed(seed: int, server_round: int) -> int:
 
 
 def _partition_of(reply: Message) -> int | None:
+    """The partition id the client reports, if it is one honest clients send (an int in [0, 2**31))."""
     if reply.has_error() or "client-info" not in reply.content.config_records:
         return None
-    value = reply.content["client-info"].get("partition-id")
-    return int(value) if isinstance(value, (int, float)) and not isinstance(value, bool) else None
+    value = reply.content.config_records["client-info"].get("partition-id")
+    if isinstance(value, int) and not isinstance(value, bool) and 0 <= value < 2**31:
+        return value
+    return None
 
 
 def reply_order(reply: Message) -> tuple:

@@ -1,8 +1,15 @@
-"""A run's folder: resolved config, per-round metrics (JSON lines), final model."""
+"""A run's folder: resolved config, per-round metrics (JSON lines), final model.
+
+Everything written is strict JSON (:func:`json_safe`): NaN and Inf become
+``null`` (Python's ``json`` would write the non-standard ``NaN``), bytes a
+``"<n bytes>"`` marker, other objects their string; lines never fail to
+serialise, whatever a client sent.
+"""
 
 from __future__ import annotations
 
 import json
+import math
 import time
 from dataclasses import asdict
 from pathlib import Path
@@ -10,6 +17,42 @@ from pathlib import Path
 import torch
 
 from server_app.atomic_file import atomic_write
+
+MAX_DEPTH = 8
+
+
+def json_safe(value, *, max_string: int | None = None, max_items: int | None = None, _depth: int = 0):
+    """``value`` as plain JSON types: non-finite floats -> None, bytes -> a marker, strings and lists capped.
+
+    ``max_string`` / ``max_items`` bound strings and containers (None: unbounded).
+    """
+    if hasattr(value, "tolist") and callable(value.tolist) and hasattr(value, "ndim"):
+        value = value.tolist()  # numpy (or torch) arrays and scalars
+    if value is None or isinstance(value, bool):
+        return value
+    if isinstance(value, int):
+        return value
+    if isinstance(value, float):
+        return value if math.isfinite(value) else None
+    if isinstance(value, str):
+        return value if max_string is None or len(value) <= max_string else value[:max_string] + "..."
+    if isinstance(value, (bytes, bytearray, memoryview)):
+        return f"<{len(value)} bytes>"
+    if _depth >= MAX_DEPTH:
+        return "<nested too deep>"
+    kw = {"max_string": max_string, "max_items": max_items, "_depth": _depth + 1}
+    if isinstance(value, dict):
+        items = list(value.items())[:max_items] if max_items is not None else value.items()
+        return {str(k) if max_string is None else str(k)[:max_string]: json_safe(v, **kw) for k, v in items}
+    if isinstance(value, (list, tuple)):
+        items = value[:max_items] if max_items is not None else value
+        return [json_safe(v, **kw) for v in items]
+    return json_safe(str(value), max_string=max_string)
+
+
+def json_line(record: dict) -> str:
+    """One ``metrics.jsonl`` line (strict JSON, keys sorted, newline-terminated)."""
+    return json.dumps(json_safe(record), sort_keys=True, allow_nan=False) + "\n"
 
 
 class RunOutput:
@@ -27,12 +70,18 @@ class RunOutput:
         return out
 
     def write_json(self, name: str, payload: dict) -> None:
-        data = json.dumps(payload, indent=2, sort_keys=True).encode()
+        data = json.dumps(json_safe(payload), indent=2, sort_keys=True, allow_nan=False).encode()
         atomic_write(self.folder / name, lambda fh: fh.write(data))
 
     def append_round(self, record: dict) -> None:
+        line = json_line(record)
         with open(self.metrics_file, "a") as fh:
-            fh.write(json.dumps(record, sort_keys=True) + "\n")
+            fh.write(line)
+
+    def rewrite_rounds(self, records: list[dict]) -> None:
+        """Replace ``metrics.jsonl`` with ``records`` atomically, keeping its file mode (a resumed run)."""
+        data = "".join(json_line(r) for r in records).encode()
+        atomic_write(self.metrics_file, lambda fh: fh.write(data))
 
     def save_model(self, state_dict: dict, name: str = "final_model.pt") -> Path:
         return atomic_write(self.folder / name, lambda fh: torch.save(state_dict, fh))
@@ -44,8 +93,8 @@ def format_round(record: dict) -> str:
     train = record.get("train", {})
     if train:
         parts.append(
-            f"loss img {train.get('loss-image', float('nan')):.3f} aud {train.get('loss-audio', float('nan')):.3f}"
-            f" | {int(train.get('clients', 0))} clients"
+            f"loss img {_number(train.get('loss-image')):.3f} aud {_number(train.get('loss-audio')):.3f}"
+            f" | {int(_number(train.get('clients'), 0.0))} clients"
         )
         if "learning-rate" in train:
             parts.append(f"lr {train['learning-rate']:.3g}")
@@ -53,7 +102,14 @@ def format_round(record: dict) -> str:
         parts.append(f"{record['round-seconds']:.1f}s")
     ev = record.get("eval", {})
     for metric in ("knn", "probe"):
-        cells = [f"{m} {ev[f'{metric}-{m}']:.3f}" for m in ("image", "audio") if f"{metric}-{m}" in ev]
+        cells = [f"{m} {_number(ev[f'{metric}-{m}']):.3f}" for m in ("image", "audio") if f"{metric}-{m}" in ev]
         if cells:
             parts.append(f"{metric} " + " ".join(cells))
     return " | ".join(parts)
+
+
+def _number(value, default: float = float("nan")) -> float:
+    """A number to format (NaN for anything else, e.g. None)."""
+    if isinstance(value, (int, float)) and not isinstance(value, bool):
+        return float(value)
+    return default

@@ -14,7 +14,13 @@ Tags (step = server round):
 - ``round/replies``, ``round/failures``, ``round/sent``, ``round/no-reply``,
   ``round/aggregation-skipped`` (when the record has them), ``round/seconds``,
   and where clients report their placement ``round/hosts`` and
-  ``round/ray-nodes`` (distinct hosts and Ray nodes that ran the round's clients).
+  ``round/ray-nodes`` (distinct hosts and Ray nodes that ran the round's clients;
+  only string values count, whatever else a client sent is ignored).
+
+A resumed run opens the log with ``purge_step`` = the first round after the
+checkpoint: TensorBoard's own purge (a ``SessionLog.START`` event at that step)
+then hides every event of that round and later from the interrupted run, so
+each round appears once, with the resumed run's values.
 """
 
 from __future__ import annotations
@@ -23,14 +29,17 @@ import json
 import sys
 from pathlib import Path
 
+from server_app.round_record import client_value
+
 SUBFOLDER = "tensorboard"
 
 
 def _number(value) -> float | None:
-    if isinstance(value, bool):
-        return float(value)
-    if isinstance(value, (int, float)):
-        return float(value)
+    if isinstance(value, (bool, int, float)):
+        try:
+            return float(value)
+        except OverflowError:  # an int beyond float's range
+            return None
     return None
 
 
@@ -58,16 +67,22 @@ def round_scalars(record: dict) -> dict[str, float]:
         out["round/seconds"] = number
     clients = record.get("clients") or []
     for field, tag in (("host", "round/hosts"), ("ray-node-id", "round/ray-nodes")):
-        seen = {c[field] for c in clients if isinstance(c, dict) and field in c}
+        seen = {value for c in clients if isinstance(c, dict)
+                and isinstance(value := client_value(c, field), str)}
         if seen:
             out[tag] = float(len(seen))
     return out
 
 
 class TensorBoardLog:
-    """Writes each round's record as scalars; a disabled log (``writer is None``) does nothing."""
+    """Writes each round's record as scalars; a disabled log (``writer is None``) does nothing.
 
-    def __init__(self, run_folder: Path | str, enabled: bool = True) -> None:
+    ``purge_step``: on resume, the first round to run again; events of that
+    round and later already in the folder are purged (the config text, step 0,
+    is not written twice).
+    """
+
+    def __init__(self, run_folder: Path | str, enabled: bool = True, purge_step: int | None = None) -> None:
         self.folder = Path(run_folder) / SUBFOLDER
         self.writer = None
         if not enabled:
@@ -78,9 +93,9 @@ class TensorBoardLog:
             print(f"[fssuavl] warning: TensorBoard logging off ({err}); "
                   "pip install tensorboard to enable it", file=sys.stderr, flush=True)
             return
-        self.writer = SummaryWriter(log_dir=str(self.folder))
+        self.writer = SummaryWriter(log_dir=str(self.folder), purge_step=purge_step)
         config_file = Path(run_folder) / "config.json"
-        if config_file.exists():
+        if purge_step is None and config_file.exists():
             self.write_config(json.loads(config_file.read_text()))
 
     def write_config(self, config: dict) -> None:

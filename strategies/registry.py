@@ -19,7 +19,27 @@ fedadagrad     flwr FedAdagrad        fedopt-eta, fedopt-tau
 fedavgm        flwr FedAvgM           server-learning-rate, server-momentum
 fedmedian      flwr FedMedian         --
 fedtrimmedavg  flwr FedTrimmedAvg     trimmed-beta
+krum           flwr Krum              num-malicious-nodes
+multikrum      flwr MultiKrum         num-malicious-nodes, multikrum-select
+bulyan         flwr Bulyan            num-malicious-nodes (needs at least
+                                      4 x num-malicious-nodes + 3 replies)
 ============== ====================== =========================================
+
+Keys every strategy takes:
+
+* ``weight-cap-factor`` (float, default 4.0; 0 = off, else >= 1): no reply
+  weighs more than this many times the round's lower median ``num-examples``
+  (:mod:`strategies.weight_cap`);
+* ``dp`` (``none``, ``server-fixed``, ``client-fixed``, ``server-adaptive``,
+  ``client-adaptive``) wraps the chosen strategy in Flower's differential-
+  privacy wrapper, with ``dp-noise-multiplier`` (sigma >= 0, default 1.0),
+  ``dp-clipping-norm`` (C > 0, default 1.0; the adaptive modes' initial norm),
+  ``dp-sampled-clients`` (m >= 0, default 0 = ``min-train-nodes``; noise std
+  is ``sigma C / m``), ``dp-target-quantile`` (adaptive, [0, 1], default 0.5)
+  ``dp-clip-norm-lr`` (adaptive, > 0, default 0.2) and
+  ``dp-clipped-count-stddev`` (adaptive, >= 0, default 0 = m / 20; must
+  exceed sigma / 2); see :mod:`strategies.dp`. The client modes need ``dp_clipping_mod`` on the
+  ClientApp.
 
 All of them drop and count bad replies (``strategies.reply_filter``) and the
 FedAvg-based ones stream the weighted mean (``strategies.streaming``).
@@ -27,6 +47,9 @@ A strategy key set away from its default while another strategy is chosen is
 reported with a warning (the run config always carries every key, so it cannot
 be an error). :func:`make_strategy` builds one by name with explicit keyword
 parameters and rejects unknown names and parameters, listing the valid ones.
+
+``NEW_KEYS`` lists the keys above that ``app_config.run_config`` may not have
+yet (type, default, bounds, doc): until it has them, their defaults apply.
 """
 
 from __future__ import annotations
@@ -38,7 +61,9 @@ from dataclasses import dataclass, field
 from flwr.serverapp.strategy import Strategy
 from flwr.supercore import log
 
+from strategies.dp import DPSettings, wrap_dp
 from strategies.robust import (
+    RobustBulyan,
     RobustFedAdagrad,
     RobustFedAdam,
     RobustFedAvg,
@@ -47,9 +72,64 @@ from strategies.robust import (
     RobustFedProx,
     RobustFedTrimmedAvg,
     RobustFedYogi,
+    RobustKrum,
     RobustLDAWA,
+    RobustMultiKrum,
 )
 from strategies.train_metrics import aggregate_train_metrics
+from strategies.weight_cap import DEFAULT_FACTOR, check_factor
+
+
+@dataclass(frozen=True)
+class NewKey:
+    """A run-config key read here with ``getattr(config, attr, default)`` until RunConfig declares it."""
+
+    type: type
+    default: object
+    doc: str
+    bounds: str
+    valid: object = None  # value -> bool
+
+    def value(self, config, key: str):
+        value = getattr(config, key.replace("-", "_"), self.default)
+        if self.valid is not None and not (isinstance(value, self.type) and not isinstance(value, bool)
+                                           and self.valid(value)):
+            raise ValueError(f"{key}: must be {self.bounds}, got {value!r}")
+        return value
+
+
+NEW_KEYS: dict[str, NewKey] = {
+    "num-malicious-nodes": NewKey(int, 0, "krum, multikrum, bulyan: number f of Byzantine clients to tolerate "
+                                          "(bulyan needs at least 4f + 3 good replies a round).",
+                                  "an int >= 0", lambda v: v >= 0),
+    "multikrum-select": NewKey(int, 2, "multikrum: replies with the best Krum scores averaged each round.",
+                               "an int >= 1", lambda v: v >= 1),
+    "weight-cap-factor": NewKey(float, DEFAULT_FACTOR, "No reply weighs more than this many times the round's "
+                                "lower-median num-examples (0 = off).", "0 (off) or >= 1"),
+    "dp": NewKey(str, "none", "Differential privacy around the strategy: none, server-fixed, client-fixed, "
+                              "server-adaptive or client-adaptive (client modes need dp_clipping_mod on the "
+                              "ClientApp).", "one of the DP modes"),
+    "dp-noise-multiplier": NewKey(float, 1.0, "dp: noise multiplier sigma; the aggregate gets Gaussian noise "
+                                              "of std sigma * C / m.", ">= 0"),
+    "dp-clipping-norm": NewKey(float, 1.0, "dp: L2 norm C each update is clipped to (adaptive modes: the "
+                                           "initial norm).", "> 0"),
+    "dp-sampled-clients": NewKey(int, 0, "dp: clients m the noise is calibrated for (0 = min-train-nodes).",
+                                 "an int >= 0"),
+    "dp-target-quantile": NewKey(float, 0.5, "dp adaptive modes: fraction of updates that should be clipped.",
+                                 "in [0, 1]"),
+    "dp-clip-norm-lr": NewKey(float, 0.2, "dp adaptive modes: learning rate of the clipping norm's geometric "
+                                          "update.", "> 0"),
+    "dp-clipped-count-stddev": NewKey(float, 0.0, "dp adaptive modes: std of the noise on the count of clipped "
+                                                  "updates (0 = sampled clients / 20; must exceed "
+                                                  "dp-noise-multiplier / 2).", ">= 0"),
+}
+
+
+def config_value(config, key: str):
+    """The value of run-config ``key`` in ``config``, or its ``NEW_KEYS`` default if RunConfig lacks it."""
+    if key in NEW_KEYS:
+        return NEW_KEYS[key].value(config, key)
+    return getattr(config, key.replace("-", "_"))
 
 
 def _common(config) -> dict:
@@ -71,8 +151,10 @@ class StrategySpec:
     params: Mapping[str, str] = field(default_factory=dict)
 
     def __call__(self, config) -> Strategy:
-        kwargs = {kw: getattr(config, key.replace("-", "_")) for kw, key in self.params.items()}
-        return self.cls(**_common(config), **kwargs)
+        kwargs = {kw: config_value(config, key) for kw, key in self.params.items()}
+        strategy = self.cls(**_common(config), **kwargs)
+        strategy.weight_cap_factor = check_factor(config_value(config, "weight-cap-factor"))
+        return strategy
 
 
 FEDOPT = {"eta": "fedopt-eta", "beta_1": "fedopt-beta1", "beta_2": "fedopt-beta2", "tau": "fedopt-tau"}
@@ -90,6 +172,10 @@ STRATEGIES: dict[str, StrategySpec] = {
                                             "server_momentum": "server-momentum"}),
     "fedmedian": StrategySpec(RobustFedMedian),
     "fedtrimmedavg": StrategySpec(RobustFedTrimmedAvg, {"beta": "trimmed-beta"}),
+    "krum": StrategySpec(RobustKrum, {"num_malicious_nodes": "num-malicious-nodes"}),
+    "multikrum": StrategySpec(RobustMultiKrum, {"num_malicious_nodes": "num-malicious-nodes",
+                                                "num_nodes_to_select": "multikrum-select"}),
+    "bulyan": StrategySpec(RobustBulyan, {"num_malicious_nodes": "num-malicious-nodes"}),
 }
 
 STRATEGY_KEYS = sorted({key for spec in STRATEGIES.values() for key in spec.params.values()})
@@ -101,11 +187,13 @@ def _spec(name: str) -> StrategySpec:
     return STRATEGIES[name]
 
 
-def make_strategy(name: str, *, common: Mapping | None = None, **params) -> Strategy:
+def make_strategy(name: str, *, common: Mapping | None = None, weight_cap_factor: float = DEFAULT_FACTOR,
+                  **params) -> Strategy:
     """Strategy ``name`` with its own keyword parameters (e.g. ``proximal_mu=0.1``).
 
     ``common`` holds FedAvg's sampling arguments (``fraction_train``, ...).
     Unknown names or parameters raise ``ValueError`` listing the valid ones.
+    Wrap the result with :func:`strategies.dp.wrap_dp` for a DP mode.
     """
     spec = _spec(name)
     unknown = sorted(set(params) - set(spec.params))
@@ -113,24 +201,26 @@ def make_strategy(name: str, *, common: Mapping | None = None, **params) -> Stra
         valid = ", ".join(sorted(spec.params)) or "none"
         raise ValueError(f"strategy {name!r}: unknown parameter {unknown[0]!r}; valid: {valid}")
     common = {"train_metrics_aggr_fn": aggregate_train_metrics, **dict(common or {})}
-    return spec.cls(**common, **params)
+    strategy = spec.cls(**common, **params)
+    strategy.weight_cap_factor = check_factor(weight_cap_factor)
+    return strategy
 
 
 def unused_strategy_keys(config) -> list[str]:
     """Strategy keys set away from their defaults that the chosen strategy ignores."""
     from app_config.run_config import RunConfig
 
-    defaults = RunConfig.keys()
+    defaults = {**{k: v.default for k, v in NEW_KEYS.items()}, **RunConfig.keys()}
     used = set(_spec(config.strategy).params.values())
     return [key for key in STRATEGY_KEYS
-            if key not in used and getattr(config, key.replace("-", "_")) != defaults[key]]
+            if key not in used and config_value(config, key) != defaults[key]]
 
 
 def build_strategy(config) -> Strategy:
-    """The strategy named by ``config.strategy`` (validated by RunConfig)."""
+    """The strategy named by ``config.strategy`` (validated by RunConfig), wrapped by its ``dp`` mode."""
     spec = _spec(config.strategy)
     ignored = unused_strategy_keys(config)
     if ignored:
         log(WARNING, "strategy %r ignores %s (it takes: %s)", config.strategy, ", ".join(ignored),
             ", ".join(sorted(spec.params.values())) or "none")
-    return spec(config)
+    return wrap_dp(spec(config), DPSettings.from_config(config), config.min_train_nodes)

@@ -4,32 +4,40 @@
 (``class X(ReplyFilter, FedAdam, ...)``). Every registered strategy has it, so
 the rules live here only:
 
-* ``configure_train`` remembers the names and shapes of the global model it
-  sends out (metadata only, nothing is copied);
-* ``aggregate_train`` checks each reply and drops it, counting why:
+* ``configure_train`` remembers the names, shapes and dtypes of the global
+  model it sends out (metadata only, nothing is copied);
+* ``aggregate_train`` checks each reply with
+  :func:`strategies.reply_check.classify_reply` (the rules and the drop
+  categories are listed there) and drops the bad ones, counting them per
+  category in the round's MetricRecord (``replies-failed``,
+  ``replies-dropped-metrics``, ``replies-dropped-client-info``,
+  ``replies-dropped-shape``, ``replies-dropped-dtype``,
+  ``replies-dropped-size``, ``replies-dropped-nonfinite``) beside
+  ``replies-received``, ``replies-aggregated``, ``replies-weight-capped``,
+  ``aggregation-skipped`` and ``aggregation-nonfinite``;
+* the good replies' weights are capped (:mod:`strategies.weight_cap`,
+  ``weight_cap_factor``; the differential-privacy modes use equal weights
+  instead, ``uniform_weights``), and the wrapped strategy receives *copies*
+  of the good replies holding only their ArrayRecord and their MetricRecord
+  with the capped weight: the clients' messages are never modified (the round
+  record shows what each client sent), and strategies that consume their input
+  (Flower's FedMedian pops the arrays) cannot affect them;
+* when no reply is good, ``aggregate_train`` returns ``(None, metrics)``:
+  the round loop then keeps the previous global model, and a WARNING says so;
+* the aggregate is cast to the global model's dtypes (Flower's FedOpt family
+  computes in float64; integer buffers such as ``num_batches_tracked`` are
+  rounded and clipped to their range), and an aggregate holding NaN/Inf
+  *after* that cast (e.g. a float64 sum beyond float32's range) is refused the
+  same way (``aggregation-nonfinite`` = 1). The wrapped strategy's own state
+  (e.g. FedAdam's moments) is not rolled back in that case. Should the
+  wrapped strategy raise on replies that passed every check, the round is
+  skipped too (``aggregation-failed`` = 1, logged with its traceback): one
+  round's aggregation never ends the run.
 
-  ========================== ==================================================
-  ``replies-failed``         the reply carries an error (the ClientApp raised,
-                             the node went away, ...)
-  ``replies-dropped-metrics`` not exactly one MetricRecord; ``num-examples``
-                             missing, not a number, not finite or not > 0; or a
-                             non-finite metric value
-  ``replies-dropped-shape``  not exactly one ArrayRecord; array names differing
-                             from the global model's; a shape differing; an
-                             array that cannot be read as a numeric numpy array
-  ``replies-dropped-nonfinite`` an array holding NaN or Inf
-  ========================== ==================================================
-
-  then hands the good replies to the wrapped strategy's ``aggregate_train``
-  and adds the counts (and ``replies-received``, ``replies-aggregated``,
-  ``aggregation-skipped``) to the round's MetricRecord.
-* When no reply is good, ``aggregate_train`` returns ``(None, metrics)``:
-  Flower's loop then keeps the previous global model, and a WARNING says so.
-* The aggregate is cast back to the global model's dtypes (Flower's FedOpt
-  family computes in float64; integer buffers such as ``num_batches_tracked``
-  are rounded), and an aggregate holding NaN/Inf is refused the same way as an
-  all-bad round (``aggregation-nonfinite`` = 1). The wrapped strategy's own
-  state (e.g. FedAdam's moments) is not rolled back in that case.
+``last_dropped`` maps the node id of each reply dropped in the latest round to
+its category (for the round record). A strategy wrapped by another filtering
+strategy (the differential-privacy wrappers) sets ``trusted_replies`` and skips
+the checks its wrapper already made.
 
 Flower's ``_check_and_log_replies`` raises when replies' MetricRecords have
 different keys; the filter has already checked everything aggregation needs,
@@ -40,138 +48,105 @@ only some clients are averaged over the clients holding them by
 
 from __future__ import annotations
 
-import math
+import copy
 from collections import Counter
 from collections.abc import Iterable
-from logging import INFO, WARNING
+from logging import ERROR, INFO, WARNING
 
 import numpy as np
-from flwr.app import Array, ArrayRecord, ConfigRecord, Message, MetricRecord
+from flwr.app import Array, ArrayRecord, ConfigRecord, Message, MetricRecord, RecordDict
 from flwr.serverapp import Grid
 from flwr.supercore import log
 
+from strategies.reply_check import (
+    CATEGORIES,
+    FAILED,
+    SHAPE,
+    Spec,
+    array_spec,
+    check_metrics,
+    classify_reply,
+)
 from strategies.streaming import cast_like
+from strategies.weight_cap import DEFAULT_FACTOR, cap_weights
 
-FAILED = "failed"
-METRICS = "metrics"
-SHAPE = "shape"
-NONFINITE = "nonfinite"
-COUNT_KEYS = {
-    FAILED: "replies-failed",
-    METRICS: "replies-dropped-metrics",
-    SHAPE: "replies-dropped-shape",
-    NONFINITE: "replies-dropped-nonfinite",
-}
+COUNT_KEYS = {category: ("replies-failed" if category == FAILED else f"replies-dropped-{category}")
+              for category in CATEGORIES}
+MAX_LOGGED = 5  # excluded replies logged one by one per round; the rest are counted
 
-Spec = dict[str, tuple[tuple[int, ...], str]]
+__all__ = ["COUNT_KEYS", "ReplyFilter", "array_spec", "cast_to_spec", "filter_replies", "for_aggregation",
+           "screen_replies"]
 
 
-def array_spec(arrays: ArrayRecord) -> Spec:
-    """Name -> (shape, dtype) from an ArrayRecord's metadata (no deserialisation)."""
-    return {name: (tuple(a.shape), str(a.dtype)) for name, a in arrays.items()}
+Drop = tuple[int, str, str]  # (node id, category, log line)
 
 
-def _finite_number(value) -> bool:
-    return isinstance(value, (int, float)) and not isinstance(value, bool) and math.isfinite(value)
-
-
-def check_metrics(msg: Message, weighted_by_key: str) -> str | None:
-    """Why the reply's metrics cannot be used, or None."""
-    records = msg.content.metric_records
-    if len(records) != 1:
-        return f"expected one MetricRecord, got {len(records)}"
-    metrics = next(iter(records.values()))
-    if weighted_by_key not in metrics:
-        return f"MetricRecord lacks {weighted_by_key!r}"
-    weight = metrics[weighted_by_key]
-    if not _finite_number(weight) or weight <= 0:
-        return f"{weighted_by_key!r} must be a finite number > 0, got {weight!r}"
-    for key, value in metrics.items():
-        values = value if isinstance(value, list) else [value]
-        if not all(isinstance(v, (int, float)) and math.isfinite(v) for v in values):
-            return f"metric {key!r} is not finite"
-    return None
-
-
-def check_arrays(msg: Message, spec: Spec | None) -> tuple[str, str] | None:
-    """``(category, reason)`` if the reply's arrays cannot be aggregated, else None.
-
-    Reads one array at a time, so the check holds at most one layer in memory.
-    """
-    records = msg.content.array_records
-    if len(records) != 1:
-        return SHAPE, f"expected one ArrayRecord, got {len(records)}"
-    arrays = next(iter(records.values()))
-    if spec is not None and set(arrays.keys()) != set(spec):
-        missing, extra = sorted(set(spec) - set(arrays.keys())), sorted(set(arrays.keys()) - set(spec))
-        return SHAPE, f"array names differ from the global model (missing {missing[:3]}, extra {extra[:3]})"
-    for name, array in arrays.items():
-        want = None if spec is None else spec[name][0]
-        if want is not None and tuple(array.shape) != want:
-            return SHAPE, f"array {name!r} has shape {tuple(array.shape)}, the global model {want}"
-        try:
-            x = array.numpy()
-        except Exception as err:  # corrupt bytes, non-numpy serialisation, pickled objects
-            return SHAPE, f"array {name!r} cannot be read: {err}"
-        if want is not None and x.shape != want:
-            return SHAPE, f"array {name!r} decodes to shape {x.shape}, the global model {want}"
-        if not (np.issubdtype(x.dtype, np.number) or x.dtype == np.bool_):
-            return SHAPE, f"array {name!r} has non-numeric dtype {x.dtype}"
-        if np.issubdtype(x.dtype, np.inexact) and not np.isfinite(x).all():
-            return NONFINITE, f"array {name!r} holds NaN or Inf"
-    return None
-
-
-def classify_reply(msg: Message, spec: Spec | None, weighted_by_key: str) -> tuple[str, str] | None:
-    """``(category, reason)`` for a reply to drop, None for a good one."""
-    if msg.has_error():
-        return FAILED, f"error reply: {msg.error.reason}"
-    reason = check_metrics(msg, weighted_by_key)
-    if reason is not None:
-        return METRICS, reason
-    return check_arrays(msg, spec)
-
-
-def filter_replies(replies: Iterable[Message], spec: Spec | None, weighted_by_key: str = "num-examples"
-                   ) -> tuple[list[Message], Counter, list[str]]:
-    """Split replies into good ones, counts of dropped ones per category and log lines.
+def screen_replies(replies: Iterable[Message], spec: Spec | None, weighted_by_key: str = "num-examples",
+                   required_metrics: tuple[str, ...] = ()) -> tuple[list[Message], Counter, list[Drop]]:
+    """Split replies into good ones, counts of dropped ones per category and one entry per drop.
 
     Without ``spec`` the first reply with well-formed metrics and a single
-    ArrayRecord sets the expected names and shapes.
+    ArrayRecord sets the expected names, shapes and dtypes (only for callers
+    that never sent a model, e.g. benchmarks).
     """
     good: list[Message] = []
     counts: Counter = Counter()
-    notes: list[str] = []
+    drops: list[Drop] = []
     for msg in replies:
         if spec is None and not msg.has_error() and len(msg.content.array_records) == 1 \
                 and check_metrics(msg, weighted_by_key) is None:
             spec = array_spec(next(iter(msg.content.array_records.values())))
-        verdict = classify_reply(msg, spec, weighted_by_key)
+        verdict = classify_reply(msg, spec, weighted_by_key, required_metrics)
         if verdict is None:
             good.append(msg)
             continue
         category, reason = verdict
         counts[category] += 1
-        notes.append(f"node {msg.metadata.src_node_id}: {reason}")
-    return good, counts, notes
+        drops.append((msg.metadata.src_node_id, category, f"node {msg.metadata.src_node_id}: {reason}"))
+    return good, counts, drops
 
 
-def _nonfinite_or_cast(arrays: ArrayRecord, spec: Spec | None) -> tuple[bool, ArrayRecord]:
-    """(aggregate holds NaN/Inf?, aggregate with the global model's dtypes)."""
+def filter_replies(replies: Iterable[Message], spec: Spec | None, weighted_by_key: str = "num-examples",
+                   required_metrics: tuple[str, ...] = ()) -> tuple[list[Message], Counter, list[str]]:
+    """:func:`screen_replies` with plain log lines for the dropped replies."""
+    good, counts, drops = screen_replies(replies, spec, weighted_by_key, required_metrics)
+    return good, counts, [line for _, _, line in drops]
+
+
+def for_aggregation(msg: Message, weighted_by_key: str, weight: float) -> Message:
+    """A copy of a checked reply holding its ArrayRecord (same Arrays) and its metrics with ``weight``."""
+    (array_key, arrays), = msg.content.array_records.items()
+    (metric_key, metrics), = msg.content.metric_records.items()
+    values = dict(metrics.items())
+    values[weighted_by_key] = float(weight)
+    content = RecordDict({array_key: ArrayRecord(dict(arrays.items())), metric_key: MetricRecord(values)})
+    return Message(content, metadata=copy.copy(msg.metadata))  # Message() writes to its metadata
+
+
+def cast_to_spec(arrays: ArrayRecord, spec: Spec | None) -> tuple[bool, ArrayRecord]:
+    """(holds NaN/Inf after the cast?, the aggregate in the global model's dtypes)."""
     out = ArrayRecord()
     for name, array in arrays.items():
         x = array.numpy()
-        if np.issubdtype(x.dtype, np.inexact) and not np.isfinite(x).all():
-            return True, arrays
         want = None if spec is None or name not in spec else np.dtype(spec[name][1])
-        out[name] = Array(np.asarray(cast_like(x, want))) if want is not None and x.dtype != want else array
+        if want is not None and x.dtype != want:
+            x = np.asarray(cast_like(x, want))
+            array = Array(x)
+        if x.dtype.kind in "fc" and not np.isfinite(x).all():
+            return True, arrays
+        out[name] = array
     return False, out
 
 
 class ReplyFilter:
-    """Mixin: drop bad train replies, count them, keep the previous model if none is left."""
+    """Mixin: drop bad train replies, count them, cap weights, keep the previous model if none is left."""
 
     _reply_spec: Spec | None = None
+    weight_cap_factor: float = DEFAULT_FACTOR
+    uniform_weights: bool = False
+    trusted_replies: bool = False
+    required_metrics: tuple[str, ...] = ()
+    last_dropped: dict[int, str] = {}
 
     def configure_train(self, server_round: int, arrays: ArrayRecord, config: ConfigRecord,
                         grid: Grid) -> Iterable[Message]:
@@ -182,25 +157,49 @@ class ReplyFilter:
         # Replies reaching the wrapped strategy have passed ``filter_replies``.
         return super()._check_and_log_replies(replies, is_train=is_train, validate=False)
 
+    def _weights(self, good: list[Message], weighted_by_key: str) -> tuple[list[float], int]:
+        if self.uniform_weights:
+            return [1.0] * len(good), 0
+        reported = [float(next(iter(m.content.metric_records.values()))[weighted_by_key]) for m in good]
+        return cap_weights(reported, self.weight_cap_factor)
+
     def aggregate_train(self, server_round: int, replies: Iterable[Message]
                         ) -> tuple[ArrayRecord | None, MetricRecord | None]:
         replies = list(replies)
         weighted_by_key = getattr(self, "weighted_by_key", "num-examples")
-        good, counts, notes = filter_replies(replies, self._reply_spec, weighted_by_key)
-        for note in notes:
+        if self.trusted_replies:
+            good, counts, notes = [m for m in replies if not m.has_error()], Counter(), []
+            counts[FAILED] = len(replies) - len(good)
+        else:
+            good, counts, notes = screen_replies(replies, self._reply_spec, weighted_by_key, self.required_metrics)
+        self.last_dropped = {node: category for node, category, _ in notes}
+        for _, _, note in notes[:MAX_LOGGED]:
             log(WARNING, "aggregate_train (round %d): reply excluded: %s", server_round, note)
-        summary = {"replies-received": len(replies), "replies-aggregated": len(good)}
+        if len(notes) > MAX_LOGGED:
+            log(WARNING, "aggregate_train (round %d): %d more replies excluded", server_round, len(notes) - MAX_LOGGED)
+        weights, capped = self._weights(good, weighted_by_key) if good else ([], 0)
+        summary = {"replies-received": len(replies), "replies-aggregated": len(good), "replies-weight-capped": capped}
         summary.update({key: counts.get(cat, 0) for cat, key in COUNT_KEYS.items()})
         if not good:
             log(WARNING, "aggregate_train (round %d): none of %d replies can be aggregated; "
                 "the previous global model is kept", server_round, len(replies))
-            if counts.get(SHAPE, 0) == len(replies):
+            if replies and counts.get(SHAPE, 0) == len(replies):
                 log(WARNING, "aggregate_train (round %d): every reply disagrees with the global model's array "
                     "names/shapes (e.g. %s); was the global model (a resumed checkpoint?) built for another "
-                    "architecture?", server_round, notes[0])
+                    "architecture?", server_round, notes[0][2])
             return None, MetricRecord({**summary, "aggregation-skipped": 1, "aggregation-nonfinite": 0})
 
-        arrays, metrics = super().aggregate_train(server_round, good)
+        copies = [for_aggregation(m, weighted_by_key, w) for m, w in zip(good, weights)]
+        try:
+            arrays, metrics = super().aggregate_train(server_round, copies)
+        except FloatingPointError as err:  # the streaming sum refused a non-finite aggregate
+            log(WARNING, "aggregate_train (round %d): %s; the previous global model is kept", server_round, err)
+            return None, MetricRecord({**summary, "aggregation-skipped": 1, "aggregation-nonfinite": 1})
+        except Exception as err:  # noqa: BLE001 - one round's aggregation must not end the run
+            log(ERROR, "aggregate_train (round %d): aggregation failed (%s: %s); the previous global model is "
+                "kept", server_round, type(err).__name__, err, exc_info=True)
+            return None, MetricRecord({**summary, "aggregation-skipped": 1, "aggregation-nonfinite": 0,
+                                       "aggregation-failed": 1})
         metrics = MetricRecord() if metrics is None else metrics
         for key, value in summary.items():
             metrics[key] = value
@@ -209,22 +208,29 @@ class ReplyFilter:
         if arrays is None:
             metrics["aggregation-skipped"] = 1
             return None, metrics
-        nonfinite, arrays = _nonfinite_or_cast(arrays, self._reply_spec)
+        nonfinite, arrays = cast_to_spec(arrays, self._reply_spec)
         if nonfinite:
             log(WARNING, "aggregate_train (round %d): the aggregate holds NaN/Inf; "
                 "the previous global model is kept", server_round)
             metrics["aggregation-skipped"] = 1
             metrics["aggregation-nonfinite"] = 1
             return None, metrics
-        if sum(counts.values()):
+        if sum(counts.values()) or capped:
             log(INFO, "aggregate_train (round %d): aggregated %d of %d replies (%s)", server_round,
-                len(good), len(replies), ", ".join(f"{COUNT_KEYS[c]}={n}" for c, n in sorted(counts.items())))
+                len(good), len(replies), ", ".join(f"{COUNT_KEYS[c]}={n}" for c, n in sorted(counts.items()) if n)
+                + (f", replies-weight-capped={capped}" if capped else ""))
         return arrays, metrics
 
     def aggregate_evaluate(self, server_round: int, replies: Iterable[Message]) -> MetricRecord | None:
         replies = list(replies)
         weighted_by_key = getattr(self, "weighted_by_key", "num-examples")
-        good = [m for m in replies if not m.has_error() and check_metrics(m, weighted_by_key) is None]
+        good = []
+        for msg in replies:
+            try:
+                if not msg.has_error() and check_metrics(msg, weighted_by_key) is None:
+                    good.append(msg)
+            except Exception:  # noqa: BLE001 - an unreadable evaluation reply is just excluded
+                pass
         if len(good) < len(replies):
             log(WARNING, "aggregate_evaluate (round %d): %d of %d replies excluded (error or bad metrics)",
                 server_round, len(replies) - len(good), len(replies))

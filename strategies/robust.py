@@ -5,13 +5,15 @@ replies are dropped and counted before anything is averaged) and, for the
 strategies that build on FedAvg's weighted mean, :class:`StreamingFedAvg`
 after the Flower class, so the mean is streamed while the server-side formula
 (FedProx's ``proximal-mu``, FedAvgM's momentum, FedOpt's moments) is Flower's
-code. FedMedian and FedTrimmedAvg aggregate by their own coordinate-wise rules
-and are used as Flower ships them.
+code. FedMedian and FedTrimmedAvg aggregate by their own coordinate-wise rules,
+and the Byzantine-robust Krum, MultiKrum and Bulyan by their own selection
+rules; they are used as Flower ships them.
 """
 
 from __future__ import annotations
 
 from flwr.serverapp.strategy import (
+    Bulyan,
     FedAdagrad,
     FedAdam,
     FedAvgM,
@@ -19,6 +21,8 @@ from flwr.serverapp.strategy import (
     FedProx,
     FedTrimmedAvg,
     FedYogi,
+    Krum,
+    MultiKrum,
 )
 
 from strategies.ldawa import LDAWA
@@ -60,3 +64,19 @@ class RobustFedMedian(ReplyFilter, FedMedian):
 
 class RobustFedTrimmedAvg(ReplyFilter, FedTrimmedAvg):
     """Coordinate-wise mean after cutting a fraction ``beta`` from each tail."""
+
+
+class RobustKrum(ReplyFilter, Krum):
+    """Krum (Blanchard et al. 2017): the one reply with the smallest sum of squared distances
+    to its ``n - f - 2`` nearest other replies (``f`` = ``num_malicious_nodes``)."""
+
+
+class RobustMultiKrum(ReplyFilter, MultiKrum):
+    """MultiKrum: the data-size-weighted mean of the ``num_nodes_to_select`` replies with the
+    smallest Krum scores."""
+
+
+class RobustBulyan(ReplyFilter, Bulyan):
+    """Bulyan (El Mhamdi et al. 2018): MultiKrum selects ``theta = n - 2f`` replies, then each
+    coordinate is the mean of the ``beta = theta - 2f`` selected values nearest the coordinate's
+    median. Needs ``n >= 4f + 3`` good replies, else the round keeps the previous model."""

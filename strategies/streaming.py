@@ -6,9 +6,11 @@ the replies twice (once for the weights, once for the sum), so it needs them
 all in memory. The helpers here walk the replies once, in order, and only need
 them one at a time:
 
-* the working memory is one accumulator the size of the model (in each layer's
-  own float dtype, as Flower does; integer layers in float64) plus one layer of
-  the reply being added;
+* the working memory is one float64 accumulator the size of the model plus one
+  float64 layer of the reply being added. Flower accumulates in each layer's
+  own dtype; float64 cannot overflow here (the reply filter admits only the
+  global model's dtypes, finite values and capped weights: at most
+  ``1e12 x 3.4e38`` per float32 term), and the result is checked finite;
 * the output record is built layer by layer while the accumulator's layer is
   released, so the peak stays near one model copy;
 * they accept any iterable, including a generator producing replies on demand
@@ -16,7 +18,7 @@ them one at a time:
 
 Each reply is given as ``(ArrayRecord, weight)``; the result is
 ``sum_k weight_k * x_k / sum_k weight_k`` per array, cast back to the array's
-dtype (integers rounded).
+dtype (integers rounded and clipped to their range).
 """
 
 from __future__ import annotations
@@ -28,20 +30,27 @@ from flwr.app import Array, ArrayRecord, Message, MetricRecord, RecordDict
 from flwr.serverapp.strategy import FedAvg
 
 
-def accumulator_dtype(dtype: np.dtype) -> np.dtype:
-    """Accumulate float layers in their own dtype (as Flower), others in float64."""
-    dtype = np.dtype(dtype)
-    return dtype if np.issubdtype(dtype, np.floating) else np.dtype(np.float64)
+ACCUMULATOR = np.dtype(np.float64)
 
 
 def cast_like(values: np.ndarray, dtype: np.dtype) -> np.ndarray:
-    """``values`` as ``dtype``; integer and bool targets are rounded first."""
+    """``values`` as ``dtype``; integer and bool targets are rounded and clipped to their range first.
+
+    Float targets are cast as they are: a value beyond the target's range
+    becomes Inf, which the caller's finiteness check then sees.
+    """
     dtype = np.dtype(dtype)
     if values.dtype == dtype:
         return values
-    if np.issubdtype(dtype, np.integer) or dtype == np.bool_:
-        values = np.rint(values)
-    return values.astype(dtype)
+    if dtype == np.bool_:
+        return np.rint(values) != 0
+    if np.issubdtype(dtype, np.integer):
+        info = np.iinfo(dtype)
+        # float64 cannot hold int64's extremes exactly: stay strictly inside them.
+        low, high = np.nextafter(float(info.min), 0.0), np.nextafter(float(info.max), 0.0)
+        values = np.clip(np.nan_to_num(np.rint(values), nan=0.0), low, high)
+    with np.errstate(over="ignore"):
+        return values.astype(dtype)
 
 
 def reply_arrays(content: RecordDict) -> ArrayRecord:
@@ -80,32 +89,32 @@ class StreamingSum:
         if self.count and set(record.keys()) != set(self._acc):
             raise ValueError("records to aggregate must hold the same array names")
         for name, array in record.items():
-            x = array.numpy() if isinstance(array, Array) else np.array(array)  # a fresh, writable copy
+            x = array.numpy() if isinstance(array, Array) else np.asarray(array)
             factor = coefficient if scale is None else coefficient * scale(name, x)
             acc = self._acc.get(name)
             if acc is None:
                 self._dtypes[name] = x.dtype
-                acc_dtype = accumulator_dtype(x.dtype)
-                acc = self._acc[name] = np.zeros(x.shape, acc_dtype)
+                acc = self._acc[name] = np.zeros(x.shape, ACCUMULATOR)
             elif acc.shape != x.shape:
                 raise ValueError(f"array {name!r}: shape {x.shape} differs from {acc.shape}")
-            # In place: no temporary beyond the deserialised layer ``x`` itself.
-            if acc.dtype == x.dtype:
-                x *= acc.dtype.type(factor)
-                acc += x
-            else:
-                acc += x.astype(acc.dtype) * factor
+            term = x.astype(ACCUMULATOR)  # the one float64 temporary of this layer
             del x
+            term *= float(factor)
+            acc += term
+            del term
         self.count += 1
 
     def finish(self, denominators: dict[str, float] | float) -> ArrayRecord:
+        """The sums divided by their denominators, in each array's dtype; raises if any is not finite."""
         if not self.count:
             raise ValueError("nothing to aggregate")
         out = ArrayRecord()
         for name in list(self._acc):
             acc = self._acc.pop(name)
             den = denominators if isinstance(denominators, (int, float)) else denominators[name]
-            acc /= acc.dtype.type(den)
+            acc /= float(den)
+            if not np.isfinite(acc).all():
+                raise FloatingPointError(f"the aggregate of array {name!r} is not finite")
             out[name] = Array(np.asarray(cast_like(acc, self._dtypes[name])))
             del acc
         return out

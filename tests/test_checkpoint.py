@@ -281,3 +281,74 @@ def test_reply_order_does_not_change_the_aggregate():
     a = run_rounds(make_strategy("fedavg", common=COMMON), Shuffled(NODES, respond, False), _initial(), num_rounds=2)
     b = run_rounds(make_strategy("fedavg", common=COMMON), Shuffled(NODES, respond, True), _initial(), num_rounds=2)
     assert _equal(a.arrays, b.arrays)
+
+
+# --------------------------------------------------------------------------- what a checkpoint may set
+@pytest.mark.parametrize("state", [
+    {"min_train_nodes": 0},  # a hyper-parameter, not state
+    {"aggregate_train": None},  # a method
+    {"m_t": encode({"w": np.zeros(3)})},  # FedAvg has no moments
+    {"_global": "not arrays"},
+])
+def test_restore_sets_only_known_state_attributes(state):
+    strategy = make_strategy("fedavg" if "m_t" in state else "ldawa", common=COMMON)
+    before = dict(vars(strategy))
+    with pytest.raises(CheckpointError) as err:
+        restore_strategy_state(strategy, state)
+    assert "\n" not in str(err.value)
+    assert {k: v for k, v in vars(strategy).items() if k in before} == before and set(vars(strategy)) == set(before)
+
+
+def test_dp_adaptive_wrapper_resumes_exactly_with_its_clipping_norm_and_inner_state(tmp_path):
+    """server-adaptive DP around FedAdam: the clipping norm and FedAdam's moments both survive a resume."""
+    from strategies.dp import DPSettings, wrap_dp
+
+    settings = DPSettings(mode="server-adaptive", noise_multiplier=0.0, clipping_norm=0.05, sampled_clients=5)
+
+    def fresh():
+        return wrap_dp(make_strategy("fedadam", common=COMMON, **PARAMS["fedadam"]), settings)
+
+    whole = _rounds(fresh(), _initial(), 1, 4)
+    first = fresh()
+    part = _rounds(first, _initial(), 1, 2)
+    state = capture_strategy_state(first)
+    assert state["clipping_norm"] != 0.05 and {"m_t", "v_t"} <= set(state["strategy"]["__state__"])
+    save_checkpoint(tmp_path, Checkpoint(round=2, arrays=part.arrays, strategy_name="fedadam", strategy_state=state))
+    second = fresh()
+    restore_strategy_state(second, load_checkpoint(tmp_path).strategy_state)
+    assert second.clipping_norm == first.clipping_norm
+    assert _equal(_rounds(second, part.arrays, 3, 4).arrays, whole.arrays)
+
+
+# --------------------------------------------------------------------------- file modes
+def test_atomic_writes_keep_the_replaced_files_mode_and_give_new_files_the_umask_mode(tmp_path):
+    from server_app.checkpoint import atomic_write_text
+
+    old = os.umask(0o022)
+    try:
+        new = tmp_path / "new.txt"
+        atomic_write_text(new, "a")
+        assert oct(os.stat(new).st_mode & 0o777) == oct(0o644)
+        shared = tmp_path / "shared.txt"
+        shared.write_text("x")
+        os.chmod(shared, 0o664)
+        atomic_write_text(shared, "y")
+        assert oct(os.stat(shared).st_mode & 0o777) == oct(0o664) and shared.read_text() == "y"
+    finally:
+        os.umask(old)
+
+
+def test_metrics_file_keeps_its_mode_when_cut_back_on_resume(tmp_path):
+    from server_app.run_output import RunOutput
+
+    old = os.umask(0o022)
+    try:
+        output = RunOutput(tmp_path)
+        for r in range(3):
+            output.append_round({"round": r})
+        assert oct(os.stat(output.metrics_file).st_mode & 0o777) == oct(0o644)
+        output.rewrite_rounds([{"round": 0}, {"round": 1}])
+        assert oct(os.stat(output.metrics_file).st_mode & 0o777) == oct(0o644)
+        assert output.metrics_file.read_text().splitlines() == ['{"round": 0}', '{"round": 1}']
+    finally:
+        os.umask(old)

@@ -17,6 +17,7 @@ from experiments.deploy_local import (
     processes_of,
     split_embedded_data,
 )
+from server_app.round_record import client_value
 
 SUPERLINK_PORT, SUPERNODE_PORT = 39691, 39701
 TINY = "encoder='test_resnet' projection-hidden-dim=64 projection-dim=32"  # a 0.4M-parameter CNN: fast rounds
@@ -113,7 +114,7 @@ def test_tls_auth_deployment_runs_two_rounds_and_refuses_an_unregistered_superno
     assert [r["round"] for r in records] == [0, 1, 2]
     for record in records[1:]:
         assert record["failures"] == 0 and record["replies"] == 2
-        assert sorted(c["kind"] for c in record["clients"]) == ["audio", "visual"]
+        assert sorted(client_value(c, "kind") for c in record["clients"]) == ["audio", "visual"]
         assert record["train"]["clients-image"] == 1 and record["train"]["clients-audio"] == 1
     assert (folder / "final_model.pt").exists()
 
@@ -183,7 +184,7 @@ def test_a_supernode_killed_mid_round_is_counted_and_the_run_completes(tmp_path,
     print({r["round"]: {k: r.get(k) for k in ("sent", "replies", "failures", "no-reply")} for r in records[1:]})
     assert first["sent"] == 3 and first["failures"] == 1  # the killed device: no reply or an error reply
     assert first["train"]["replies-aggregated"] == 2
-    assert sorted(c["kind"] for c in first["clients"] if "error" not in c) == ["audio", "visual"]
+    assert sorted(client_value(c, "kind") for c in first["clients"] if "error" not in c) == ["audio", "visual"]
     second = records[2]  # the victim may still be listed as online (then: one more failure) or already gone
     assert second["train"]["replies-aggregated"] == 2 and second["failures"] == second["sent"] - 2
     assert (folder / "final_model.pt").exists()

@@ -10,6 +10,7 @@ import pytest
 
 from client_app.faults import InjectedFault, expected_failures, fault_draw, fault_selected, maybe_inject_fault
 from experiments.launch import superlink_pids
+from server_app.round_record import client_value
 from tests.conftest import PROJECT
 from tests.test_deployment import small_root  # noqa: F401  (fixture: small data root, fast central evaluation)
 
@@ -74,7 +75,7 @@ def test_run_with_failing_clients_completes_and_counts_failures_per_round(tmp_pa
         assert record["sent"] == SUPERNODES and record["replies"] == SUPERNODES and record["no-reply"] == 0
         errors = [c for c in record["clients"] if "error" in c]
         assert len(errors) == len(failing) and all("injected fault" in c["error"] for c in errors)
-        trained = sorted(c["partition-id"] for c in record["clients"] if "error" not in c)
+        trained = sorted(client_value(c, "partition-id") for c in record["clients"] if "error" not in c)
         assert trained == sorted(set(range(SUPERNODES)) - set(failing))
         train = record["train"]
         assert train["replies-failed"] == len(failing)

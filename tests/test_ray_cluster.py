@@ -25,6 +25,7 @@ from pathlib import Path
 import pytest
 
 from experiments.launch import superlink_pids
+from server_app.round_record import client_value
 from tests.conftest import PROJECT
 
 RAY = str(Path(sys.executable).parent / "ray")
@@ -165,7 +166,7 @@ def test_simulation_joins_the_cluster_and_uses_both_nodes(cluster_run):
     records = [json.loads(line) for line in (folder / "metrics.jsonl").read_text().splitlines()]
     (round1,) = [r for r in records if r["round"] == 1]
     assert round1["failures"] == 0 and len(round1["clients"]) >= 2
-    used = {c["ray-node-id"] for c in round1["clients"]}
+    used = {client_value(c, "ray-node-id") for c in round1["clients"]}
     # the clients ran on the cluster's own nodes (no private local Ray), and on both of them
     assert used == set(cluster_run["nodes"]["nodes"]), (used, cluster_run["nodes"])
 

@@ -230,3 +230,106 @@ def test_fixture_root_command_writes_loadable_datasets(tmp_path):
     splits = load_splits("speech-commands", tmp_path)
     assert (len(splits.train), len(splits.test)) == (49, 10)  # 10 words x 5 train clips, one unreadable
     assert skipped_files("speech-commands", tmp_path)["skipped"] == {"unreadable": 1}
+
+
+# --- CIFAR pickles are parsed, never executed ------------------------------------------------------------
+def _py2_batch(rows: np.ndarray, labels: list[int]) -> bytes:
+    """A batch as Python 2's cPickle (protocol 2) wrote CIFAR: STRING opcodes, numpy.core globals."""
+    import struct
+
+    raw = rows.astype(np.uint8).tobytes()
+    shape = b"K" + bytes([rows.shape[0]]) + b"M" + struct.pack("<H", rows.shape[1]) + b"\x86"
+    data = (b"cnumpy.core.multiarray\n_reconstruct\nq\x03cnumpy\nndarray\nq\x04K\x00\x85U\x01b\x87Rq\x05"
+            b"(K\x01" + shape + b"cnumpy\ndtype\nq\x06U\x02u1K\x00K\x01\x87Rq\x07"
+            b"(K\x03U\x01|NNNJ\xff\xff\xff\xffJ\xff\xff\xff\xffK\x00tb\x89T" + struct.pack("<I", len(raw)) + raw
+            + b"tb")
+    items = b"".join(b"K" + bytes([y]) for y in labels)
+    return (b"\x80\x02}q\x01(U\x04dataq\x02" + data + b"U\x06labelsq\x08]q\t(" + items + b"e"
+            b"U\x0bbatch_labelq\nU\x0etraining batchq\x0bu.")
+
+
+def test_python2_batch_layout_parses_like_pickle_does(tmp_path):
+    rows = np.random.default_rng(0).integers(0, 256, (3, 3072))
+    blob = _py2_batch(rows, [4, 0, 9])
+    (tmp_path / "b").write_bytes(blob)
+    ours = cifar.read_pickle(tmp_path / "b")
+    theirs = pickle.loads(blob, encoding="latin1")
+    assert sorted(ours) == sorted(theirs) == ["batch_label", "data", "labels"]
+    np.testing.assert_array_equal(ours["data"], theirs["data"])
+    assert ours["data"].dtype == np.uint8 and ours["labels"] == [4, 0, 9] and ours["batch_label"] == "training batch"
+
+
+def test_protocol_5_arrays_parse(tmp_path):
+    batch = {"data": np.arange(12, dtype=np.uint8).reshape(2, 6), "labels": [1, 2], "names": ["a", b"b"]}
+    (tmp_path / "b").write_bytes(pickle.dumps(batch, protocol=5))
+    back = cifar.read_pickle(tmp_path / "b")
+    np.testing.assert_array_equal(back["data"], batch["data"])
+    assert back["labels"] == [1, 2] and back["names"] == ["a", b"b"]
+
+
+class _Reduce:
+    """Pickles as ``reduced`` (func, args[, state]): a file of any content, written by pickle itself."""
+
+    def __init__(self, *reduced):
+        self.reduced = reduced
+
+    def __reduce__(self):
+        return self.reduced
+
+
+def _reconstruct():
+    return np.ndarray.__reduce__(np.zeros(1))[0]  # numpy's _reconstruct, wherever this numpy keeps it
+
+
+# numpy.dtype('O8') rebuilt with flags 0 no longer says it holds objects, so the array takes raw bytes
+# as its object pointers (0x4141...): reading it segfaults.
+_FORGED_DTYPE = _Reduce(np.dtype, ("O8", False, True), (3, "|", None, None, None, -1, -1, 0))
+HOSTILE = {
+    "forged-pointer": lambda: {"data": _Reduce(_reconstruct(), (np.ndarray, (0,), b"b"),
+                                               (1, (4,), _FORGED_DTYPE, False, b"A" * 32)), "labels": [0]},
+    # ~100 bytes asking numpy for 12 GB
+    "huge-array": lambda: {"data": _Reduce(_reconstruct(), (np.ndarray, (12 * 2**30,), b"b")), "labels": [0]},
+    "eval": lambda: {"data": _Reduce(eval, ("__import__('pathlib').Path('pwned').touch()",))},
+    "os-system": lambda: {"data": _Reduce(__import__("os").system, ("touch pwned",))},
+    "size-lie": lambda: {"data": _Reduce(_reconstruct(), (np.ndarray, (0,), b"b"),
+                                         (1, (10**6, 3072), np.dtype(np.uint8), False, b"\0" * 30))},
+}
+READ = """
+import resource, sys
+resource.setrlimit(resource.RLIMIT_AS, (2 * 2**30, 2 * 2**30))
+from data_partition.readers import cifar
+try:
+    batch = cifar.read_pickle(sys.argv[1])
+    print("READ", repr(batch["data"])[:200])
+except Exception as err:
+    print("REFUSED", type(err).__name__, err)
+"""
+
+
+@pytest.mark.parametrize("name", sorted(HOSTILE))
+def test_crafted_cifar_files_are_refused_without_side_effects(tmp_path, name):
+    """Each file is read in a child process (a segfault or an allocation must not take pytest down)."""
+    import subprocess
+    import sys
+
+    from tests.conftest import PROJECT
+
+    path = tmp_path / "data_batch_1"
+    path.write_bytes(pickle.dumps(HOSTILE[name](), protocol=2))
+    if name == "huge-array":
+        assert path.stat().st_size < 200
+    done = subprocess.run([sys.executable, "-c", READ, str(path)], cwd=tmp_path, capture_output=True, text=True,
+                          timeout=60, env={**__import__("os").environ, "PYTHONPATH": str(PROJECT)})
+    assert done.returncode == 0, (done.returncode, done.stderr[-500:])
+    assert done.stdout.startswith("REFUSED PickleRefused"), done.stdout
+    assert "\n" not in done.stdout.strip()
+    assert not (tmp_path / "pwned").exists()
+
+
+def test_crafted_batch_is_skipped_and_counted_beside_real_ones(tmp_path):
+    folder = fx.write_cifar10(tmp_path, per_batch=3, test=4)
+    (folder / "data_batch_3").write_bytes(pickle.dumps(HOSTILE["forged-pointer"](), protocol=2))
+    splits = load_splits("cifar10", tmp_path)
+    assert len(splits.train) == 12
+    summary = skipped_files("cifar10", tmp_path)
+    assert summary["skipped"] == {"unreadable": 1} and "PickleRefused" in summary["skipped-examples"]["unreadable"][0]

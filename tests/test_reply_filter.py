@@ -150,15 +150,28 @@ def test_differing_metric_keys_do_not_break_aggregation():
     assert result.train_metrics_clientapp[1]["loss"] == pytest.approx(2.0)
 
 
-@pytest.mark.filterwarnings("ignore:overflow encountered:RuntimeWarning")
-def test_nonfinite_aggregate_is_refused():
-    """Finite replies can still overflow float32 when summed; such an aggregate is not used."""
+def test_huge_finite_replies_aggregate_in_float64_and_do_not_stall_the_run():
+    """float32 weights near float32's maximum once overflowed the float32 accumulator: every round was skipped."""
     huge = {**good(1), "w": np.full((2, 2), 3e38, np.float32)}
 
     def respond(msg):
         return train_reply(msg, huge, {"loss": 1.0}, 1.0)
 
     result, seen = run(make_strategy("fedavg", common=common(2)), [1, 2], respond)
+    metrics = result.train_metrics_clientapp[1]
+    assert metrics["aggregation-nonfinite"] == 0 and metrics["aggregation-skipped"] == 0
+    np.testing.assert_array_equal(seen[1]["w"], huge["w"])
+
+
+@pytest.mark.filterwarnings("ignore:overflow encountered:RuntimeWarning")
+def test_aggregate_beyond_float32_after_the_cast_is_refused():
+    """FedAvgM computes in float64; a step beyond float32's range becomes Inf only when cast back: refused."""
+    strategy = make_strategy("fedavgm", common=common(2), server_learning_rate=1e40, server_momentum=0.0)
+
+    def respond(msg):
+        return train_reply(msg, good(msg.metadata.dst_node_id), {"loss": 1.0}, 10.0)
+
+    result, seen = run(strategy, [1, 2], respond)
     metrics = result.train_metrics_clientapp[1]
     assert metrics["aggregation-nonfinite"] == 1 and metrics["aggregation-skipped"] == 1
     np.testing.assert_array_equal(seen[1]["w"], global_weights()["w"])
@@ -179,13 +192,13 @@ def test_spec_reads_metadata_only():
     assert spec == {"w": ((2, 2), "float32"), "b": ((3,), "float32"), "n": ((), "int64")}
 
 
-def test_unreadable_array_is_dropped_as_shape():
+def test_unreadable_array_is_dropped_as_size():
     to = instruction(1)
     broken = ArrayRecord({"w": Array(dtype="float32", shape=(2, 2), stype="numpy.ndarray", data=b"garbage"),
                           "b": Array(good(1)["b"]), "n": Array(good(1)["n"])})
     reply = train_reply(to, None, extra={"arrays": broken})
     kept, counts, notes = filter_replies([reply], array_spec(arrays_of(global_weights())))
-    assert kept == [] and counts == {"shape": 1} and "cannot be read" in notes[0]
+    assert kept == [] and counts == {"size": 1} and "cannot be read" in notes[0]
 
 
 def test_evaluate_replies_with_bad_metrics_are_excluded():

@@ -20,14 +20,17 @@ from strategies.registry import STRATEGIES, STRATEGY_KEYS, build_strategy, make_
 from strategies.testing import FakeGrid, arrays_of, numpy_of, task_identity, train_reply
 
 PROJECT = Path(__file__).resolve().parents[1]
-ALL = ["fedavg", "ldawa", "fedprox", "fedadam", "fedyogi", "fedadagrad", "fedavgm", "fedmedian", "fedtrimmedavg"]
-NODES = [1, 2, 3, 4, 5]
-SIZES = {1: 10.0, 2: 40.0, 3: 25.0, 4: 5.0, 5: 20.0}
+ALL = ["fedavg", "ldawa", "fedprox", "fedadam", "fedyogi", "fedadagrad", "fedavgm", "fedmedian", "fedtrimmedavg",
+       "krum", "multikrum", "bulyan"]
+NODES = [1, 2, 3, 4, 5, 6, 7]  # Bulyan with f = 1 needs 4f + 3 = 7 replies
+SIZES = {1: 10.0, 2: 40.0, 3: 25.0, 4: 5.0, 5: 20.0, 6: 30.0, 7: 15.0}
 
 # Non-default values, so a parameter that is not wired through would change the numbers.
 PARAMS = dict(proximal_mu=0.3, server_learning_rate=0.7, server_momentum=0.5, fedopt_eta=0.05,
               fedopt_beta1=0.8, fedopt_beta2=0.95, fedopt_tau=0.01, trimmed_beta=0.2,
               ldawa_warmup_rounds=0, fraction_evaluate=0.0, min_train_nodes=len(NODES))
+# Keys app_config.run_config may not declare yet (strategies.registry.NEW_KEYS): read with getattr defaults.
+NEW = dict(num_malicious_nodes=1, multikrum_select=3)
 
 
 @pytest.fixture(autouse=True)
@@ -51,8 +54,15 @@ def client_weights(node: int, server_round: int, received: dict[str, np.ndarray]
     return {k: (v + rng.normal(scale=0.2, size=v.shape) + 0.05 * node).astype(v.dtype) for k, v in received.items()}
 
 
-def config(name: str, **over) -> RunConfig:
-    return dataclasses.replace(RunConfig(), strategy=name, **{**PARAMS, **over})
+def config(name: str, **over):
+    """A RunConfig with PARAMS, plus the NEW keys (as attributes where RunConfig lacks them)."""
+    known = {f.name for f in dataclasses.fields(RunConfig)}
+    values = {**PARAMS, **NEW, **over}
+    cfg = dataclasses.replace(RunConfig(), strategy=name, **{k: v for k, v in values.items() if k in known})
+    extra = {k: v for k, v in values.items() if k not in known}
+    if not extra:
+        return cfg
+    return type("Config", (), {**{f.name: getattr(cfg, f.name) for f in dataclasses.fields(RunConfig)}, **extra})()
 
 
 def run_rounds(strategy, rounds: int, respond=None):
@@ -89,9 +99,28 @@ def ldawa_layer(ws, g):
     return out / len(ws)
 
 
+def krum_scores(flat: list[np.ndarray], f: int) -> np.ndarray:
+    """Blanchard et al.: each vector's sum of squared distances to its n - f - 2 nearest others."""
+    n = len(flat)
+    closest = max(1, n - f - 2)
+    scores = []
+    for i in range(n):
+        d = sorted(float(np.sum((flat[i] - flat[j]) ** 2)) for j in range(n) if j != i)
+        scores.append(sum(d[:closest]))
+    return np.asarray(scores)
+
+
+def bulyan_layer(ws: list[np.ndarray], beta: int) -> np.ndarray:
+    """Per coordinate: the mean of the beta values nearest the coordinate-wise median."""
+    stack = np.stack(ws)
+    med = np.median(stack, axis=0)
+    order = np.argsort(np.abs(stack - med), axis=0, kind="stable")[:beta]
+    return np.take_along_axis(stack, order, axis=0).mean(axis=0)
+
+
 def reference(name: str, rounds: int) -> list[dict[str, np.ndarray]]:
     """Global model after each round, from the formulas (float64 numpy)."""
-    p = PARAMS
+    p, f = PARAMS, NEW["num_malicious_nodes"]
     g = {k: v.astype(np.float64) for k, v in initial_weights().items()}
     state: dict = {}
     history = []
@@ -100,6 +129,20 @@ def reference(name: str, rounds: int) -> list[dict[str, np.ndarray]]:
         clients = [{k: v.astype(np.float64) for k, v in client_weights(n, rnd, received).items()} for n in NODES]
         ns = [SIZES[n] for n in NODES]
         new = {}
+        if name in ("krum", "multikrum", "bulyan"):
+            flat = [np.concatenate([c[k].ravel() for k in g]) for c in clients]
+            best = np.argsort(krum_scores(flat, f), kind="stable")
+            take = {"krum": 1, "multikrum": NEW["multikrum_select"], "bulyan": len(NODES) - 2 * f}[name]
+            chosen = sorted(best[:take])
+            for k in g:
+                ws = [clients[i][k] for i in chosen]
+                if name == "bulyan":
+                    new[k] = bulyan_layer(ws, take - 2 * f)
+                else:
+                    new[k] = wmean(ws, [ns[i] for i in chosen])
+            g = new
+            history.append({k: v.copy() for k, v in g.items()})
+            continue
         for k, gk in g.items():
             ws = [c[k] for c in clients]
             avg = wmean(ws, ns)
@@ -140,7 +183,7 @@ def reference(name: str, rounds: int) -> list[dict[str, np.ndarray]]:
 
 
 # ---------------------------------------------------------------- registry
-def test_registry_holds_the_nine_names():
+def test_registry_holds_every_name():
     assert sorted(STRATEGIES) == sorted(ALL)
 
 
@@ -180,11 +223,19 @@ def test_strategy_keys_ignored_by_the_chosen_strategy_are_reported():
 
 
 def test_every_strategy_parameter_is_a_documented_config_key_in_pyproject():
+    """Keys RunConfig declares match pyproject; keys it does not declare yet are in NEW_KEYS, with the same default."""
+    from strategies.registry import NEW_KEYS
+
     pyproject = tomllib.loads((PROJECT / "pyproject.toml").read_text())["tool"]["flwr"]["app"]["config"]
     defaults = RunConfig.keys()
-    for key in STRATEGY_KEYS:
-        assert key in defaults, key
+    for key in sorted(set(STRATEGY_KEYS) | set(NEW_KEYS)):
+        if key not in defaults:
+            assert key in NEW_KEYS and NEW_KEYS[key].doc and NEW_KEYS[key].bounds, key
+            assert key not in pyproject, key
+            continue
         assert pyproject[key] == defaults[key], key
+        if key in NEW_KEYS:
+            assert NEW_KEYS[key].default == defaults[key], key
         field = next(f for f in dataclasses.fields(RunConfig) if f.name == key.replace("-", "_"))
         assert field.metadata["doc"]
 
@@ -224,7 +275,7 @@ def test_two_rounds_match_independent_numpy(name):
             assert got[k].dtype == np.float32 and got[k].shape == want.shape, (name, k)
             np.testing.assert_allclose(got[k], want, rtol=2e-5, atol=2e-6, err_msg=f"{name} round {rnd} {k}")
     # Sanity: the strategies do differ from each other (the comparison can fail).
-    if name != "fedavg" and name != "fedprox":
+    if name not in ("fedavg", "fedprox"):
         fedavg = reference("fedavg", 1)[0]
         assert any(not np.allclose(fedavg[k], seen[1][k], atol=1e-4) for k in fedavg), name
     assert len(grid.sent) == 2 * len(NODES)

@@ -54,9 +54,10 @@ def test_working_memory_is_a_few_model_copies(bases):
     glob = ArrayRecord({k: Array(v) for k, v in bases[0].items()})
     stream = _peak_models(lambda: streaming_weighted_mean(weighted_pairs(replies, "num-examples")))
     ldawa = _peak_models(lambda: bench._ldawa(replies, glob))
-    # Accumulator + output (+ one layer in flight); L-DAWA also holds the previous global model.
-    assert stream < 2.0, stream
-    assert ldawa < 3.0, ldawa
+    # A float64 accumulator (two float32 models) handing its layers to the output one by one (+ one float64
+    # layer in flight); L-DAWA also holds the previous global model.
+    assert stream < 2.5, stream
+    assert ldawa < 3.5, ldawa
     # Holding every reply decoded at once (what a list of numpy state dicts would need) is 20 models.
     decoded = _peak_models(lambda: [{k: a.numpy() for k, a in r["arrays"].items()} for r in replies])
     assert decoded > 15

@@ -91,3 +91,31 @@ def test_disabled_log_writes_nothing(tmp_path):
     log.write_round(RECORDS[1])
     log.close()
     assert not (tmp_path / "tensorboard").exists()
+
+
+def test_client_values_of_any_type_do_not_break_the_scalars():
+    """A list-valued host once raised 'unhashable' in the writer; only strings count as hosts."""
+    record = {"round": 1, "clients": [
+        {"node-id": 1, "host": ["a", "b"], "ray-node-id": {"x": 1}},  # the flat layout of older records
+        {"node-id": 2, "client-info": {"host": "a", "ray-node-id": "n1"}},
+        {"node-id": 3, "client-info": {"host": b"a"}, "metrics": {"host": "b"}},
+        "not an entry",
+    ]}
+    tags = round_scalars(record)
+    assert tags["round/hosts"] == 2.0 and tags["round/ray-nodes"] == 1.0
+
+
+def test_resumed_log_purges_the_rounds_after_the_checkpoint(tmp_path):
+    """Rounds 0-4 logged, the run resumed from the checkpoint of round 2: rounds 3 and 4 appear once, re-run."""
+    log = TensorBoardLog(tmp_path)
+    for step in range(5):
+        log.write_round({"round": step, "round-seconds": float(step)})
+    log.close()
+    log = TensorBoardLog(tmp_path, purge_step=3)
+    for step in (3, 4, 5):
+        log.write_round({"round": step, "round-seconds": 100.0 + step})
+    log.close()
+    acc = EventAccumulator(str(tmp_path / "tensorboard"), size_guidance={"scalars": 0})
+    acc.Reload()
+    events = [(e.step, e.value) for e in acc.Scalars("round/seconds")]
+    assert events == [(0, 0.0), (1, 1.0), (2, 2.0), (3, 103.0), (4, 104.0), (5, 105.0)]

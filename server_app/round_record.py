@@ -1,0 +1,81 @@
+"""A round's per-client entries for ``metrics.jsonl``: what each client sent, in its own namespace.
+
+Every client entry is built by the server::
+
+    {"node-id": 7, "metrics": {...the client's MetricRecord...},
+     "client-info": {...its client-info ConfigRecord...}, "dropped": "dtype"}
+    {"node-id": 8, "error": "ClientApp raised ..."}
+
+``node-id``, ``error`` and ``dropped`` (the reply filter's category for a reply
+it did not aggregate) are the server's; the client's own values live under
+``metrics`` and ``client-info`` only, so a client metric named ``node-id``
+cannot replace the real node id. The values are made JSON-safe and bounded
+(:func:`server_app.run_output.json_safe`; at most ``MAX_VALUES`` values per
+record, strings cut at ``MAX_STRING`` characters), so a reply the filter
+dropped cannot bloat ``metrics.jsonl`` or the checkpoints that carry its
+history. :func:`client_value` reads a value from an entry of either this
+layout or the earlier flat one.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable, Mapping
+
+from flwr.app import Message
+
+from server_app.round_loop import NO_REPLY
+from server_app.run_output import json_safe
+
+MAX_VALUES = 64
+MAX_STRING = 256
+NAMESPACES = ("metrics", "client-info")
+
+
+def _record(record) -> dict:
+    out = {}
+    for i, (key, value) in enumerate(record.items()):
+        if i == MAX_VALUES:
+            out["..."] = f"{len(record) - MAX_VALUES} more values not recorded"
+            break
+        out[str(key)[:MAX_STRING]] = json_safe(value, max_string=MAX_STRING, max_items=MAX_VALUES)
+    return out
+
+
+def client_entry(reply: Message, dropped: str | None = None) -> dict:
+    """One client's own numbers for the round (or its error), before aggregation."""
+    entry: dict = {"node-id": int(reply.metadata.src_node_id)}
+    if reply.has_error():
+        entry["error"] = json_safe(str(reply.error.reason), max_string=MAX_STRING)
+        return entry
+    content = reply.content
+    metrics = list(content.metric_records.values())
+    if metrics:
+        entry["metrics"] = _record(metrics[0])
+    if "client-info" in content.config_records:
+        entry["client-info"] = _record(content.config_records["client-info"])
+    if dropped is not None:
+        entry["dropped"] = dropped
+    return entry
+
+
+def client_entries(replies: Iterable[Message], missing_nodes: Iterable[int] = (), no_reply: str = NO_REPLY,
+                   dropped: Mapping[int, str] | None = None) -> list[dict]:
+    """Entries for the round's replies, then for the nodes that sent none.
+
+    ``dropped`` maps node ids to the reply filter's drop category (a strategy's ``last_dropped``).
+    """
+    dropped = dropped or {}
+    entries = [client_entry(r, dropped.get(r.metadata.src_node_id)) for r in replies]
+    entries += [{"node-id": int(node), "error": no_reply} for node in missing_nodes]
+    return entries
+
+
+def client_value(entry: Mapping, key: str, default=None):
+    """``key`` from a client entry's namespaces (or, for records written before them, the entry itself)."""
+    for namespace in NAMESPACES:
+        values = entry.get(namespace)
+        if isinstance(values, Mapping) and key in values:
+            return values[key]
+    if key in entry and key not in ("node-id", "error", "dropped", *NAMESPACES):
+        return entry[key]
+    return default

@@ -1,0 +1,80 @@
+"""metrics.jsonl: client values in their own namespace, strict JSON whatever the clients sent."""
+
+from __future__ import annotations
+
+import json
+
+import numpy as np
+import pytest
+from flwr.app import ConfigRecord
+
+from server_app.run_output import RunOutput, json_line, json_safe
+from strategies.testing import error_reply, instruction, task_identity, train_reply
+
+
+@pytest.fixture(autouse=True)
+def _identity():
+    with task_identity():
+        yield
+
+
+def strict_loads(line: str):
+    """json.loads that refuses NaN / Infinity tokens (not JSON)."""
+    def refuse(token):
+        raise ValueError(f"non-standard JSON token {token}")
+
+    return json.loads(line, parse_constant=refuse)
+
+
+def hostile_reply(node: int = 7):
+    reply = train_reply(instruction(node), {"w": np.zeros(2, np.float32)}, {"loss": 1.0, "node-id": 999.0}, 10.0,
+                        extra={"client-info": ConfigRecord({"partition-id": 3, "host": b"\x00\xff",
+                                                            "kind": "x" * 10_000_000, "pid": [1, 2]})})
+    reply.content["metrics"].__dict__["_data"]["loss"] = float("nan")  # as a non-validating deserialiser may
+    return reply
+
+
+def test_client_values_cannot_replace_server_keys():
+    from server_app.round_record import client_entries
+
+    entries = client_entries([hostile_reply(7), error_reply(instruction(8), "ClientApp raised")], [9],
+                             dropped={7: "client-info"})
+    assert [e["node-id"] for e in entries] == [7, 8, 9]
+    first = entries[0]
+    assert first["metrics"]["node-id"] == 999.0 and first["dropped"] == "client-info"
+    assert first["metrics"]["loss"] is None  # NaN
+    assert first["client-info"]["host"] == "<2 bytes>" and first["client-info"]["pid"] == [1, 2]
+    assert len(first["client-info"]["kind"]) == 256 + 3  # cut, marked with "..."
+    assert entries[1] == {"node-id": 8, "error": "ClientApp raised"}
+    assert "no reply" in entries[2]["error"]
+    line = json_line({"round": 1, "clients": entries})
+    assert len(line) < 2_000
+    assert strict_loads(line)["clients"][0]["node-id"] == 7
+
+
+def test_client_value_reads_both_layouts():
+    from server_app.round_record import client_value
+
+    assert client_value({"node-id": 1, "client-info": {"kind": "audio"}, "metrics": {"loss": 2.0}}, "kind") == "audio"
+    assert client_value({"node-id": 1, "metrics": {"loss": 2.0}}, "loss") == 2.0
+    assert client_value({"node-id": 1, "kind": "visual"}, "kind") == "visual"  # records written before
+    assert client_value({"node-id": 1}, "node-id") is None and client_value({}, "x", 5) == 5
+
+
+def test_metrics_lines_are_strict_json_with_nan_as_null(tmp_path):
+    output = RunOutput(tmp_path)
+    output.append_round({"round": 1, "eval": {"knn-image": float("nan"), "probe": float("inf")},
+                         "clients": [{"node-id": 1, "host": b"raw"}], "n": np.float32(0.5), "a": np.arange(2)})
+    record = strict_loads(output.metrics_file.read_text())
+    assert record["eval"] == {"knn-image": None, "probe": None}
+    assert record["clients"][0]["host"] == "<3 bytes>" and record["n"] == 0.5 and record["a"] == [0, 1]
+
+
+def test_json_safe_bounds_containers_and_depth():
+    nested: list = []
+    for _ in range(20):
+        nested = [nested]
+    assert json.dumps(json_safe(nested))  # no recursion error
+    assert json_safe(list(range(100)), max_items=3) == [0, 1, 2]
+    assert json_safe({"k" * 10: "v" * 10}, max_string=4) == {"kkkk": "vvvv..."}
+    assert json_safe(object()).startswith("<object object")
