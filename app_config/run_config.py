@@ -44,6 +44,22 @@ class RunConfig:
     ldawa_weighting: bool = _key(False, "ldawa: weight clients by data size instead of the reference's uniform mean.")
     ldawa_normalise: bool = _key(False, "ldawa: divide by the sum of the deltas instead of the number of clients "
                                         "(not in the reference).")
+    num_malicious_nodes: int = _key(0, "krum, multikrum, bulyan: number f of Byzantine clients to tolerate "
+                                       "(bulyan needs at least 4f + 3 good replies a round).")
+    multikrum_select: int = _key(2, "multikrum: replies with the best Krum scores averaged each round.")
+    weight_cap_factor: float = _key(4.0, "No reply weighs more than this many times the round's lower-median "
+                                         "num-examples (0 = off; otherwise >= 1).")
+    dp: str = _key("none", "Differential privacy around the strategy: none, server-fixed, client-fixed, "
+                           "server-adaptive or client-adaptive (Flower's wrappers; the client modes clip on the "
+                           "ClientApp with client_app.dp_clipping).")
+    dp_noise_multiplier: float = _key(1.0, "dp: noise multiplier sigma; the aggregate gets Gaussian noise of std "
+                                           "sigma * C / m.")
+    dp_clipping_norm: float = _key(1.0, "dp: L2 norm C each update is clipped to (adaptive modes: the initial norm).")
+    dp_sampled_clients: int = _key(0, "dp: clients m the noise is calibrated for (0 = min-train-nodes).")
+    dp_target_quantile: float = _key(0.5, "dp adaptive modes: fraction of updates that should be clipped.")
+    dp_clip_norm_lr: float = _key(0.2, "dp adaptive modes: learning rate of the clipping norm's geometric update.")
+    dp_clipped_count_stddev: float = _key(0.0, "dp adaptive modes: std of the noise on the count of clipped updates "
+                                               "(0 = sampled clients / 20; must exceed dp-noise-multiplier / 2).")
     # --- end of strategy parameters ---
     # --- model ------------------------------------------------------------
     encoder: str = _key("resnet18_half_cifar", "timm model name: resnet18_half_cifar (ResNet-18 at half width, "
@@ -164,6 +180,16 @@ class RunConfig:
         need(0 <= self.fedopt_beta2 < 1, "fedopt-beta2: must be in [0, 1)")
         need(self.fedopt_tau > 0, "fedopt-tau: must be > 0")
         need(0 <= self.trimmed_beta < 0.5, "trimmed-beta: must be in [0, 0.5)")
+        need(self.num_malicious_nodes >= 0, "num-malicious-nodes: must be >= 0")
+        need(self.multikrum_select >= 1, "multikrum-select: must be >= 1")
+        need(self.weight_cap_factor == 0 or self.weight_cap_factor >= 1,
+             "weight-cap-factor: must be 0 (off) or >= 1")
+        from strategies.dp import DPSettings
+
+        try:
+            DPSettings.from_config(self).check()
+        except ValueError as err:
+            raise ConfigError(str(err)) from None
         # --- end of strategy parameters ---
         fracs = (self.frac_visual_clients, self.frac_audio_clients, self.frac_audiovisual_clients)
         need(all(f >= 0 for f in fracs) and abs(sum(fracs) - 1.0) < 1e-6,

@@ -9,6 +9,7 @@ from flwr.app import ArrayRecord, Context, Message, MetricRecord, RecordDict
 from flwr.clientapp import ClientApp
 
 from app_config.run_config import RunConfig
+from client_app.dp_clipping import dp_clipping_mod
 from client_app.faults import maybe_inject_fault
 from client_app.local_data import client_config, is_deployed, local_source
 from client_app.losses import nt_xent
@@ -17,7 +18,8 @@ from client_app.task import client_state, train_settings
 from client_app.trainer import train_locally
 from client_app.worker_info import worker_info
 
-app = ClientApp()
+# Clips updates only when a client-side DP mode asks for it (dp='client-fixed' / 'client-adaptive').
+app = ClientApp(mods=[dp_clipping_mod])
 
 
 def _identity(context: Context) -> tuple[int, int]:

@@ -29,6 +29,7 @@ from app_config.run_config import RunConfig
 from client_app.task import build_model, client_state, train_settings
 from client_app.trainer import train_locally
 from experiments.launch import PROJECT, launch, process_tree, superlink_pids
+from server_app.round_record import client_value
 
 
 def round_seed(config: RunConfig, server_round: int, partition_id: int) -> int:
@@ -97,10 +98,11 @@ def federated(overrides: str, clients: int, cpus: int, gpus: float, workdir: Pat
     (folder,) = runs.iterdir()
     records = [json.loads(line) for line in (folder / "metrics.jsonl").read_text().splitlines()]
     rounds = [r for r in records if r["round"] > 0]
-    samples = sum(c.get("samples", 0.0) for r in rounds for c in r["clients"])
-    train_seconds = sum(c.get("train-seconds", 0.0) for r in rounds for c in r["clients"])
+    samples = sum(client_value(c, "samples", 0.0) for r in rounds for c in r["clients"])
+    train_seconds = sum(client_value(c, "train-seconds", 0.0) for r in rounds for c in r["clients"])
     wall = sum(r["round-seconds"] for r in rounds)
-    gpu_peaks = [c["peak-gpu-mb"] for r in rounds for c in r["clients"] if "peak-gpu-mb" in c]
+    gpu_peaks = [client_value(c, "peak-gpu-mb") for r in rounds for c in r["clients"]
+                 if client_value(c, "peak-gpu-mb") is not None]
     return {
         "samples": samples, "seconds": wall, "samples_per_second": samples / wall,
         "round_seconds": [round(r["round-seconds"], 2) for r in rounds],

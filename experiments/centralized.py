@@ -44,6 +44,7 @@ import numpy as np
 import torch
 
 from data_partition.modality_data import AUDIO, IMAGE
+from server_app.round_record import client_value
 
 PROJECT = Path(__file__).resolve().parents[1]
 MODALITIES = (IMAGE, AUDIO)
@@ -159,17 +160,17 @@ def budget_from_metrics(metrics_file: Path, batch_size: int) -> list[dict[str, i
         for client in record["clients"]:
             if "error" in client:
                 continue
-            steps = int(client.get("steps", 0))
+            steps = int(client_value(client, "steps", 0))
             for m in MODALITIES:
-                spent[m] += steps * samples_per_step(int(client.get(f"num-{m}-examples", 0)), batch_size)
+                spent[m] += steps * samples_per_step(int(client_value(client, f"num-{m}-examples", 0)), batch_size)
         rounds.append(spent)
     return rounds
 
 
 def recorded_partitions(metrics_file: Path) -> int:
     """Number of clients of a finished federated run (highest partition-id seen + 1)."""
-    ids = [int(c["partition-id"]) for line in Path(metrics_file).read_text().splitlines()
-           for c in json.loads(line).get("clients", []) if "partition-id" in c]
+    ids = [int(client_value(c, "partition-id")) for line in Path(metrics_file).read_text().splitlines()
+           for c in json.loads(line).get("clients", []) if client_value(c, "partition-id") is not None]
     if not ids:
         raise ValueError(f"{metrics_file} records no client partition ids; pass --num-partitions")
     return max(ids) + 1

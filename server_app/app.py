@@ -9,7 +9,6 @@ checkpoint's rounds, the strategy state and RNG states are restored.
 
 from __future__ import annotations
 
-import json
 import time
 from dataclasses import asdict
 
@@ -26,7 +25,6 @@ from server_app.central_eval import CentralEvaluator, as_metric_record
 from server_app.checkpoint import (
     Checkpoint,
     CheckpointError,
-    atomic_write_text,
     capture_rng,
     capture_strategy_state,
     config_mismatch,
@@ -36,7 +34,8 @@ from server_app.checkpoint import (
     restore_strategy_state,
     save_checkpoint,
 )
-from server_app.round_loop import NO_REPLY, RoundTrain, run_rounds
+from server_app.round_loop import RoundTrain, run_rounds
+from server_app.round_record import client_entries
 from server_app.run_output import RunOutput, format_round
 from server_app.tensorboard_log import TensorBoardLog
 from strategies.registry import build_strategy
@@ -44,24 +43,10 @@ from strategies.registry import build_strategy
 app = ServerApp()
 
 
-def _client_entry(reply) -> dict:
-    """One client's own numbers for the round (or its error), before aggregation."""
-    entry = {"node-id": reply.metadata.src_node_id}
-    if reply.has_error():
-        entry["error"] = reply.error.reason
-    else:
-        for record in reply.content.metric_records.values():
-            entry.update({k: v for k, v in record.items()})
-        if "client-info" in reply.content.config_records:
-            entry.update({k: v for k, v in reply.content["client-info"].items()})
-    return entry
-
-
-def _round_entry(train: RoundTrain) -> dict:
-    """The round's train numbers as written to metrics.jsonl."""
+def _round_entry(train: RoundTrain, dropped: dict | None = None) -> dict:
+    """The round's train numbers as written to metrics.jsonl (client values under their own keys)."""
     metrics = train.metrics
-    clients = [_client_entry(r) for r in train.replies]
-    clients += [{"node-id": node, "error": NO_REPLY} for node in train.missing_nodes]
+    clients = client_entries(train.replies, train.missing_nodes, dropped=dropped)
     entry = {
         "metrics": {} if metrics is None else {k: v for k, v in metrics.items()},
         "replies": len(train.replies),
@@ -122,7 +107,7 @@ def main(grid: Grid, context: Context) -> None:
     else:
         output = RunOutput(resolve_checkpoint(config.resume_from).parent)
         history = [r for r in resume.history if int(r["round"]) <= resume.round]
-        atomic_write_text(output.metrics_file, "".join(json.dumps(r, sort_keys=True) + "\n" for r in history))
+        output.rewrite_rounds(history)
         restore_strategy_state(strategy, resume.strategy_state)
         restore_rng(resume.rng)
         start_round, arrays = resume.round + 1, resume.arrays
@@ -130,7 +115,8 @@ def main(grid: Grid, context: Context) -> None:
         result.evaluate_metrics_serverapp.update(_evaluations(history))
         print(f"[fssuavl] resuming after round {resume.round} from {resolve_checkpoint(config.resume_from)}",
               flush=True)
-    tensorboard = TensorBoardLog(output.folder, enabled=config.tensorboard)
+    tensorboard = TensorBoardLog(output.folder, enabled=config.tensorboard,
+                                 purge_step=None if resume is None else resume.round + 1)
     print(f"[fssuavl] run folder: {output.folder}", flush=True)
 
     train_log: dict[int, dict] = {}
@@ -175,7 +161,8 @@ def main(grid: Grid, context: Context) -> None:
         train_config=lambda server_round: ConfigRecord(
             {"learning-rate": scheduled_learning_rate(config, model, server_round)}),
         evaluate_fn=evaluate,
-        on_train=lambda train: train_log.__setitem__(train.round, _round_entry(train)),
+        on_train=lambda train: train_log.__setitem__(
+            train.round, _round_entry(train, getattr(strategy, "last_dropped", None))),
         on_round_end=checkpoint, result=result,
     )
     final = result.arrays if len(result.arrays) else arrays

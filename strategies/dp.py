@@ -40,7 +40,7 @@ What the project adds around Flower's classes:
   is therefore Flower's with the clipping step replaced.
 
 The client-side modes need the clipping mod on the ClientApp
-(:func:`strategies.dp_clipping_mod.dp_clipping_mod`), and the
+(:func:`client_app.dp_clipping.dp_clipping_mod`), and the
 client-adaptive mode drops replies without its ``norm_bit`` metric.
 """
 

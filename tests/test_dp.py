@@ -18,7 +18,7 @@ from flwr.app import ArrayRecord, ConfigRecord, Context, Message, RecordDict
 
 from app_config.run_config import RunConfig
 from strategies.dp import DP_MODES, DPSettings, wrap_dp
-from strategies.dp_clipping_mod import dp_clipping_mod
+from client_app.dp_clipping import dp_clipping_mod
 from strategies.registry import build_strategy, make_strategy
 from strategies.testing import FakeGrid, arrays_of, error_reply, numpy_of, task_identity, train_reply
 

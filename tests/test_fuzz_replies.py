@@ -37,7 +37,7 @@ from server_app.round_record import client_entries
 from server_app.run_output import json_line
 from server_app.tensorboard_log import round_scalars
 from strategies.dp import DP_MODES, DPSettings, wrap_dp
-from strategies.dp_clipping_mod import dp_clipping_mod
+from client_app.dp_clipping import dp_clipping_mod
 from strategies.registry import STRATEGIES, make_strategy
 from strategies.testing import FakeGrid, arrays_of, error_reply, numpy_of, task_identity, train_reply
 

@@ -374,6 +374,7 @@ def test_client_train_adds_the_proximal_term_when_the_server_sends_mu(monkeypatc
         return {"loss": 0.0}
 
     monkeypatch.setattr(client, "train_locally", fake_train)
+    monkeypatch.setattr(client, "train_settings", lambda *a, **k: types.SimpleNamespace(learning_rate=0.1))
     context = Context(run_id=1, node_id=1, node_config={"partition-id": 0, "num-partitions": 2},
                       state=RecordDict(), run_config={})
     for mu, expect in ((0.5, 0.5 / 2 * 6), (None, None)):
