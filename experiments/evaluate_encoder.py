@@ -383,6 +383,9 @@ def format_results(results: dict[str, object]) -> str:
 
 
 def main(argv: list[str] | None = None) -> int:
+    from experiments.common import setup_logging
+
+    setup_logging()
     parser = argparse.ArgumentParser(description="kNN / linear probe per modality, out-of-domain sets and fusion "
                                                  "for a saved encoder")
     parser.add_argument("run", type=Path, help="run folder (config.json + final_model.pt)")
@@ -399,7 +402,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--audio-dataset", default=None, help="default: the run's audio-dataset")
     parser.add_argument("--json", type=Path, default=None, help="also write the results here")
     args = parser.parse_args(argv)
-    from experiments.centralized import run_lock
+    from experiments.cpu_lock import run_lock
 
     try:
         for text in args.ood:
