@@ -49,6 +49,8 @@ YAML keys (anything else is an error naming the key; schema in ``experiments/sui
       knn-k: 10
       out-of-domain: ["digits:invert", "spoken-digits:noise0db", "cifar100"]
       fusion: true
+      fusion-image-dataset: vggsound-frames   # fuse these sets (default: the in-domain ones; classes must match)
+      fusion-audio-dataset: vggsound-audio
       max-train-samples: 0         # cap per split for big datasets (0 = all)
       max-test-samples: 0
       image-dataset: digits        # in-domain sets (default: each job's datasets)

@@ -55,6 +55,7 @@ def eval_settings(suite: Suite, config):
     ev = suite.evaluation
     return EvalSettings(
         knn_k=ev.knn_k or config.knn_k, out_of_domain=tuple(ev.out_of_domain), fusion=ev.fusion,
+        fusion_image_dataset=ev.fusion_image_dataset, fusion_audio_dataset=ev.fusion_audio_dataset,
         max_train_samples=ev.max_train_samples, max_test_samples=ev.max_test_samples,
         image_dataset=ev.image_dataset if ev.image_dataset is not None else config.image_dataset,
         audio_dataset=ev.audio_dataset if ev.audio_dataset is not None else config.audio_dataset,

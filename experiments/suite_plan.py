@@ -130,8 +130,9 @@ class Job:
             raise SuiteError(f"{self.role} job ({self.describe()}): {err}") from err
 
     def describe(self) -> str:
-        d = dict(self.overrides)
-        return f"{d.get('encoder')}, {d.get('strategy')}, {self.num_supernodes} clients, seed {d.get(SEED_KEY)}"
+        d = {**_run_config_keys(), **dict(self.overrides)}
+        data = " + ".join(n for n in (d["image-dataset"], d["audio-dataset"]) if n)
+        return f"{d['encoder']}, {d['strategy']}, {data}, {self.num_supernodes} clients, seed {d[SEED_KEY]}"
 
     @property
     def id(self) -> str:
@@ -226,8 +227,9 @@ def check_plan(suite: Suite) -> None:
         roots.setdefault(str(job.config().resolved_data_root()), job)
     ev = suite.evaluation
     names = [(f"evaluation.out-of-domain: {t}", parse_eval_set(t).dataset) for t in ev.out_of_domain]
-    names += [(f"evaluation.{key}", name) for key, name in (("image-dataset", ev.image_dataset),
-                                                           ("audio-dataset", ev.audio_dataset)) if name]
+    names += [(f"evaluation.{key}", name) for key, name in (
+        ("image-dataset", ev.image_dataset), ("audio-dataset", ev.audio_dataset),
+        ("fusion-image-dataset", ev.fusion_image_dataset), ("fusion-audio-dataset", ev.fusion_audio_dataset)) if name]
     for root in roots:
         for key, name in names:
             problem = layout_problem(name, Path(root))

@@ -181,8 +181,12 @@ def write_report(suite: Suite, rows: list[Row], out_dir: Path, plots: list[Path]
     lines += render_table(rows, ood)
     fusion = render_fusion(rows)
     if len(fusion) > 2:
+        ev = suite.evaluation
+        sets = (f"{ev.fusion_image_dataset or 'the in-domain images'} + "
+                f"{ev.fusion_audio_dataset or 'the in-domain audio'}")
         lines += ["", "## Fusion (class-paired held-out samples, linear probe)", "",
-                  "Each held-out image is paired with a randomly drawn (seeded) held-out clip of the same class, "
+                  f"Sets: {sets}. Each held-out image is paired with a randomly drawn (seeded) held-out clip of "
+                  "the same class, "
                   "and likewise for the probe's training pairs; the two recordings are **not** co-recorded, only "
                   "class-paired. Features: each modality's L2-normalised encoder output, concatenated.", ""]
         lines += fusion

@@ -74,6 +74,8 @@ class EvaluationSpec(_Section):
     knn_k: int = Field(0, ge=0)
     out_of_domain: list[str] = []
     fusion: bool = True
+    fusion_image_dataset: str | None = None  # fuse these sets instead of the in-domain ones
+    fusion_audio_dataset: str | None = None
     max_train_samples: int = Field(0, ge=0)
     max_test_samples: int = Field(0, ge=0)
     image_dataset: str | None = None
@@ -91,12 +93,12 @@ class EvaluationSpec(_Section):
             parse_eval_set(name)  # ValueError names the set
         return names
 
-    @field_validator("image_dataset", "audio_dataset")
+    @field_validator("image_dataset", "audio_dataset", "fusion_image_dataset", "fusion_audio_dataset")
     @classmethod
     def _registered(cls, name: str | None, info) -> str | None:
         from data_partition.datasets import dataset_names
 
-        modality = info.field_name.split("_")[0]
+        modality = "image" if "image" in info.field_name else "audio"
         if name and name not in dataset_names(modality):
             raise ValueError(f"unknown value {name!r}; valid: {', '.join(dataset_names(modality))}")
         return name
