@@ -106,3 +106,19 @@ def test_vit_takes_spectrograms_whose_sides_are_not_multiples_of_its_patch():
     with torch.no_grad():  # 1 s at a 10 ms hop: 101 frames; VGGSound at 20 ms: 501
         for frames in (101, 501):
             assert model.features(torch.zeros(1, 3, 64, frames)).shape == (1, 192)
+
+
+def test_fusion_uses_the_named_sets_even_without_in_domain_sets(data_root):
+    from app_config.run_config import RunConfig
+    from client_app.task import build_model
+    from experiments.evaluate_encoder import Encoder, EvalSettings, evaluate
+
+    config = RunConfig(encoder="test_resnet", projection_hidden_dim=16, projection_dim=8, data_root=str(data_root))
+    torch.manual_seed(0)
+    encoder = Encoder(config, build_model(config).eval(), key="fusion-test")
+    common = dict(knn_k=5, max_train_samples=100, max_test_samples=50, image_dataset="", audio_dataset="")
+    named = evaluate(encoder, encoder, EvalSettings(fusion_image_dataset="digits",
+                                                    fusion_audio_dataset="spoken-digits", **common))
+    assert "probe-image" not in named and "probe-audio" not in named  # no in-domain sets ...
+    assert named["fusion-pairs"] == 50 and 0 <= named["fusion-probe"] <= 1  # ... fusion on the named ones
+    assert "fusion-probe" not in evaluate(encoder, encoder, EvalSettings(**common))
