@@ -57,6 +57,15 @@ def load_overrides(value: str) -> dict:
     return parse_overrides(value)
 
 
+def write_text(path: Path, text: str) -> Path:
+    """Replace a file atomically (readers never see it half-written), creating its folder."""
+    from server_app.atomic_file import atomic_write
+
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    return atomic_write(path, lambda fh: fh.write(text.encode()))
+
+
 def write_run_config(overrides: dict, path: Path) -> Path:
     """Write overrides as a TOML file for ``flwr run --run-config FILE``.
 
@@ -65,12 +74,7 @@ def write_run_config(overrides: dict, path: Path) -> Path:
     """
     import tomli_w
 
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(path.name + ".tmp")
-    tmp.write_text(tomli_w.dumps(dict(sorted(overrides.items()))))
-    os.replace(tmp, path)
-    return path
+    return write_text(path, tomli_w.dumps(dict(sorted(overrides.items()))))
 
 
 def pyproject_defaults() -> dict:

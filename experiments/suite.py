@@ -83,7 +83,7 @@ from pathlib import Path
 from tqdm import tqdm
 from tqdm.contrib.logging import logging_redirect_tqdm
 
-from experiments.common import PROJECT, setup_logging
+from experiments.common import PROJECT, setup_logging, write_text
 from experiments.cpu_lock import run_lock
 from experiments.suite_eval import evaluate_suite, make_tsne
 from experiments.suite_jobs import finished_run, forwarding_signals, run_job
@@ -141,7 +141,7 @@ def run_suite(suite: Suite, results_dir: Path, work_dir: Path, fresh: bool = Fal
                      for seed, why in row.missing.items()]
     notes = suite_notes(suite, train_seconds, eval_seconds, time.perf_counter() - started, failures,
                         len(reused & set(runs)))
-    (out_dir / "results.json").write_text(json.dumps(
+    write_text(out_dir / "results.json", json.dumps(
         {"suite": suite.name, "seeds": suite.seeds, "rows": [asdict(r) for r in rows],
          "runs": {k: str(v) for k, v in runs.items()}, "train-seconds": train_seconds,
          "eval-seconds": eval_seconds, "failures": failures},

@@ -21,7 +21,15 @@ import sys
 import time
 from pathlib import Path
 
-from experiments.common import PROJECT, process_tree, start_times, stop_pids, stop_superlink, write_run_config
+from experiments.common import (
+    PROJECT,
+    process_tree,
+    start_times,
+    stop_pids,
+    stop_superlink,
+    write_run_config,
+    write_text,
+)
 from experiments.cpu_lock import run_lock
 from experiments.suite_plan import Job, Suite
 
@@ -141,7 +149,7 @@ def run_job(suite: Suite, job: Job, work_dir: Path, runs: dict[str, Path], fresh
         seconds = time.perf_counter() - started
     if len(new) != 1 or not (new[0] / "final_model.pt").exists():
         raise RuntimeError(f"{job.id}: no finished run folder under {runs_dir} (see {job_dir / 'launch.log'})")
-    (job_dir / "job.json").write_text(json.dumps({"run-folder": str(new[0]), "seconds": seconds, "kind": job.kind,
+    write_text(job_dir / "job.json", json.dumps({"run-folder": str(new[0]), "seconds": seconds, "kind": job.kind,
                                                   "seed": job.seed, "overrides": dict(job.overrides),
                                                   "num-supernodes": job.num_supernodes}, indent=2))
     log.info("%s: done in %.0fs -> %s", job.id, seconds, new[0])

@@ -13,6 +13,7 @@ from __future__ import annotations
 import re
 from pathlib import Path
 
+from experiments.common import write_text
 from experiments.suite_eval import UNTRAINED_STRATEGY, Row
 from experiments.suite_plan import Job, Suite, holders
 from experiments.suite_stats import Paired, paired_difference, summarize
@@ -202,9 +203,7 @@ def write_report(suite: Suite, rows: list[Row], out_dir: Path, plots: list[Path]
         lines += ["", "## Notes", ""] + [f"- {n}" for n in notes]
     if plots:
         lines += ["", "## Plots", ""] + [f"![{p.stem}]({p.name})" for p in plots]
-    path = out_dir / "table.md"
-    path.write_text("\n".join(lines) + "\n")
-    return path
+    return write_text(out_dir / "table.md", "\n".join(lines) + "\n")
 
 
 def suite_notes(suite: Suite, train_seconds: dict, eval_seconds: float, wall: float, failures: list[str],

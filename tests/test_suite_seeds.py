@@ -72,6 +72,9 @@ def test_paired_interval_matches_a_paired_t_test():
     one = paired_difference({1: 0.9, 2: 0.5}, {1: 0.1, 3: 0.2})
     assert one.n == 1 and one.seeds == (1,) and not one.clear and one.text() == "+80.0 points, n=1"
     assert paired_difference({1: 0.9}, {2: 0.1}) is None
+    # the same difference on every seed (0.1 up to float noise): no spread, no interval, not clear
+    same = paired_difference({1: 0.9, 2: 0.8, 3: 0.3}, {1: 0.8, 2: 0.7, 3: 0.2})
+    assert same.n == 3 and not same.clear and same.text() == "+10.0 points, n=3 (the same on every seed: no interval)"
     assert summarize([0.9, 0.91, 0.92]).text() == "91.0 ± 1.0 (n=3)" and summarize([0.5]).text() == "50.0 (n=1)"
 
 
