@@ -58,10 +58,10 @@ def accuracy_per_round(series: dict[str, list[Series] | Series], path: Path, tit
         for i, (label, runs) in enumerate(series.items()):
             rounds, mean, std = mean_band(runs if isinstance(runs, list) else [runs], metric)
             if len(rounds):
-                line, = ax.plot(rounds, mean, styles[i % len(styles)], label=label, markersize=4, linewidth=1.2)
+                color = f"C{i % 10}"  # one colour per line in every panel, whichever lines a panel lacks
+                ax.plot(rounds, mean, styles[i % len(styles)], color=color, label=label, markersize=4, linewidth=1.2)
                 if std.any():
-                    ax.fill_between(rounds, mean - std, mean + std, color=line.get_color(), alpha=0.15,
-                                    linewidth=0)
+                    ax.fill_between(rounds, mean - std, mean + std, color=color, alpha=0.15, linewidth=0)
         ax.set_title(name, fontsize=10)
         ax.set_ylabel("accuracy")
         ax.grid(alpha=0.3)
