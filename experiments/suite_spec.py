@@ -16,15 +16,13 @@ from typing import Annotated, Any, Literal, get_args
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
+from experiments.suite_errors import SuiteError, describe_error
+
 METHODS = ("fssuavl", "fvssl", "fassl", "separate", "centralized")
 Method = Literal["fssuavl", "fvssl", "fassl", "separate", "centralized"]
 assert get_args(Method) == METHODS
 SUITE_SET_KEYS = ("run-dir", "save-every")  # the suite sets these per job
 SEED_KEY = "seed"  # set per job from the top-level 'seeds' list
-
-
-class SuiteError(ValueError):
-    """A suite file that cannot run; the message is one line naming the file, entry and key."""
 
 
 def _run_config_keys() -> dict:
@@ -183,56 +181,8 @@ class SuiteSpec(_Section):
         return list(self.seeds) if self.seeds else [int(self.defaults.get(SEED_KEY, _run_config_keys()[SEED_KEY]))]
 
 
-# --------------------------------------------------------------------------- one-line errors
 _SECTIONS = {None: SuiteSpec, "runner": RunnerSpec, "evaluation": EvaluationSpec, "plots": PlotsSpec,
              "entries": EntrySpec}
-_TYPES = {"int_type": "int", "float_type": "float", "bool_type": "bool", "string_type": "str",
-          "list_type": "a list", "dict_type": "a mapping", "model_type": "a mapping"}
-_BOUNDS = {"greater_than_equal": ">=", "greater_than": ">", "less_than_equal": "<=", "less_than": "<"}
-
-
-def _where(loc: tuple) -> str:
-    text = ""
-    for part in loc:
-        text += f"[{part + 1}]" if isinstance(part, int) else (f".{part}" if text else str(part))
-    return text
-
-
-def _valid_keys(loc: tuple) -> str:
-    section = next((p for p in reversed(loc) if isinstance(p, str) and p in _SECTIONS), None)
-    model = _SECTIONS[section]
-    return ", ".join(f.alias or name for name, f in model.model_fields.items())
-
-
-def describe_error(err: ValidationError) -> str:
-    """The first problem of a validation error as 'key.path: what is wrong' (unknown keys first:
-    a misspelt key also makes the key it was meant to be look missing)."""
-    errors = err.errors()
-    e = next((x for x in errors if x["type"] == "extra_forbidden"), errors[0])
-    loc, kind, value = tuple(e["loc"]), e["type"], e.get("input")
-    if kind == "extra_forbidden":
-        prefix = _where(loc[:-1])
-        return f"{prefix + ': ' if prefix else ''}unknown key {loc[-1]!r}; valid: {_valid_keys(loc[:-1])}"
-    if loc == ("entries",) and kind in ("missing", "too_short"):
-        return "'entries' is missing or empty"
-    where = f"{_where(loc)}: " if loc else ""
-    if kind == "missing":
-        return f"{where}required"
-    if kind == "literal_error":
-        valid = re.findall(r"'([^']*)'", e["ctx"]["expected"])
-        return f"{where}unknown value {value!r}; valid: {', '.join(valid)}"
-    if kind in _TYPES:
-        return f"{where}expected {_TYPES[kind]}, got {value!r}"
-    if kind in _BOUNDS:
-        bound = next(iter(e["ctx"].values()))
-        return f"{where}must be {_BOUNDS[kind]} {bound}, got {value!r}"
-    if kind == "too_short":
-        return f"{where}must not be empty"
-    if kind == "string_pattern_mismatch":
-        return f"{where}{value!r} must be letters, digits, '.', '_' or '-'"
-    if kind == "value_error":
-        return f"{where}{e['ctx']['error']}"
-    return f"{where}{e['msg']}"
 
 
 def read_spec(text: str, source: str = "<suite>") -> SuiteSpec:
@@ -248,7 +198,7 @@ def read_spec(text: str, source: str = "<suite>") -> SuiteSpec:
     try:
         spec = SuiteSpec.model_validate(raw)
     except ValidationError as err:
-        raise SuiteError(f"{source}: {' '.join(describe_error(err).split())}") from err
+        raise SuiteError(f"{source}: {' '.join(describe_error(err, _SECTIONS).split())}") from err
     if spec.name is None:
         stem = Path(source).stem
         if not re.fullmatch(r"[A-Za-z0-9_.-]+", stem):
