@@ -192,6 +192,9 @@ def _ldawa(replies, global_arrays: ArrayRecord) -> ArrayRecord:
 
 
 def main(argv: list[str] | None = None) -> int:
+    from experiments.common import setup_logging
+
+    setup_logging()
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--sizes", type=int, nargs="+", default=[10, 100, 500])
     parser.add_argument("--lazy-from", type=int, default=500, help="N from which replies are generated on demand")

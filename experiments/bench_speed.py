@@ -15,7 +15,6 @@ host memory of the simulation's process tree (and peak GPU memory per client on 
 from __future__ import annotations
 
 import argparse
-import json
 import shlex
 import sys
 import tempfile
@@ -28,7 +27,16 @@ import torch
 from app_config.run_config import RunConfig
 from client_app.task import build_model, client_state, train_settings
 from client_app.trainer import train_locally
-from experiments.launch import PROJECT, launch, process_tree, superlink_pids
+from experiments.common import (
+    check_config,
+    parse_overrides,
+    process_tree,
+    pyproject_defaults,
+    setup_logging,
+    superlink_pids,
+)
+from experiments.launch import launch
+from experiments.metrics_file import read_records
 from server_app.round_record import client_value
 
 
@@ -96,7 +104,7 @@ def federated(overrides: str, clients: int, cpus: int, gpus: float, workdir: Pat
     if code != 0:
         raise SystemExit(f"error: the simulation failed (exit {code})")
     (folder,) = runs.iterdir()
-    records = [json.loads(line) for line in (folder / "metrics.jsonl").read_text().splitlines()]
+    records = read_records(folder / "metrics.jsonl")
     rounds = [r for r in records if r["round"] > 0]
     samples = sum(client_value(c, "samples", 0.0) for r in rounds for c in r["clients"])
     train_seconds = sum(client_value(c, "train-seconds", 0.0) for r in rounds for c in r["clients"])
@@ -112,6 +120,7 @@ def federated(overrides: str, clients: int, cpus: int, gpus: float, workdir: Pat
 
 
 def main(argv: list[str] | None = None) -> int:
+    setup_logging()
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--clients", type=int, default=20)
     parser.add_argument("--rounds", type=int, default=2)
@@ -120,13 +129,10 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--run-config", default="", help="extra overrides (TOML literals), e.g. \"batch-size=64\"")
     args = parser.parse_args(argv)
 
-    from experiments.launch import check_config, parse_overrides
-
     overrides = f"num-server-rounds={args.rounds} {args.run_config}".strip()
     values = {**parse_overrides(overrides)}
     check_config(values)
-    defaults = __import__("tomllib").loads((PROJECT / "pyproject.toml").read_text())["tool"]["flwr"]["app"]["config"]
-    config = RunConfig.from_mapping({**defaults, **values})
+    config = RunConfig.from_mapping({**pyproject_defaults(), **values})
 
     with tempfile.TemporaryDirectory(prefix="fssuavl-bench-") as tmp:
         fed = federated(overrides, args.clients, args.client_cpus, args.client_gpus, Path(tmp))

@@ -21,90 +21,29 @@ budget).
     python -m experiments.centralized --match-run runs/<federated run>
     python -m experiments.centralized --num-partitions 6 --run-config "num-server-rounds=3 max-local-steps=4"
 
-Heavy jobs hold an exclusive ``flock`` on ``$FSSUAVL_RUN_LOCK`` (default
-``/tmp/fssuavl-cpu.lock``; set it to ``''`` to run without) so runs started by
-different people on one machine do not overlap.
+The run holds the machine-wide CPU lock (``experiments.cpu_lock``) so runs
+started by different people on one machine do not overlap.
 """
 
 from __future__ import annotations
 
 import argparse
-import contextlib
-import fcntl
 import json
 import math
-import os
 import sys
 import time
-import tomllib
 from dataclasses import dataclass
 from pathlib import Path
 
-import numpy as np
 import torch
 
 from data_partition.modality_data import AUDIO, IMAGE
+from experiments.common import parse_overrides, pyproject_defaults, setup_logging
+from experiments.cpu_lock import run_lock
+from experiments.metrics_file import read_records
 from server_app.round_record import client_value
 
-PROJECT = Path(__file__).resolve().parents[1]
 MODALITIES = (IMAGE, AUDIO)
-DEFAULT_LOCK = "/tmp/fssuavl-cpu.lock"
-_LOCK_STATE = {"depth": 0, "fh": None}
-
-
-def _ancestors() -> set[int]:
-    pids, pid = set(), os.getpid()
-    while pid > 1:
-        pids.add(pid)
-        try:
-            pid = int(Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[1])
-        except (OSError, IndexError, ValueError):
-            break
-    return pids
-
-
-def lock_held_by_ancestor(path: str) -> bool:
-    """True when this process or one it descends from holds the flock on ``path`` (Linux /proc/locks),
-    e.g. when started as ``flock /tmp/fssuavl-cpu.lock python -m ...``: taking it again would wait forever."""
-    try:
-        st = os.stat(path)
-        locks = Path("/proc/locks").read_text().splitlines()
-    except OSError:
-        return False
-    ident = f"{os.major(st.st_dev):02x}:{os.minor(st.st_dev):02x}:{st.st_ino}"
-    ancestors = _ancestors()
-    for line in locks:
-        parts = line.split()
-        if len(parts) >= 6 and parts[1] == "FLOCK" and parts[5] == ident and parts[4].isdigit():
-            if int(parts[4]) in ancestors:
-                return True
-    return False
-
-
-@contextlib.contextmanager
-def run_lock(path: str | None = None):
-    """Hold the machine-wide CPU lock (re-entrant within a process, and a no-op under a parent
-    that holds it already, e.g. ``flock``); no-op when the path is ''."""
-    path = os.environ.get("FSSUAVL_RUN_LOCK", DEFAULT_LOCK) if path is None else path
-    if not path or _LOCK_STATE["depth"] or lock_held_by_ancestor(path):
-        _LOCK_STATE["depth"] += 1
-        try:
-            yield
-        finally:
-            _LOCK_STATE["depth"] -= 1
-        return
-    fh = open(path, "a")
-    try:
-        try:
-            fcntl.flock(fh, fcntl.LOCK_EX | fcntl.LOCK_NB)
-        except BlockingIOError:
-            print(f"[fssuavl] waiting for the CPU lock {path} (another heavy job is running)", flush=True)
-            fcntl.flock(fh, fcntl.LOCK_EX)
-        _LOCK_STATE["depth"], _LOCK_STATE["fh"] = 1, fh
-        yield
-    finally:
-        _LOCK_STATE["depth"], _LOCK_STATE["fh"] = 0, None
-        fh.close()  # releases the flock
 
 
 # --------------------------------------------------------------------------- sample budget
@@ -152,8 +91,7 @@ def planned_budget(config, num_partitions: int) -> list[dict[str, int]]:
 def budget_from_metrics(metrics_file: Path, batch_size: int) -> list[dict[str, int]]:
     """Per-round samples per modality that the clients of a finished federated run really processed."""
     rounds = []
-    for line in Path(metrics_file).read_text().splitlines():
-        record = json.loads(line)
+    for record in read_records(metrics_file):
         if record.get("round", 0) < 1 or "clients" not in record:
             continue
         spent = {m: 0 for m in MODALITIES}
@@ -169,8 +107,8 @@ def budget_from_metrics(metrics_file: Path, batch_size: int) -> list[dict[str, i
 
 def recorded_partitions(metrics_file: Path) -> int:
     """Number of clients of a finished federated run (highest partition-id seen + 1)."""
-    ids = [int(client_value(c, "partition-id")) for line in Path(metrics_file).read_text().splitlines()
-           for c in json.loads(line).get("clients", []) if client_value(c, "partition-id") is not None]
+    ids = [int(client_value(c, "partition-id")) for record in read_records(metrics_file)
+           for c in record.get("clients", []) if client_value(c, "partition-id") is not None]
     if not ids:
         raise ValueError(f"{metrics_file} records no client partition ids; pass --num-partitions")
     return max(ids) + 1
@@ -328,14 +266,13 @@ def config_from(overrides: dict, base: dict | None = None):
     from app_config.run_config import RunConfig
 
     if base is None:
-        base = tomllib.loads((PROJECT / "pyproject.toml").read_text())["tool"]["flwr"]["app"]["config"]
+        base = pyproject_defaults()
     known = RunConfig.keys()
     return RunConfig.from_mapping({**{k: v for k, v in base.items() if k in known}, **overrides})
 
 
 def main(argv: list[str] | None = None) -> int:
-    from experiments.launch import parse_overrides
-
+    setup_logging()
     parser = argparse.ArgumentParser(description="Centralized SSL baseline with a federated run's sample budget")
     parser.add_argument("--match-run", type=Path, help="federated run folder: its config (unless overridden), "
                                                        "clients and the samples they processed set the budget")

@@ -32,9 +32,8 @@ Exit code: 0 when the run finished as ``completed``, 1 otherwise, 2 on bad argum
 from __future__ import annotations
 
 import argparse
-import datetime
-import ipaddress
 import json
+import logging
 import os
 import re
 import signal
@@ -47,79 +46,27 @@ from pathlib import Path
 
 import numpy as np
 
-from experiments.launch import flower_env, port_taken, stop_pids
+from experiments.common import (
+    check_config,
+    exit_on_sigterm,
+    flower_env,
+    parse_overrides,
+    path_within,
+    port_taken,
+    process_tree,
+    setup_logging,
+    start_times,
+    stop_pids,
+    stream_output,
+)
+from experiments.tls_material import make_supernode_keys, make_tls_certificates
 
 PROJECT = Path(__file__).resolve().parents[1]
 CONNECTION = "fssuavl-deploy"
 SUPERLINK_PORT = 39691
 SUPERNODE_PORT = 39701
 KINDS = ("visual", "audio", "audiovisual")
-
-
-# --------------------------------------------------------------------------- certificates and keys
-def make_tls_certificates(folder: Path, hosts: tuple[str, ...] = ("127.0.0.1", "localhost")) -> dict[str, Path]:
-    """A CA and a server certificate for ``hosts`` signed by it (PEM files in ``folder``)."""
-    from cryptography import x509
-    from cryptography.hazmat.primitives import hashes, serialization
-    from cryptography.hazmat.primitives.asymmetric import ec
-    from cryptography.x509.oid import ExtendedKeyUsageOID, NameOID
-
-    folder.mkdir(parents=True, exist_ok=True)
-    now = datetime.datetime.now(datetime.timezone.utc) - datetime.timedelta(minutes=5)
-    until = now + datetime.timedelta(days=30)
-
-    def pem_key(key) -> bytes:
-        return key.private_bytes(serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8,
-                                 serialization.NoEncryption())
-
-    ca_key = ec.generate_private_key(ec.SECP256R1())
-    ca_name = x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, "fssuavl local CA")])
-    ca_cert = (x509.CertificateBuilder().subject_name(ca_name).issuer_name(ca_name)
-               .public_key(ca_key.public_key()).serial_number(x509.random_serial_number())
-               .not_valid_before(now).not_valid_after(until)
-               .add_extension(x509.BasicConstraints(ca=True, path_length=None), critical=True)
-               .add_extension(x509.KeyUsage(digital_signature=True, key_cert_sign=True, crl_sign=True,
-                                            content_commitment=False, key_encipherment=False,
-                                            data_encipherment=False, key_agreement=False,
-                                            encipher_only=False, decipher_only=False), critical=True)
-               .sign(ca_key, hashes.SHA256()))
-    server_key = ec.generate_private_key(ec.SECP256R1())
-    names: list[x509.GeneralName] = []
-    for host in hosts:
-        try:
-            names.append(x509.IPAddress(ipaddress.ip_address(host)))
-        except ValueError:
-            names.append(x509.DNSName(host))
-    server_cert = (x509.CertificateBuilder()
-                   .subject_name(x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, hosts[0])]))
-                   .issuer_name(ca_name).public_key(server_key.public_key())
-                   .serial_number(x509.random_serial_number()).not_valid_before(now).not_valid_after(until)
-                   .add_extension(x509.SubjectAlternativeName(names), critical=False)
-                   .add_extension(x509.BasicConstraints(ca=False, path_length=None), critical=True)
-                   .add_extension(x509.ExtendedKeyUsage([ExtendedKeyUsageOID.SERVER_AUTH]), critical=False)
-                   .sign(ca_key, hashes.SHA256()))
-    paths = {"ca": folder / "ca.crt", "cert": folder / "server.pem", "key": folder / "server.key"}
-    paths["ca"].write_bytes(ca_cert.public_bytes(serialization.Encoding.PEM))
-    paths["cert"].write_bytes(server_cert.public_bytes(serialization.Encoding.PEM))
-    paths["key"].write_bytes(pem_key(server_key))
-    os.chmod(paths["key"], 0o600)
-    return paths
-
-
-def make_supernode_keys(folder: Path, name: str) -> tuple[Path, Path]:
-    """An ECDSA P-384 key pair in OpenSSH format (what ``flwr supernode register`` and SuperNodes read)."""
-    from cryptography.hazmat.primitives import serialization
-    from cryptography.hazmat.primitives.asymmetric import ec
-
-    folder.mkdir(parents=True, exist_ok=True)
-    key = ec.generate_private_key(ec.SECP384R1())
-    private, public = folder / name, folder / f"{name}.pub"
-    private.write_bytes(key.private_bytes(serialization.Encoding.PEM, serialization.PrivateFormat.OpenSSH,
-                                          serialization.NoEncryption()))
-    os.chmod(private, 0o600)
-    public.write_bytes(key.public_key().public_bytes(serialization.Encoding.OpenSSH,
-                                                     serialization.PublicFormat.OpenSSH) + b"\n")
-    return private, public
+log = logging.getLogger("fssuavl.deploy")
 
 
 # --------------------------------------------------------------------------- node data
@@ -166,14 +113,15 @@ def _environ_of(pid: int) -> dict[str, str]:
 
 
 def processes_of(workdir: Path) -> list[int]:
-    """PIDs whose ``FLWR_HOME`` lies under ``workdir``: every process a deployment started, including
-    the SuperExecs, ServerApp and ClientApp processes Flower spawns (they inherit the environment),
-    even if their parent already died."""
-    marker = str(workdir)
+    """PIDs whose ``FLWR_HOME`` is ``workdir`` or lies under it (compared by path component: a
+    deployment in ``.../dep`` never claims the processes of ``.../dep2``): every process a deployment
+    started, including the SuperExecs, ServerApp and ClientApp processes Flower spawns (they inherit the
+    environment), even if their parent already died."""
     pids = []
     for proc in Path("/proc").glob("[0-9]*"):
         pid = int(proc.name)
-        if pid != os.getpid() and _environ_of(pid).get("FLWR_HOME", "").startswith(marker):
+        home = _environ_of(pid).get("FLWR_HOME", "") if pid != os.getpid() else ""
+        if home and path_within(home, workdir):
             pids.append(pid)
     return pids
 
@@ -185,7 +133,7 @@ class Deployment:
     workdir: Path
     superlink_port: int = SUPERLINK_PORT
     supernode_port: int = SUPERNODE_PORT
-    log: callable = print
+    log: callable = logging.getLogger("fssuavl.deploy").info
     procs: dict[str, subprocess.Popen] = field(default_factory=dict)
     node_ids: dict[str, int] = field(default_factory=dict)
 
@@ -312,16 +260,19 @@ class Deployment:
         proc = subprocess.Popen(cmd, env=self.env(self.cli_home), cwd=PROJECT, stdout=subprocess.PIPE,
                                 stderr=subprocess.STDOUT, text=True)
         self.procs["flwr-run"] = proc
-        run_id, lines, started = None, [], time.monotonic()
-        try:
-            for line in proc.stdout:
-                lines.append(line)
-                self.log(line.rstrip("\n"))
-                found = re.search(r"run (\d+)", line)
-                if run_id is None and found and "started" in line.lower():
-                    run_id = found.group(1)
-                if time.monotonic() - started > timeout:
-                    raise TimeoutError(f"run exceeded {timeout:.0f}s")
+        run_id, lines = None, []
+
+        def on_line(line: str) -> None:
+            nonlocal run_id
+            lines.append(line)
+            self.log(line.rstrip("\n"))
+            found = re.search(r"run (\d+)", line)
+            if run_id is None and found and "started" in line.lower():
+                run_id = found.group(1)
+
+        try:  # the deadline holds even while the run prints nothing
+            if not stream_output(proc, time.monotonic() + timeout, on_line):
+                raise TimeoutError(f"run exceeded {timeout:.0f}s")
             proc.wait(timeout=60)
         finally:
             if proc.poll() is None:
@@ -348,11 +299,9 @@ class Deployment:
     # -- teardown ----------------------------------------------------------
     def stop(self) -> None:
         """Stop every process this deployment started, and everything those started."""
-        from experiments.launch import process_tree
-
         roots = [p.pid for p in self.procs.values() if p.poll() is None]
         pids = sorted(set(process_tree(roots)) | set(processes_of(self.workdir)))
-        stop_pids(pids)
+        stop_pids(pids, identities=start_times(pids))
         for proc in self.procs.values():
             try:
                 proc.wait(timeout=1)
@@ -391,8 +340,6 @@ def _check_free(port: int) -> None:
 # --------------------------------------------------------------------------- command line
 def deploy(num_supernodes: int, run_config: str, workdir: Path, data_root: Path, node_data: list[str],
            superlink_port: int, supernode_port: int, timeout: float) -> int:
-    from experiments.launch import check_config, parse_overrides
-
     try:
         check_config(parse_overrides(run_config))
     except ValueError as err:
@@ -411,7 +358,7 @@ def deploy(num_supernodes: int, run_config: str, workdir: Path, data_root: Path,
             if kind:
                 config["modality"] = kind
             dep.start_supernode(i, private, config)
-            print(f"[deploy] SuperNode {i}: {kind or 'all found'} data in {data_dir}")
+            log.info("SuperNode %d: %s data in %s", i, kind or "all found", data_dir)
         dep.wait_online(len(nodes))
         run_id, status, _ = dep.run(run_config, timeout=timeout)
     if "completed" not in status:
@@ -421,12 +368,9 @@ def deploy(num_supernodes: int, run_config: str, workdir: Path, data_root: Path,
     return 0
 
 
-def _exit_on_sigterm(signum, _frame) -> None:
-    raise SystemExit(128 + signum)  # unwinds through Deployment.__exit__ (stops every process)
-
-
 def main(argv: list[str] | None = None) -> int:
-    signal.signal(signal.SIGTERM, _exit_on_sigterm)
+    setup_logging()
+    signal.signal(signal.SIGTERM, exit_on_sigterm)  # unwinds through Deployment.__exit__ (stops every process)
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--num-supernodes", type=int, default=2)
     parser.add_argument("--run-config", default="", help="overrides, e.g. \"num-server-rounds=2 strategy='ldawa'\"")
@@ -445,7 +389,6 @@ def main(argv: list[str] | None = None) -> int:
     run_config = args.run_config
     if args.data_root is None:
         from app_config.run_config import RunConfig
-        from experiments.launch import check_config, parse_overrides
 
         try:
             check_config(parse_overrides(run_config))
@@ -458,14 +401,12 @@ def main(argv: list[str] | None = None) -> int:
         data_root = args.data_root.resolve()
         if "data-root" not in parse_overrides_safe(run_config):
             run_config = (run_config + f" data-root='{data_root}'").strip()
-    print(f"[deploy] work folder {workdir}")
+    log.info("work folder %s", workdir)
     return deploy(args.num_supernodes, run_config, workdir, data_root, args.node_data,
                   args.superlink_port, args.supernode_port, args.timeout)
 
 
 def parse_overrides_safe(text: str) -> dict:
-    from experiments.launch import parse_overrides
-
     try:
         return parse_overrides(text)
     except ValueError:

@@ -21,7 +21,10 @@ exactly as the server's central evaluation does (``server_app.evaluation``):
   the same split. The two L2-normalised feature vectors are concatenated and
   probed, and reported beside each modality alone on the same pairs. The pairs
   are not recorded together; this only measures whether the two modalities'
-  features carry complementary information.
+  features carry complementary information. Other sets can be named for fusion
+  (``--fusion-image-dataset vggsound-frames --fusion-audio-dataset vggsound-audio``:
+  frames and sound of the same VGGSound classes) when the in-domain classes do
+  not correspond.
 
 Two runs can be evaluated together (``--audio-run``): images through the first
 encoder, audio through the second (the "separate models" baseline).
@@ -128,6 +131,15 @@ def parse_eval_set(text: str) -> EvalSet:
             raise ValueError(f"out-of-domain set {text!r}: shift {shift!r} applies to {modality}, "
                              f"but {dataset!r} is {DATASETS[dataset].modality}")
     return EvalSet(dataset, shift)
+
+
+def check_dataset(name: str, modality: str) -> str:
+    """``name`` if it is a registered dataset of ``modality``; ValueError (one line) otherwise."""
+    from data_partition.datasets import dataset_names
+
+    if name not in dataset_names(modality):
+        raise ValueError(f"unknown {modality} dataset {name!r}; valid: {', '.join(dataset_names(modality))}")
+    return name
 
 
 def describe(eval_set: EvalSet) -> str:
@@ -282,6 +294,8 @@ class EvalSettings:
     knn_k: int = 10
     out_of_domain: tuple[str, ...] = ()
     fusion: bool = True
+    fusion_image_dataset: str | None = None  # None = the in-domain image set
+    fusion_audio_dataset: str | None = None
     max_train_samples: int = 0  # 0 = whole split
     max_test_samples: int = 0
     image_dataset: str | None = None  # None = the run's own image-dataset
@@ -349,14 +363,29 @@ def evaluate(image_encoder: Encoder | None, audio_encoder: Encoder | None, setti
             continue
         s = score(cache.get(encoder, eval_set, settings), settings.knn_k, settings.seed)
         out[f"ood-probe-{eval_set.name}"], out[f"ood-knn-{eval_set.name}"] = s["probe"], s["knn"]
-    if settings.fusion and IMAGE in feats and AUDIO in feats:
-        problem = fusion_problem(feats[IMAGE], feats[AUDIO])
+    pair = fusion_features(settings, encoders, feats, cache) if settings.fusion else None
+    if pair is not None:
+        problem = fusion_problem(*pair)
         if problem:
             out["fusion-skipped"] = problem
         else:
-            out.update(fusion_scores(feats[IMAGE], feats[AUDIO], settings.knn_k, settings.seed))
+            out.update(fusion_scores(*pair, settings.knn_k, settings.seed))
     out["eval-seconds"] = time.perf_counter() - started
     return out
+
+
+def fusion_features(settings: EvalSettings, encoders: dict, feats: dict[str, Features],
+                    cache: FeatureCache) -> tuple[Features, Features] | None:
+    """(image, audio) features to fuse: the named fusion sets, else the in-domain ones; None if one is missing."""
+    pair = []
+    for modality, name in ((IMAGE, settings.fusion_image_dataset), (AUDIO, settings.fusion_audio_dataset)):
+        if name and encoders[modality] is not None:
+            pair.append(cache.get(encoders[modality], EvalSet(name), settings))
+        elif not name and modality in feats:
+            pair.append(feats[modality])
+        else:
+            return None
+    return pair[0], pair[1]
 
 
 def heldout_features(encoder: Encoder, settings: EvalSettings, max_points: int = 0) -> dict[str, Features]:
@@ -383,6 +412,9 @@ def format_results(results: dict[str, object]) -> str:
 
 
 def main(argv: list[str] | None = None) -> int:
+    from experiments.common import setup_logging
+
+    setup_logging()
     parser = argparse.ArgumentParser(description="kNN / linear probe per modality, out-of-domain sets and fusion "
                                                  "for a saved encoder")
     parser.add_argument("run", type=Path, help="run folder (config.json + final_model.pt)")
@@ -392,6 +424,8 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--ood", action="append", default=[],
                         help="out-of-domain set <dataset>[:<shift>], repeatable; shifts: " + ", ".join(SHIFTS))
     parser.add_argument("--no-fusion", action="store_true")
+    parser.add_argument("--fusion-image-dataset", default=None, help="fuse this image set (default: in-domain)")
+    parser.add_argument("--fusion-audio-dataset", default=None, help="fuse this audio set (default: in-domain)")
     parser.add_argument("--knn-k", type=int, default=None, help="default: the run's knn-k")
     parser.add_argument("--max-train", type=int, default=0, help="cap on training samples per set (0 = all)")
     parser.add_argument("--max-test", type=int, default=0, help="cap on held-out samples per set (0 = all)")
@@ -399,11 +433,14 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--audio-dataset", default=None, help="default: the run's audio-dataset")
     parser.add_argument("--json", type=Path, default=None, help="also write the results here")
     args = parser.parse_args(argv)
-    from experiments.centralized import run_lock
+    from experiments.cpu_lock import run_lock
 
     try:
         for text in args.ood:
             parse_eval_set(text)
+        for name, modality in ((args.fusion_image_dataset, IMAGE), (args.fusion_audio_dataset, AUDIO)):
+            if name:
+                check_dataset(name, modality)
         image_encoder = load_encoder(args.run, args.checkpoint)
         audio_encoder = load_encoder(args.audio_run, args.checkpoint) if args.audio_run else image_encoder
     except (ValueError, OSError) as err:
@@ -411,6 +448,7 @@ def main(argv: list[str] | None = None) -> int:
         return 2
     settings = EvalSettings(
         knn_k=args.knn_k or image_encoder.config.knn_k, out_of_domain=tuple(args.ood), fusion=not args.no_fusion,
+        fusion_image_dataset=args.fusion_image_dataset, fusion_audio_dataset=args.fusion_audio_dataset,
         max_train_samples=args.max_train, max_test_samples=args.max_test,
         image_dataset=args.image_dataset, audio_dataset=args.audio_dataset, seed=image_encoder.config.seed,
     )

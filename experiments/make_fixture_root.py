@@ -234,6 +234,9 @@ WRITERS = {  # name -> writer(root, scale, damaged)
 
 
 def main(argv: list[str] | None = None) -> int:
+    from experiments.common import setup_logging
+
+    setup_logging()
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("root", type=Path, help="data root to write (created if absent)")
     parser.add_argument("--datasets", default="cifar10,speech-commands", help=f"comma-separated, from {','.join(ALL)}")

@@ -75,6 +75,9 @@ def encoder_cost(config, shapes: dict[str, tuple[int, int, int]] | None = None) 
 
 
 def main(argv: list[str] | None = None) -> int:
+    from experiments.common import setup_logging
+
+    setup_logging()
     from app_config.run_config import RunConfig
 
     parser = argparse.ArgumentParser(description="Parameter count and per-sample FLOPs of an encoder")

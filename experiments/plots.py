@@ -1,7 +1,8 @@
 """Plots of a suite (matplotlib, Agg backend, small PNGs).
 
 - :func:`accuracy_per_round`: kNN and linear-probe accuracy per modality
-  against the round, one line per run, from each run's ``metrics.jsonl``;
+  against the round, from each run's ``metrics.jsonl``: one line per entry,
+  the mean over its seeds, with a band of +-1 sample standard deviation;
 - :func:`tsne_panels`: t-SNE (scikit-learn) of held-out image and audio
   features of one encoder at chosen rounds, both modalities in one embedding:
   colour = class, marker = modality.
@@ -9,7 +10,6 @@
 
 from __future__ import annotations
 
-import json
 from pathlib import Path
 
 import matplotlib
@@ -18,30 +18,50 @@ matplotlib.use("Agg")
 import matplotlib.pyplot as plt  # noqa: E402
 import numpy as np  # noqa: E402
 
+from experiments.metrics_file import read_records  # noqa: E402
+
 METRICS = (("probe-image", "image, linear probe"), ("probe-audio", "audio, linear probe"),
            ("knn-image", "image, kNN"), ("knn-audio", "audio, kNN"))
 
 
 def eval_series(metrics_file: Path) -> dict[str, list[tuple[int, float]]]:
-    """metric -> [(round, value)] of every evaluated round of a run."""
+    """metric -> [(round, value)] of every evaluated round of a run (a torn last line is skipped)."""
     out: dict[str, list[tuple[int, float]]] = {}
-    for line in Path(metrics_file).read_text().splitlines():
-        record = json.loads(line)
+    for record in read_records(metrics_file):
         for key, value in record.get("eval", {}).items():
             out.setdefault(key, []).append((int(record["round"]), float(value)))
     return out
 
 
-def accuracy_per_round(series: dict[str, dict[str, list[tuple[int, float]]]], path: Path, title: str = "") -> Path:
-    """``series``: run label -> metric -> [(round, accuracy)]; writes a 2x2 grid PNG."""
+Series = dict[str, list[tuple[int, float]]]  # metric -> [(round, accuracy)] of one run
+
+
+def mean_band(runs: list[Series], metric: str) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """(rounds, mean, sample std) of ``metric`` over runs (seeds), per round; std 0 where one run has it."""
+    by_round: dict[int, list[float]] = {}
+    for run in runs:
+        for r, value in run.get(metric, []):
+            by_round.setdefault(int(r), []).append(float(value))
+    rounds = np.array(sorted(by_round), dtype=int)
+    values = [np.asarray(by_round[r]) for r in rounds]
+    mean = np.array([v.mean() for v in values])
+    std = np.array([v.std(ddof=1) if len(v) > 1 else 0.0 for v in values])
+    return rounds, mean, std
+
+
+def accuracy_per_round(series: dict[str, list[Series] | Series], path: Path, title: str = "") -> Path:
+    """``series``: line label -> one run's series or a list of them (one per seed: mean line, +-std band);
+    writes a 2x2 grid PNG."""
     fig, axes = plt.subplots(2, 2, figsize=(10, 7), sharex=True)
     styles = ["-o", "--s", "-.^", ":v", "-D", "--x", "-.P", ":*"]
     for ax, (metric, name) in zip(axes.flat, METRICS):
-        for i, (label, metrics) in enumerate(series.items()):
-            points = metrics.get(metric)
-            if points:
-                rounds, values = zip(*sorted(points))
-                ax.plot(rounds, values, styles[i % len(styles)], label=label, markersize=4, linewidth=1.2)
+        for i, (label, runs) in enumerate(series.items()):
+            rounds, mean, std = mean_band(runs if isinstance(runs, list) else [runs], metric)
+            if len(rounds):
+                color = f"C{i % 10}"  # one colour per line in every panel, whichever lines a panel lacks
+                ax.plot(rounds, mean, styles[i % len(styles)], color=color, label=label, markersize=4, linewidth=1.2)
+                if std.any():
+                    ax.fill_between(rounds, mean - std, mean + std, color=color, alpha=0.15, linewidth=0)
         ax.set_title(name, fontsize=10)
         ax.set_ylabel("accuracy")
         ax.grid(alpha=0.3)

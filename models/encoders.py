@@ -7,8 +7,9 @@ the usual choice for 32 px inputs (11.2M parameters).
 about four times as many SimCLR steps in the same time and, per second of
 training, learns more than the full-width network (README, "Training recipe").
 ``vit_tiny_cifar``: ViT-Tiny with 4 px patches and dynamic input size, so one
-model takes small images and other-sized spectrograms.
-Any other timm model name works too (always ``pretrained=False``).
+model takes small images and other-sized spectrograms (sides that are not a
+multiple of 4, e.g. 101 frames of a 1 s clip at a 10 ms hop, are zero-padded
+up to one). Any other timm model name works too (always ``pretrained=False``).
 """
 
 from __future__ import annotations
@@ -41,7 +42,7 @@ def resnet18_half_cifar(pretrained: bool = False, **kwargs) -> nn.Module:
 
 @register_model
 def vit_tiny_cifar(pretrained: bool = False, **kwargs) -> nn.Module:
-    kwargs = {"img_size": 32, "patch_size": 4, "dynamic_img_size": True, **kwargs}
+    kwargs = {"img_size": 32, "patch_size": 4, "dynamic_img_size": True, "dynamic_img_pad": True, **kwargs}
     return timm.create_model("vit_tiny_patch16_224", pretrained=pretrained, **kwargs)
 
 

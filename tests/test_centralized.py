@@ -11,6 +11,7 @@ from app_config.run_config import RunConfig
 from client_app import task
 from client_app.trainer import train_locally
 from experiments import centralized as central
+from experiments import cpu_lock
 
 
 class Counting(nn.Module):
@@ -125,8 +126,8 @@ def test_centralized_run_processes_the_federated_budget(config, tmp_path, monkey
 
 def test_run_lock_excludes_others_and_is_reentrant(tmp_path, monkeypatch):
     path = str(tmp_path / "cpu.lock")
-    with central.run_lock(path):
-        with central.run_lock(path):  # nested use in one process does not wait on itself
+    with cpu_lock.run_lock(path):
+        with cpu_lock.run_lock(path):  # nested use in one process does not wait on itself
             other = open(path, "a")
             with pytest.raises(BlockingIOError):
                 fcntl.flock(other, fcntl.LOCK_EX | fcntl.LOCK_NB)
@@ -135,5 +136,5 @@ def test_run_lock_excludes_others_and_is_reentrant(tmp_path, monkeypatch):
     fcntl.flock(other, fcntl.LOCK_EX | fcntl.LOCK_NB)  # released on exit
     other.close()
     monkeypatch.setenv("FSSUAVL_RUN_LOCK", "")
-    with central.run_lock():  # disabled
+    with cpu_lock.run_lock():  # disabled
         pass

@@ -11,7 +11,7 @@ import time
 import numpy as np
 import pytest
 import torch
-from flwr.app import Array, ArrayRecord, ConfigRecord
+from flwr.app import ArrayRecord, ConfigRecord
 
 import server_app.atomic_file as atomic_file
 from app_config.run_config import ConfigError, RunConfig

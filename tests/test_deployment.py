@@ -11,12 +11,8 @@ import pytest
 
 from app_config.run_config import RunConfig
 from client_app.local_data import LocalSource, NodeConfigError, client_config, load_local_data, local_source
-from experiments.deploy_local import (
-    Deployment,
-    make_supernode_keys,
-    processes_of,
-    split_embedded_data,
-)
+from experiments.deploy_local import Deployment, processes_of, split_embedded_data
+from experiments.tls_material import make_supernode_keys
 from server_app.round_record import client_value
 
 SUPERLINK_PORT, SUPERNODE_PORT = 39691, 39701
@@ -125,7 +121,7 @@ def test_a_supernode_killed_mid_round_is_counted_and_the_run_completes(tmp_path,
     import threading
 
     from client_app.faults import fault_selected
-    from experiments.launch import process_tree, stop_pids
+    from experiments.common import process_tree, stop_pids
 
     seed, rate, timeout = 42, 0.5, 30
     # partition ids chosen so that only the victim's train call is slowed (it hangs) in round 1,

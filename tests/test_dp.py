@@ -14,7 +14,7 @@ import math
 
 import numpy as np
 import pytest
-from flwr.app import ArrayRecord, ConfigRecord, Context, Message, RecordDict
+from flwr.app import ConfigRecord, Context, Message, RecordDict
 
 from app_config.run_config import RunConfig
 from strategies.dp import DP_MODES, DPSettings, wrap_dp

@@ -39,7 +39,7 @@ from server_app.tensorboard_log import round_scalars
 from strategies.dp import DP_MODES, DPSettings, wrap_dp
 from client_app.dp_clipping import dp_clipping_mod
 from strategies.registry import STRATEGIES, make_strategy
-from strategies.testing import FakeGrid, arrays_of, error_reply, numpy_of, task_identity, train_reply
+from strategies.testing import FakeGrid, arrays_of, error_reply, numpy_of, task_identity
 
 HONEST = list(range(1, 9))
 HOSTILE = list(range(100, 226))  # 126 a round

@@ -10,7 +10,7 @@ import io
 
 import numpy as np
 import pytest
-from flwr.app import Array, ArrayRecord, ConfigRecord, MetricRecord
+from flwr.app import Array, ArrayRecord, ConfigRecord
 
 from strategies.registry import STRATEGIES, make_strategy
 from strategies.testing import FakeGrid, arrays_of, instruction, numpy_of, task_identity, train_reply
