@@ -3,23 +3,34 @@
 from __future__ import annotations
 
 import math
+from collections.abc import Iterator
 
 import torch
 from flwr.app import ArrayRecord, Context, Message, MetricRecord, RecordDict
 from flwr.clientapp import ClientApp
 
+from app_config.log_setup import setup_logging
 from app_config.run_config import RunConfig
+from client_app.device_data import is_deployed, local_source
 from client_app.dp_clipping import dp_clipping_mod
 from client_app.faults import maybe_inject_fault
-from client_app.local_data import client_config, is_deployed, local_source
 from client_app.losses import nt_xent
 from client_app.proximal import proximal_mu, proximal_term
-from client_app.task import client_state, train_settings
-from client_app.trainer import train_locally
+from client_app.trainer import train_locally, train_settings, training_seed
+from client_app.worker_cache import ClientState, WorkerCache
 from client_app.worker_info import worker_info
 
 # Clips updates only when a client-side DP mode asks for it (dp='client-fixed' / 'client-adaptive').
 app = ClientApp(mods=[dp_clipping_mod])
+# This process's run config, model and client data between messages (one run at a time).
+WORKER = WorkerCache()
+
+
+@app.lifespan()
+def lifespan(_context: Context) -> Iterator[None]:
+    """Around every message: the project's log records reach stderr (set up once per process)."""
+    setup_logging()
+    yield
 
 
 def _identity(context: Context) -> tuple[int, int]:
@@ -32,14 +43,14 @@ def _identity(context: Context) -> tuple[int, int]:
     return int(node["partition-id"]), int(node["num-partitions"])
 
 
-def _setup(context: Context) -> tuple[RunConfig, int, object]:
+def _setup(context: Context) -> tuple[RunConfig, int, ClientState]:
     """Run config, partition id and client state of this call."""
-    config = client_config(dict(context.run_config), context.node_config)
+    config = WORKER.config(context.run_id, context.run_config)
     if config.deterministic:
         torch.use_deterministic_algorithms(True, warn_only=True)
     partition_id, num_partitions = _identity(context)
     local = local_source(context.node_config, config)
-    return config, partition_id, client_state(config, context.run_id, partition_id, num_partitions, local)
+    return config, partition_id, WORKER.state(config, context.run_id, partition_id, num_partitions, local)
 
 
 def round_learning_rate(train_config) -> float | None:
@@ -52,10 +63,6 @@ def round_learning_rate(train_config) -> float | None:
     return float(value)
 
 
-def _round_seed(config: RunConfig, server_round: int, partition_id: int) -> int:
-    return (config.seed * 1_000_003 + server_round * 10_007 + partition_id) % (2**31)
-
-
 @app.train()
 def train(msg: Message, context: Context) -> Message:
     server_round = int(msg.content["config"]["server-round"])
@@ -66,7 +73,7 @@ def train(msg: Message, context: Context) -> Message:
     settings = train_settings(config, state.model, round_learning_rate(msg.content["config"]))
     metrics = train_locally(
         state.model, state.data, state.views, settings, state.device,
-        seed=_round_seed(config, server_round, partition_id), extra_loss=extra_loss,
+        seed=training_seed(config.seed, server_round, partition_id), extra_loss=extra_loss,
     )
     metrics["num-examples"] = float(sum(state.data.count(m) for m in state.data.modalities))
     metrics["learning-rate"] = settings.learning_rate
@@ -85,7 +92,7 @@ def evaluate(msg: Message, context: Context) -> Message:
     config, partition_id, state = _setup(context)
     state.model.load_state_dict(msg.content["arrays"].to_torch_state_dict())
     state.model.eval()
-    torch.manual_seed(_round_seed(config, -1, partition_id))
+    torch.manual_seed(training_seed(config.seed, -1, partition_id))
     metrics = {"loss": 0.0}
     for modality in state.data.modalities:
         batch = state.data.tensors[modality][: config.batch_size].to(state.device)

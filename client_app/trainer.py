@@ -9,41 +9,45 @@ with an audio clip: the modalities are only discriminated in one shared space.
 from __future__ import annotations
 
 import time
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 
 import torch
 import torch.nn as nn
 
+from app_config.run_config import RunConfig
 from client_app.losses import nt_xent
-from data_partition.modality_data import AUDIO, IMAGE
-
-MODALITY_ORDER = (IMAGE, AUDIO)
+from data_partition.client_data import MODALITY_ORDER, LocalData
+from models.factory import recipe
+from models.ssl_model import SSLModel
 
 
 @dataclass(frozen=True)
 class TrainSettings:
-    local_epochs: int = 1
-    max_local_steps: int = 0  # 0: no cap
-    batch_size: int = 32
-    optimizer: str = "sgd"
-    learning_rate: float = 0.05
-    momentum: float = 0.9
-    weight_decay: float = 5e-4
-    temperature: float = 0.5
+    """One round's local training settings (no defaults: they come from the run config, see :func:`train_settings`)."""
+
+    local_epochs: int
+    max_local_steps: int  # 0: no cap
+    batch_size: int
+    optimizer: str
+    learning_rate: float
+    momentum: float
+    weight_decay: float
+    temperature: float
 
 
-@dataclass
-class LocalData:
-    """A client's samples per modality, as tensors ready for batching (uint8 / int16)."""
+def train_settings(config: RunConfig, model: SSLModel, learning_rate: float | None = None) -> TrainSettings:
+    """Local training settings; ``learning_rate``: this round's rate sent by the server (else the recipe's)."""
+    chosen = recipe(config, model)
+    return TrainSettings(
+        local_epochs=config.local_epochs, max_local_steps=config.max_local_steps, batch_size=config.batch_size,
+        optimizer=chosen.optimizer, learning_rate=chosen.learning_rate if learning_rate is None else learning_rate,
+        momentum=config.momentum, weight_decay=chosen.weight_decay, temperature=config.temperature,
+    )
 
-    tensors: dict[str, torch.Tensor] = field(default_factory=dict)
 
-    @property
-    def modalities(self) -> tuple[str, ...]:
-        return tuple(m for m in MODALITY_ORDER if m in self.tensors and len(self.tensors[m]) >= 2)
-
-    def count(self, modality: str) -> int:
-        return len(self.tensors[modality]) if modality in self.tensors else 0
+def training_seed(seed: int, server_round: int, partition_id: int) -> int:
+    """The seed of one client's local training in one round (round -1: its evaluation)."""
+    return (seed * 1_000_003 + server_round * 10_007 + partition_id) % (2**31)
 
 
 def make_optimizer(model: nn.Module, settings: TrainSettings) -> torch.optim.Optimizer:
@@ -105,7 +109,7 @@ def train_locally(
     # wait for the GPU every step. A NaN/Inf step is caught then (its update is already useless).
     loss_sums = {m: torch.zeros((), device=device) for m in modalities}
     finite = torch.ones((), dtype=torch.bool, device=device)
-    seen = {m: 0 for m in modalities}
+    seen = dict.fromkeys(modalities, 0)
     started = time.perf_counter()
     for _ in range(steps):
         optimizer.zero_grad(set_to_none=True)

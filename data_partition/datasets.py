@@ -10,6 +10,7 @@ are no longer needed once it exists.
 from __future__ import annotations
 
 import logging
+import os
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
@@ -45,7 +46,15 @@ DATASETS: dict[str, DatasetSpec] = {
     "vggsound-audio": DatasetSpec(AUDIO, vggsound.build_audio, True, vggsound.check_audio),
 }
 
-_LOADED: dict[tuple[str, str], DatasetSplits] = {}
+def resolve_data_root(setting: str) -> Path:
+    """The data root a run-config ``data-root`` value names: itself, else ``$FSSUAVL_DATA_ROOT``, else
+    ``~/.cache/fssuavl`` (the default folders are created)."""
+    if setting:
+        return Path(setting).expanduser().resolve()
+    env = os.environ.get("FSSUAVL_DATA_ROOT")
+    root = Path(env).expanduser() if env else Path.home() / ".cache" / "fssuavl"
+    root.mkdir(parents=True, exist_ok=True)
+    return root.resolve()
 
 
 def dataset_names(modality: str) -> list[str]:
@@ -69,24 +78,21 @@ def layout_problem(name: str, data_root: Path) -> str | None:
 
 
 def load_splits(name: str, data_root: Path) -> DatasetSplits:
-    """Load (building once) the named dataset; memoised per process.
+    """The named dataset, read (memory-mapped) from its array cache, which is built first if absent.
 
+    Not memoised: reading a built cache costs milliseconds; callers that need a
+    dataset repeatedly keep what this returns (e.g. ``data_partition.federation.Federation``).
     Raises :class:`LayoutError` (one line, naming the expected layout) when a
     real dataset's cache is absent and ``data_root`` does not hold its source.
     """
-    key = (name, str(data_root))
-    if key not in _LOADED:
-        spec = DATASETS[name]
-        folder = cache_folder(name, data_root)
-        if spec.needs_source:
-            problem = layout_problem(name, data_root)
-            if problem:
-                raise LayoutError(problem)
-            build = lambda scratch: spec.build(Path(data_root), scratch)  # noqa: E731
-        else:
-            build = spec.build
-        _LOADED[key] = cached_splits(folder, build)
-    return _LOADED[key]
+    spec = DATASETS[name]
+    folder = cache_folder(name, data_root)
+    if not spec.needs_source:
+        return cached_splits(folder, spec.build)
+    problem = layout_problem(name, data_root)
+    if problem:
+        raise LayoutError(problem)
+    return cached_splits(folder, lambda scratch: spec.build(Path(data_root), scratch))
 
 
 def skipped_files(name: str, data_root: Path) -> dict:

@@ -6,7 +6,9 @@ from dataclasses import dataclass
 
 import numpy as np
 
-IMAGE, AUDIO = "image", "audio"
+from app_config.modalities import AUDIO, IMAGE
+
+__all__ = ["AUDIO", "IMAGE", "DatasetSplits", "ModalityData"]
 
 
 @dataclass(frozen=True)
@@ -29,7 +31,7 @@ class ModalityData:
     def __len__(self) -> int:
         return len(self.y)
 
-    def subset(self, indices: np.ndarray) -> "ModalityData":
+    def subset(self, indices: np.ndarray) -> ModalityData:
         return ModalityData(self.modality, self.x[indices], self.y[indices], self.classes)
 
 

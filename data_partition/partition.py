@@ -16,9 +16,10 @@ modality with flwr-datasets' partitioners, then each client keeps
 The samples are shuffled with the seed before splitting (flwr-datasets' IID
 partitioner cuts contiguous shards, and real datasets are stored sorted by
 class). The plan is a pure function of its settings, labels and seed; it is
-memoised per process and stored on disk, so it is computed once and reused
-every round. A split that cannot be made raises :class:`PartitionError` with
-one line naming the settings to change.
+stored on disk, so it is computed once and reused every round (whoever needs
+it repeatedly keeps it: ``data_partition.federation.Federation``). A split
+that cannot be made raises :class:`PartitionError` with one line naming the
+settings to change.
 """
 
 from __future__ import annotations
@@ -57,7 +58,7 @@ class PlanSettings:
     classes_per_client: int = 2  # pathological partitioner only
 
     @classmethod
-    def from_config(cls, config, num_partitions: int) -> "PlanSettings":
+    def from_config(cls, config, num_partitions: int) -> PlanSettings:
         """The plan settings of a :class:`app_config.run_config.RunConfig` for ``num_partitions`` clients."""
         return cls(
             num_partitions=num_partitions, frac_visual=config.frac_visual_clients, frac_audio=config.frac_audio_clients,
@@ -85,7 +86,8 @@ def kind_counts(num: int, fractions: tuple[float, float, float]) -> list[int]:
 
 
 def assign_kinds(settings: PlanSettings) -> list[str]:
-    counts = kind_counts(settings.num_partitions, (settings.frac_visual, settings.frac_audio, settings.frac_audiovisual))
+    fractions = (settings.frac_visual, settings.frac_audio, settings.frac_audiovisual)
+    counts = kind_counts(settings.num_partitions, fractions)
     kinds = np.array([k for k, c in zip(KINDS, counts) for _ in range(c)])
     return np.random.default_rng(settings.seed).permutation(kinds).tolist()
 
@@ -170,7 +172,8 @@ def _keep_share(parts: list[np.ndarray], share: float, min_size: int) -> list[np
     return [p[: max(int(round(share * len(p))), min(len(p), min_size))] for p in parts]
 
 
-def build_plan(settings: PlanSettings, image_labels: np.ndarray | None, audio_labels: np.ndarray | None) -> list[ClientPart]:
+def build_plan(settings: PlanSettings, image_labels: np.ndarray | None,
+               audio_labels: np.ndarray | None) -> list[ClientPart]:
     kinds = assign_kinds(settings)
     holders = {
         "image": [i for i, k in enumerate(kinds) if k in (VISUAL, AUDIOVISUAL)],
@@ -183,7 +186,8 @@ def build_plan(settings: PlanSettings, image_labels: np.ndarray | None, audio_la
         if not holders[modality]:
             continue
         if labels is None:
-            raise PartitionError(f"{len(holders[modality])} clients hold {modality} data but no {modality} dataset is set")
+            raise PartitionError(f"{len(holders[modality])} clients hold {modality} data but no {modality} "
+                                 "dataset is set")
         parts = split_labels(labels, len(holders[modality]), settings, f"{modality} split", seed)
         parts = _keep_share(parts, share, settings.min_partition_size)
         for client, part in zip(holders[modality], parts):
@@ -191,7 +195,6 @@ def build_plan(settings: PlanSettings, image_labels: np.ndarray | None, audio_la
     return [ClientPart(k, per_client["image"][i], per_client["audio"][i]) for i, k in enumerate(kinds)]
 
 
-_PLANS: dict[str, list[ClientPart]] = {}
 _PLAN_VERSION = 2  # bump when the splitting itself changes, so stored plans are not reused
 
 
@@ -203,14 +206,13 @@ def _plan_key(settings: PlanSettings, image_labels, audio_labels) -> str:
 
 
 def load_or_build_plan(settings: PlanSettings, image_labels, audio_labels, cache_dir: Path | None) -> list[ClientPart]:
-    """The plan for these settings and labels: memoised, then read from / written to ``cache_dir``."""
+    """The plan for these settings and labels: read from ``cache_dir``, else built and written there."""
     key = _plan_key(settings, image_labels, audio_labels)
-    if key in _PLANS:
-        return _PLANS[key]
     path = Path(cache_dir) / f"plan-{key}.npz" if cache_dir is not None else None
     if path is not None and path.exists():
         with np.load(path) as z:
-            plan = [ClientPart(str(z[f"kind_{i}"]), z[f"image_{i}"], z[f"audio_{i}"]) for i in range(settings.num_partitions)]
+            plan = [ClientPart(str(z[f"kind_{i}"]), z[f"image_{i}"], z[f"audio_{i}"])
+                    for i in range(settings.num_partitions)]
     else:
         plan = build_plan(settings, image_labels, audio_labels)
         if path is not None:
@@ -218,7 +220,7 @@ def load_or_build_plan(settings: PlanSettings, image_labels, audio_labels, cache
             fd, tmp = tempfile.mkstemp(dir=path.parent, suffix=".tmp")
             with os.fdopen(fd, "wb") as fh:
                 np.savez(fh, **{f"{name}_{i}": arr for i, p in enumerate(plan)
-                                for name, arr in (("kind", np.array(p.kind)), ("image", p.image_indices), ("audio", p.audio_indices))})
+                                for name, arr in (("kind", np.array(p.kind)), ("image", p.image_indices),
+                                                  ("audio", p.audio_indices))})
             os.replace(tmp, path)
-    _PLANS[key] = plan
     return plan

@@ -23,6 +23,7 @@ from pathlib import Path
 
 import numpy as np
 
+from app_config.log_setup import setup_logging
 from data_partition.partition import AUDIO_ONLY, AUDIOVISUAL, KINDS, VISUAL, ClientPart, PartitionError, PlanSettings
 
 PROJECT = Path(__file__).resolve().parents[1]
@@ -32,8 +33,8 @@ MODALITY_OF = {"image": "image_indices", "audio": "audio_indices"}
 
 def load_config(run_config: str):
     """The run config ``flwr run --run-config`` would give: pyproject defaults plus overrides."""
+    from app_config.overrides import parse_overrides
     from app_config.run_config import RunConfig
-    from experiments.launch import parse_overrides
 
     defaults = tomllib.loads((PROJECT / "pyproject.toml").read_text())["tool"]["flwr"]["app"]["config"]
     return RunConfig.from_mapping({**defaults, **parse_overrides(run_config)})
@@ -56,7 +57,8 @@ def iid_reference(sizes: np.ndarray, labels: np.ndarray, num_classes: int, seed:
     """Mean TV distance an IID split with the same client sizes gives (small clients are never at 0)."""
     order = np.random.default_rng(seed).permutation(len(labels))
     cuts = np.cumsum(sizes)[:-1]
-    counts = np.stack([np.bincount(labels[chunk], minlength=num_classes) for chunk in np.split(order[: sizes.sum()], cuts)])
+    chunks = np.split(order[: sizes.sum()], cuts)
+    counts = np.stack([np.bincount(labels[chunk], minlength=num_classes) for chunk in chunks])
     return float(total_variation(counts, np.bincount(labels, minlength=num_classes)).mean())
 
 
@@ -93,7 +95,8 @@ def format_stats(settings: PlanSettings, plan: list[ClientPart], stats: dict[str
     ]
     for modality, s in stats.items():
         share = settings.visual_share if modality == "image" else settings.audio_share
-        head = f"{modality} ({names[modality]}, {num_classes[modality]} classes, data share {share:g}): {s['clients']} clients"
+        head = (f"{modality} ({names[modality]}, {num_classes[modality]} classes, data share {share:g}): "
+                f"{s['clients']} clients")
         if not s["clients"]:
             lines.append(head)
             continue
@@ -187,15 +190,16 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--out", type=Path, default=Path("partition.png"), help="PNG to write")
     parser.add_argument("--per-client", type=int, default=10, help="list the first N clients' label counts")
     args = parser.parse_args(argv)
+    setup_logging()
 
-    from data_partition.datasets import load_splits
+    from data_partition.datasets import load_splits, resolve_data_root
     from data_partition.partition import load_or_build_plan
 
     try:
         config = load_config(args.run_config)
         if args.num_partitions < 1:
             raise PartitionError("--num-partitions: must be >= 1")
-        root = config.resolved_data_root()
+        root = resolve_data_root(config.data_root)
         settings = PlanSettings.from_config(config, args.num_partitions)
         data = {m: load_splits(name, root).train for m, name in (("image", config.image_dataset),
                                                                    ("audio", config.audio_dataset)) if name}

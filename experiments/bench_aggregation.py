@@ -72,7 +72,8 @@ def base_models(shapes, pool: int = POOL, seed: int = 0) -> list[dict[str, np.nd
 def make_reply(i: int, bases: list[dict[str, np.ndarray]]) -> RecordDict:
     base = bases[i % len(bases)]
     shift = np.float32(1e-4 * i)
-    arrays = ArrayRecord({k: Array(np.asarray(v + shift if v.dtype.kind == "f" else v + (i % 3))) for k, v in base.items()})
+    arrays = ArrayRecord({k: Array(np.asarray(v + shift if v.dtype.kind == "f" else v + (i % 3)))
+                          for k, v in base.items()})
     return RecordDict({"arrays": arrays, "metrics": MetricRecord({"num-examples": float(10 + i % 7), "loss": 1.0})})
 
 
@@ -126,9 +127,9 @@ def max_abs_diff(a: ArrayRecord, b: ArrayRecord, floats: bool = True) -> float:
 def robust_fedavg(replies: list[RecordDict], global_arrays: ArrayRecord) -> ArrayRecord:
     from flwr.app import Message
 
+    from experiments.fake_grid import instruction, task_identity
     from strategies.registry import make_strategy
     from strategies.reply_filter import array_spec
-    from strategies.testing import instruction, task_identity
 
     with task_identity():
         strategy = make_strategy("fedavg", common={"fraction_evaluate": 0.0})
@@ -192,7 +193,7 @@ def _ldawa(replies, global_arrays: ArrayRecord) -> ArrayRecord:
 
 
 def main(argv: list[str] | None = None) -> int:
-    from experiments.common import setup_logging
+    from app_config.log_setup import setup_logging
 
     setup_logging()
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])

@@ -24,26 +24,15 @@ from pathlib import Path
 
 import torch
 
+from app_config.log_setup import setup_logging
 from app_config.run_config import RunConfig
-from client_app.task import build_model, client_state, train_settings
-from client_app.trainer import train_locally
-from experiments.common import (
-    check_config,
-    parse_overrides,
-    process_tree,
-    pyproject_defaults,
-    setup_logging,
-    superlink_pids,
-)
-from experiments.launch import launch
+from client_app.trainer import train_locally, train_settings, training_seed
+from client_app.worker_cache import WorkerCache
+from experiments.common import check_config, parse_overrides, process_tree, superlink_pids
 from experiments.metrics_file import read_records
+from experiments.simulation import launch
+from models.factory import build_model
 from server_app.round_record import client_value
-
-
-def round_seed(config: RunConfig, server_round: int, partition_id: int) -> int:
-    from client_app.app import _round_seed
-
-    return _round_seed(config, server_round, partition_id)
 
 
 def centralized_local_work(config: RunConfig, clients: int, rounds: int) -> dict:
@@ -51,13 +40,15 @@ def centralized_local_work(config: RunConfig, clients: int, rounds: int) -> dict
     torch.manual_seed(config.seed)
     initial = build_model(config).state_dict()
     samples, seconds = 0.0, 0.0
+    cache = WorkerCache()
     for server_round in range(1, rounds + 1):
         for pid in range(clients):
-            state = client_state(config, run_id=-1, partition_id=pid, num_partitions=clients)
+            state = cache.state(config, run_id=-1, partition_id=pid, num_partitions=clients)
             state.model.load_state_dict(initial)
             started = time.perf_counter()
-            metrics = train_locally(state.model, state.data, state.views, train_settings(config, state.model), state.device,
-                                    seed=round_seed(config, server_round, pid))
+            metrics = train_locally(state.model, state.data, state.views, train_settings(config, state.model),
+                                    state.device,
+                                    seed=training_seed(config.seed, server_round, pid))
             seconds += time.perf_counter() - started
             samples += metrics["samples"]
     return {"samples": samples, "seconds": seconds, "samples_per_second": samples / seconds}
@@ -85,7 +76,7 @@ class TreeMemory:
         while not self._stop.wait(0.5):
             self.peak = max(self.peak, self._rss())
 
-    def __enter__(self) -> "TreeMemory":
+    def __enter__(self) -> TreeMemory:
         self._thread.start()
         return self
 
@@ -131,8 +122,7 @@ def main(argv: list[str] | None = None) -> int:
 
     overrides = f"num-server-rounds={args.rounds} {args.run_config}".strip()
     values = {**parse_overrides(overrides)}
-    check_config(values)
-    config = RunConfig.from_mapping({**pyproject_defaults(), **values})
+    config: RunConfig = check_config(values)
 
     with tempfile.TemporaryDirectory(prefix="fssuavl-bench-") as tmp:
         fed = federated(overrides, args.clients, args.client_cpus, args.client_gpus, Path(tmp))

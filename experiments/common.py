@@ -12,11 +12,9 @@ period is never signalled.
 
 from __future__ import annotations
 
-import logging
 import os
 import queue
 import select
-import shlex
 import signal
 import socket
 import subprocess
@@ -27,23 +25,12 @@ import tomllib
 from collections.abc import Callable, Iterable
 from pathlib import Path
 
+from app_config.overrides import parse_overrides
+
 PROJECT = Path(__file__).resolve().parents[1]
-LOG_FORMAT = "%(asctime)s %(levelname)s %(name)s: %(message)s"
-
-
-def setup_logging(level: int = logging.INFO) -> None:
-    """The log format of every command in experiments/ (call once, in ``main``)."""
-    logging.basicConfig(level=level, format=LOG_FORMAT, datefmt="%H:%M:%S")
 
 
 # --------------------------------------------------------------------------- run-config overrides
-def parse_overrides(text: str) -> dict:
-    """``"a=1 b='x'"`` (TOML literals, as ``flwr run --run-config``) -> dict."""
-    if not text:
-        return {}
-    return tomllib.loads("\n".join(shlex.split(text, posix=False)))
-
-
 def is_toml_file(value: str) -> bool:
     """Whether a ``--run-config`` value names a TOML file (what ``flwr run`` treats as one)."""
     return value.strip().endswith(".toml")
@@ -83,10 +70,11 @@ def pyproject_defaults() -> dict:
 
 
 def check_config(overrides: dict):
-    """The full RunConfig of these overrides; ConfigError (one line, naming the key) when invalid."""
-    from app_config.run_config import RunConfig
+    """The full RunConfig of these overrides, preflighted (``server_app.preflight``): the files and names it
+    refers to exist; ConfigError (one line, naming the key) when not."""
+    from server_app.preflight import checked_run_config
 
-    return RunConfig.from_mapping({**pyproject_defaults(), **overrides})
+    return checked_run_config({**pyproject_defaults(), **overrides})
 
 
 # --------------------------------------------------------------------------- Flower environment

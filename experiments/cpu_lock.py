@@ -4,7 +4,9 @@ Heavy jobs (federated runs, the centralized baseline, suite evaluation) hold an
 exclusive ``flock`` on ``$FSSUAVL_RUN_LOCK`` (default ``/tmp/fssuavl-cpu.lock``;
 ``''`` disables it), so they do not overlap and their reported times are not
 inflated by other work. The lock is re-entrant within a process and a no-op
-under a parent that holds it already (e.g. ``flock /tmp/fssuavl-cpu.lock python -m ...``).
+under a parent that holds it already (e.g. ``flock /tmp/fssuavl-cpu.lock python -m ...``):
+who holds it is read from the kernel (``/proc/locks``), so no module keeps state
+about it; a :class:`CpuLock` object holds the open lock file while it is held.
 """
 
 from __future__ import annotations
@@ -16,7 +18,6 @@ import os
 from pathlib import Path
 
 DEFAULT_LOCK = "/tmp/fssuavl-cpu.lock"
-_LOCK_STATE = {"depth": 0, "fh": None}
 log = logging.getLogger(__name__)
 
 
@@ -49,27 +50,33 @@ def lock_held_by_ancestor(path: str) -> bool:
     return False
 
 
-@contextlib.contextmanager
-def run_lock(path: str | None = None):
-    """Hold the machine-wide CPU lock (re-entrant within a process, and a no-op under a parent
-    that holds it already); no-op when the path is ''."""
-    path = os.environ.get("FSSUAVL_RUN_LOCK", DEFAULT_LOCK) if path is None else path
-    if not path or _LOCK_STATE["depth"] or lock_held_by_ancestor(path):
-        _LOCK_STATE["depth"] += 1
+class CpuLock:
+    """The lock file at ``path`` ('' = no lock); :meth:`held` takes it unless this process or an ancestor has it."""
+
+    def __init__(self, path: str | None = None) -> None:
+        self.path = os.environ.get("FSSUAVL_RUN_LOCK", DEFAULT_LOCK) if path is None else path
+        self.file = None  # the open lock file while this object holds the flock
+
+    @contextlib.contextmanager
+    def held(self):
+        if not self.path or self.file is not None or lock_held_by_ancestor(self.path):
+            yield  # disabled, or already held here or above: nested use does not wait on itself
+            return
+        fh = open(self.path, "a")
         try:
+            try:
+                fcntl.flock(fh, fcntl.LOCK_EX | fcntl.LOCK_NB)
+            except BlockingIOError:
+                log.info("waiting for the CPU lock %s (another heavy job is running)", self.path)
+                fcntl.flock(fh, fcntl.LOCK_EX)
+            self.file = fh
             yield
         finally:
-            _LOCK_STATE["depth"] -= 1
-        return
-    fh = open(path, "a")
-    try:
-        try:
-            fcntl.flock(fh, fcntl.LOCK_EX | fcntl.LOCK_NB)
-        except BlockingIOError:
-            log.info("waiting for the CPU lock %s (another heavy job is running)", path)
-            fcntl.flock(fh, fcntl.LOCK_EX)
-        _LOCK_STATE["depth"], _LOCK_STATE["fh"] = 1, fh
-        yield
-    finally:
-        _LOCK_STATE["depth"], _LOCK_STATE["fh"] = 0, None
-        fh.close()  # releases the flock
+            self.file = None
+            fh.close()  # releases the flock
+
+
+def run_lock(path: str | None = None):
+    """Hold the machine-wide CPU lock for a ``with`` block (re-entrant within a process, a no-op under a
+    parent that holds it already); no-op when the path is ''."""
+    return CpuLock(path).held()

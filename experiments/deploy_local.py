@@ -46,6 +46,7 @@ from pathlib import Path
 
 import numpy as np
 
+from app_config.log_setup import setup_logging
 from experiments.common import (
     check_config,
     exit_on_sigterm,
@@ -54,7 +55,6 @@ from experiments.common import (
     path_within,
     port_taken,
     process_tree,
-    setup_logging,
     start_times,
     stop_pids,
     stream_output,
@@ -75,7 +75,7 @@ def split_embedded_data(data_root: Path, folder: Path, num_nodes: int) -> list[t
     modality it holds; kinds cycle visual, audio, audiovisual. Single-modality nodes get one array
     cache as their data-dir, audio-visual nodes a data root with ``cache/digits`` and ``cache/spoken-digits``.
     """
-    from client_app.local_data import write_array_cache
+    from client_app.device_data import write_array_cache
     from data_partition.datasets import cache_folder, load_splits
 
     image = load_splits("digits", data_root).train
@@ -311,7 +311,7 @@ class Deployment:
         if left:
             stop_pids(left, grace=5)
 
-    def __enter__(self) -> "Deployment":
+    def __enter__(self) -> Deployment:
         return self
 
     def __exit__(self, *exc) -> None:
@@ -388,15 +388,14 @@ def main(argv: list[str] | None = None) -> int:
     workdir = args.workdir or Path(tempfile.mkdtemp(prefix="fssuavl-deploy-"))
     run_config = args.run_config
     if args.data_root is None:
-        from app_config.run_config import RunConfig
+        from data_partition.datasets import resolve_data_root
 
         try:
-            check_config(parse_overrides(run_config))
+            config = check_config(parse_overrides(run_config))
         except ValueError as err:
             print(f"error: {err}", file=sys.stderr)
             return 2
-        root = parse_overrides(run_config).get("data-root", "")
-        data_root = RunConfig(data_root=root).resolved_data_root()
+        data_root = resolve_data_root(config.data_root)
     else:
         data_root = args.data_root.resolve()
         if "data-root" not in parse_overrides_safe(run_config):

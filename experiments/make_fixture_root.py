@@ -98,7 +98,8 @@ def write_cifar100(root: Path, train: int = 40, test: int = 20, seed: int = 0) -
         batch = {"fine_labels": fine.tolist(), "coarse_labels": (fine // 5).tolist(),
                  "data": _cifar_rows(_images(rng, fine, 32, 100)), "filenames": [f"{name}_{i}" for i in range(n)]}
         (folder / name).write_bytes(pickle.dumps(batch, protocol=2))
-    meta = {"fine_label_names": [f"fine{i}" for i in range(100)], "coarse_label_names": [f"coarse{i}" for i in range(20)]}
+    meta = {"fine_label_names": [f"fine{i}" for i in range(100)],
+            "coarse_label_names": [f"coarse{i}" for i in range(20)]}
     (folder / "meta").write_bytes(pickle.dumps(meta, protocol=2))
     return folder
 
@@ -234,7 +235,7 @@ WRITERS = {  # name -> writer(root, scale, damaged)
 
 
 def main(argv: list[str] | None = None) -> int:
-    from experiments.common import setup_logging
+    from app_config.log_setup import setup_logging
 
     setup_logging()
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
@@ -242,7 +243,8 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--datasets", default="cifar10,speech-commands", help=f"comma-separated, from {','.join(ALL)}")
     parser.add_argument("--scale", type=int, default=5, help="multiplies the number of samples per dataset")
     parser.add_argument("--damaged", action="store_true",
-                        help="add one unreadable WAV / truncated JPEG / missing VGGSound clip where the dataset has them")
+                        help="add one unreadable WAV / truncated JPEG / missing VGGSound clip where the dataset "
+                             "has them")
     args = parser.parse_args(argv)
     wanted = [d.strip() for d in args.datasets.split(",") if d.strip()]
     unknown = sorted(set(wanted) - set(WRITERS))

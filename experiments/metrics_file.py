@@ -12,7 +12,21 @@ import logging
 from pathlib import Path
 
 log = logging.getLogger(__name__)
-_WARNED: set[str] = set()
+
+
+class WarnOnce:
+    """Logs a warning the first time a key is seen; one object per kind of warning, named at its call site."""
+
+    def __init__(self) -> None:
+        self.seen: set[str] = set()
+
+    def warning(self, key: str, message: str, *args: object) -> None:
+        if key not in self.seen:
+            self.seen.add(key)
+            log.warning(message, *args)
+
+
+TORN_LAST_LINES = WarnOnce()  # one warning per metrics file and process, however many readers read it
 
 
 def read_records(path: Path) -> list[dict]:
@@ -28,10 +42,8 @@ def read_records(path: Path) -> list[dict]:
         except ValueError as err:
             if number < len(lines):
                 raise ValueError(f"{path}: line {number} is not a JSON record ({err})") from err
-            if str(path) not in _WARNED:
-                _WARNED.add(str(path))
-                log.warning("%s: skipped a torn last line (%d characters; the run may still be writing)",
-                            path, len(line))
+            TORN_LAST_LINES.warning(str(path), "%s: skipped a torn last line (%d characters; the run may "
+                                    "still be writing)", path, len(line))
             break
         records.append(record)
     return records

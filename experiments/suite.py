@@ -83,7 +83,8 @@ from pathlib import Path
 from tqdm import tqdm
 from tqdm.contrib.logging import logging_redirect_tqdm
 
-from experiments.common import PROJECT, setup_logging, write_text
+from app_config.log_setup import setup_logging
+from experiments.common import PROJECT, write_text
 from experiments.cpu_lock import run_lock
 from experiments.suite_eval import evaluate_suite, make_tsne
 from experiments.suite_jobs import finished_run, forwarding_signals, run_job

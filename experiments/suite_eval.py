@@ -1,7 +1,7 @@
 """Evaluating a suite's trained encoders: one table row per entry, numbers per seed.
 
 Every entry's global encoder of every seed is evaluated by
-``experiments.evaluate_encoder`` (kNN and linear probe per modality, out-of-domain
+``experiments.frozen_eval`` (kNN and linear probe per modality, out-of-domain
 sets, class-paired fusion) with that seed's evaluation draws. The untrained
 reference (the seeded initial weights each run starts from) is evaluated per seed
 too. Seed by seed, features are cached while later entries still need the same
@@ -30,7 +30,7 @@ class Row:
     encoder: str
     strategy: str
     setting: str = "-"
-    per_seed: dict[int, dict] = field(default_factory=dict)  # seed -> evaluate_encoder.evaluate() output
+    per_seed: dict[int, dict] = field(default_factory=dict)  # seed -> frozen_eval.evaluate() output
     params: int = 0
     flops_image: int = 0
     flops_audio: int = 0
@@ -50,7 +50,7 @@ class Row:
 
 
 def eval_settings(suite: Suite, config):
-    from experiments.evaluate_encoder import EvalSettings
+    from experiments.frozen_eval import EvalSettings
 
     ev = suite.evaluation
     return EvalSettings(
@@ -72,8 +72,8 @@ def empty_row(entry: Entry) -> Row:
 def evaluate_seed(suite: Suite, entry: Entry, seed: int, row: Row, runs: dict[str, Path], cache,
                   encoders: dict) -> None:
     """Add one seed's numbers (and the encoder's cost) to ``row``; a seed whose run failed is noted."""
-    from experiments.evaluate_encoder import evaluate, load_encoder
-    from experiments.model_cost import encoder_cost
+    from experiments.encoder_cost import encoder_cost
+    from experiments.frozen_eval import evaluate, load_encoder
 
     jobs = entry_jobs(suite, entry, seed)
     missing = [j.id for j in jobs if j.id not in runs]
@@ -109,10 +109,10 @@ def evaluate_untrained(suite: Suite, entry: Entry, seed: int, row: Row, cache) -
     """The seeded initial weights a run of this seed starts from, evaluated like a trained encoder."""
     import torch
 
-    from client_app.task import build_model
-    from experiments.evaluate_encoder import Encoder, evaluate
-    from experiments.model_cost import encoder_cost
+    from experiments.encoder_cost import encoder_cost
+    from experiments.frozen_eval import Encoder, evaluate
     from models.device import resolve_device
+    from models.factory import build_model
 
     config = fssuavl_job(suite, entry, seed).config()
     torch.manual_seed(config.seed)  # as the ServerApp draws the initial global model
@@ -134,7 +134,7 @@ def _release(cache, encoders: dict, run: Path) -> None:
 def evaluate_suite(suite: Suite, runs: dict[str, Path]) -> tuple[list[Row], dict[str, list]]:
     """All table rows (entries, then untrained references) and the per-round series of every entry
     (label -> one series per seed), seed by seed, with a progress bar."""
-    from experiments.evaluate_encoder import FeatureCache
+    from experiments.frozen_eval import FeatureCache
     from experiments.plots import eval_series
 
     rows = [empty_row(e) for e in suite.entries]
@@ -177,7 +177,7 @@ def _slug(text: str) -> str:
 
 def make_tsne(suite: Suite, entry: Entry, run: Path, out_dir: Path) -> Path | None:
     """t-SNE panels of the entry's first-seed run at the suite's chosen rounds."""
-    from experiments.evaluate_encoder import heldout_features, load_encoder
+    from experiments.frozen_eval import heldout_features, load_encoder
     from experiments.plots import tsne_panels
 
     panels, classes = {}, ()

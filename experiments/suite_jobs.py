@@ -36,41 +36,54 @@ from experiments.suite_plan import Job, Suite
 log = logging.getLogger("fssuavl.suite")
 LAUNCHER = [sys.executable, "-m", "experiments.launch"]  # the command a federated job runs
 CHILD_GRACE = 60.0  # seconds a signalled child gets to stop its SuperLink before it is killed
-_RUNNING: dict[int, subprocess.Popen] = {}  # pid -> child
-_SIGNALLED: set[int] = set()  # children the suite already passed a signal to
-_STOPPING = {"signal": 0}
+class JobProcesses:
+    """The job processes this suite process runs, and the signals already passed on to them.
 
+    The signal handler of :func:`forwarding_signals` reaches the running children
+    through the one instance, :data:`JOBS`, that :func:`run_child` registers them with.
+    """
 
-def _forward(signum, _frame) -> None:
-    for pid, child in list(_RUNNING.items()):
-        if child.poll() is None and pid not in _SIGNALLED:
-            _SIGNALLED.add(pid)
+    def __init__(self) -> None:
+        self.running: dict[int, subprocess.Popen] = {}  # pid -> child
+        self.signalled: set[int] = set()  # children the suite already passed a signal to
+        self.stopping = 0  # the signal the suite is stopping on (0: running)
+
+    def signal_once(self, child: subprocess.Popen, signum: int) -> None:
+        """Pass ``signum`` to a running child unless it already got one."""
+        if child.poll() is None and child.pid not in self.signalled:
+            self.signalled.add(child.pid)
             child.send_signal(signum)
-    if _STOPPING["signal"]:  # a second signal must not cut the wait for the child's cleanup short
-        log.warning("already stopping (signal %d); waiting for the job process to clean up", _STOPPING["signal"])
-        return
-    _STOPPING["signal"] = signum
-    log.warning("signal %d: stopping the running job and exiting", signum)
-    raise SystemExit(128 + signum)  # unwinds through run_child: it waits for the child
+
+    def forward(self, signum, _frame) -> None:
+        """Signal handler: pass the signal on to every running child, then end the suite (once)."""
+        for child in list(self.running.values()):
+            self.signal_once(child, signum)
+        if self.stopping:  # a second signal must not cut the wait for the child's cleanup short
+            log.warning("already stopping (signal %d); waiting for the job process to clean up", self.stopping)
+            return
+        self.stopping = signum
+        log.warning("signal %d: stopping the running job and exiting", signum)
+        raise SystemExit(128 + signum)  # unwinds through run_child: it waits for the child
+
+
+JOBS = JobProcesses()
 
 
 @contextlib.contextmanager
 def forwarding_signals():
     """SIGTERM/SIGINT go to the running job process, then end the suite (handlers restored after)."""
-    previous = {sig: signal.signal(sig, _forward) for sig in (signal.SIGTERM, signal.SIGINT)}
+    previous = {sig: signal.signal(sig, JOBS.forward) for sig in (signal.SIGTERM, signal.SIGINT)}
     try:
         yield
     finally:
         for sig, handler in previous.items():
             signal.signal(sig, handler)
-        _STOPPING["signal"] = 0
+        JOBS.stopping = 0
 
 
 def _wind_down(child: subprocess.Popen, flwr_home: Path | None) -> None:
     """After an interruption: let the child finish its own cleanup, then make sure nothing is left."""
-    if child.poll() is None and child.pid not in _SIGNALLED:
-        _SIGNALLED.add(child.pid)
-        child.send_signal(signal.SIGTERM)
+    JOBS.signal_once(child, signal.SIGTERM)
     try:
         child.wait(timeout=CHILD_GRACE)
     except subprocess.TimeoutExpired:
@@ -89,7 +102,7 @@ def run_child(cmd: list[str], log_file: Path, on_line=None, flwr_home: Path | No
         out.flush()
         child = subprocess.Popen(cmd, cwd=PROJECT, env=_child_env(), stdout=subprocess.PIPE,
                                  stderr=subprocess.STDOUT, text=True, start_new_session=True)
-        _RUNNING[child.pid] = child
+        JOBS.running[child.pid] = child
         try:
             for line in child.stdout:
                 out.write(line)
@@ -100,8 +113,8 @@ def run_child(cmd: list[str], log_file: Path, on_line=None, flwr_home: Path | No
             _wind_down(child, flwr_home)
             raise
         finally:
-            _RUNNING.pop(child.pid, None)
-            _SIGNALLED.discard(child.pid)
+            JOBS.running.pop(child.pid, None)
+            JOBS.signalled.discard(child.pid)
 
 
 def _child_env() -> dict:
@@ -173,7 +186,7 @@ def _launch(suite: Suite, job: Job, overrides: dict, job_dir: Path) -> None:
 
 
 def _centralized(job: Job, overrides: dict, budget_run: Path, runs_dir: Path) -> None:
-    from experiments.centralized import budget_from_metrics, config_from, pooled_data, train_centralized
+    from experiments.centralized_training import budget_from_metrics, config_from, pooled_data, train_centralized
 
     config = config_from(overrides)
     budget = budget_from_metrics(budget_run / "metrics.jsonl", config.batch_size)

@@ -114,7 +114,7 @@ class Job:
     role: str  # fssuavl / fvssl / fassl / centralized (for names)
     overrides: tuple[tuple[str, object], ...]  # includes the seed
     num_supernodes: int
-    budget_job: "Job | None" = None  # centralized: the FSSUAVL job whose clients set the budget
+    budget_job: Job | None = None  # centralized: the FSSUAVL job whose clients set the budget
 
     @property
     def seed(self) -> int:
@@ -122,7 +122,7 @@ class Job:
 
     def config(self):
         from app_config.run_config import ConfigError
-        from experiments.centralized import config_from
+        from experiments.centralized_training import config_from
 
         try:
             return config_from(dict(self.overrides))
@@ -218,13 +218,13 @@ def all_jobs(suite: Suite) -> list[Job]:
 def check_plan(suite: Suite) -> None:
     """Every job's full run config validates (dataset layouts included) and every evaluation dataset is
     registered and laid out under the data root; SuiteError (one line) otherwise."""
-    from data_partition.datasets import layout_problem
-    from experiments.evaluate_encoder import parse_eval_set
+    from data_partition.datasets import layout_problem, resolve_data_root
+    from experiments.eval_sets import parse_eval_set
 
     jobs = all_jobs(suite)
     roots = {}
     for job in jobs:
-        roots.setdefault(str(job.config().resolved_data_root()), job)
+        roots.setdefault(str(resolve_data_root(job.config().data_root)), job)
     ev = suite.evaluation
     names = [(f"evaluation.out-of-domain: {t}", parse_eval_set(t).dataset) for t in ev.out_of_domain]
     names += [(f"evaluation.{key}", name) for key, name in (

@@ -167,7 +167,7 @@ def win_summary(rows: list[Row], ood: list[str]) -> list[str]:
 
 
 def write_report(suite: Suite, rows: list[Row], out_dir: Path, plots: list[Path], notes: list[str]) -> Path:
-    from experiments.evaluate_encoder import describe, parse_eval_set
+    from experiments.eval_sets import describe, parse_eval_set
 
     ood = list(suite.evaluation.out_of_domain)
     lines = [f"# Suite `{suite.name}`", ""]

@@ -67,7 +67,7 @@ class RunnerSpec(_Section):
 
 
 class EvaluationSpec(_Section):
-    """How every trained encoder is evaluated (``experiments.evaluate_encoder``)."""
+    """How every trained encoder is evaluated (``experiments.frozen_eval``)."""
 
     knn_k: int = Field(0, ge=0)
     out_of_domain: list[str] = []
@@ -85,7 +85,7 @@ class EvaluationSpec(_Section):
     @field_validator("out_of_domain")
     @classmethod
     def _known_sets(cls, names: list[str]) -> list[str]:
-        from experiments.evaluate_encoder import parse_eval_set
+        from experiments.eval_sets import parse_eval_set
 
         for name in names:
             parse_eval_set(name)  # ValueError names the set
@@ -171,7 +171,7 @@ class SuiteSpec(_Section):
         return _check_run_config_keys(defaults, seed_allowed=True)
 
     @model_validator(mode="after")
-    def _one_seed_source(self) -> "SuiteSpec":
+    def _one_seed_source(self) -> SuiteSpec:
         if self.seeds is not None and SEED_KEY in self.defaults:
             raise ValueError("give the seeds in the top-level 'seeds' list or as defaults.seed, not both")
         return self

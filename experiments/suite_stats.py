@@ -69,7 +69,7 @@ class Paired:
             return f"{mean}{unit}, n={self.n} (the same on every seed: no interval)"
         return f"{mean} [{scale * self.low:+.1f}, {scale * self.high:+.1f}]{unit}, n={self.n}"
 
-    def flipped(self) -> "Paired":
+    def flipped(self) -> Paired:
         """second - first."""
         return Paired(-self.mean, -self.high, -self.low, self.n, self.seeds)
 

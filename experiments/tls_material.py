@@ -41,7 +41,7 @@ def make_tls_certificates(folder: Path, hosts: tuple[str, ...] = ("127.0.0.1", "
     from cryptography.x509.oid import ExtendedKeyUsageOID, NameOID
 
     folder = private_folder(folder)
-    now = datetime.datetime.now(datetime.timezone.utc) - datetime.timedelta(minutes=5)
+    now = datetime.datetime.now(datetime.UTC) - datetime.timedelta(minutes=5)
     until = now + datetime.timedelta(days=30)
     ca_key = ec.generate_private_key(ec.SECP256R1())
     ca_name = x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, "fssuavl local CA")])

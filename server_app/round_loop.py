@@ -24,9 +24,10 @@ runs need:
   partition id that is not an int in ``[0, 2**31)`` (NaN, Inf, a list, ...)
   is ignored for the ordering (that reply sorts last, by node id); the reply
   filter then drops the reply.
-* **Repeatable sampling.** Python's ``random`` (used by Flower's node sampling)
-  is re-seeded from ``(seed, round)`` before each round's configuration, so a
-  resumed round samples as the uninterrupted one did (same connected nodes).
+* **Repeatable sampling.** ``seed`` seeds the strategy's own node sampling
+  (:mod:`strategies.seeded_sampling`: a ``random.Random`` per round, from
+  ``(seed, round)``), so a resumed round samples as the uninterrupted one did
+  (same connected nodes); the global ``random`` module is not touched.
 * **Hooks.** ``on_train(RoundTrain)`` sees each round's replies and counts
   before central evaluation; ``on_round_end(round, arrays)`` runs after it
   (the ServerApp writes its checkpoint there).
@@ -35,7 +36,6 @@ runs need:
 from __future__ import annotations
 
 import io
-import random
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -46,6 +46,8 @@ from flwr.serverapp import Grid
 from flwr.serverapp.strategy import Result
 from flwr.serverapp.strategy.strategy_utils import log_strategy_start_info
 from flwr.supercore import log
+
+from strategies.seeded_sampling import seed_node_sampling
 
 NO_REPLY = "no reply within round-timeout (client hung, crashed or disconnected)"
 
@@ -69,10 +71,6 @@ class RoundTrain:
     def failures(self) -> int:
         """Error replies plus messages that got no reply at all."""
         return self.errors + len(self.missing_nodes)
-
-
-def round_seed(seed: int, server_round: int) -> int:
-    return (seed * 7_919 + server_round * 104_729) % (2**31)
 
 
 def _partition_of(reply: Message) -> int | None:
@@ -102,6 +100,63 @@ def unanswered_nodes(messages: list[Message], replies: list[Message]) -> list[in
     )
 
 
+def train_round(strategy, grid: Grid, server_round: int, arrays: ArrayRecord, config: ConfigRecord,
+                timeout: float, min_replies: int) -> tuple[RoundTrain, ArrayRecord | None]:
+    """One round's training phase: send, collect (in partition order), count failures, aggregate.
+
+    Returns what happened and the new global arrays (None: the previous model is kept).
+    """
+    messages = list(strategy.configure_train(server_round, arrays, config, grid))
+    replies = list(grid.send_and_receive(messages=messages, timeout=timeout)) if messages else []
+    replies.sort(key=reply_order)
+    missing = unanswered_nodes(messages, replies)
+    successes = sum(1 for r in replies if not r.has_error())
+    if missing:
+        log(WARNING, "round %d: %d of %d clients sent no reply within %.0fs", server_round, len(missing),
+            len(messages), timeout)
+    skipped = None
+    if successes < min_replies:
+        skipped = f"{successes} successful replies, fewer than the minimum {min_replies}"
+        log(WARNING, "round %d: %s; the previous global model is kept", server_round, skipped)
+        agg_arrays, agg_metrics = None, None
+    else:
+        agg_arrays, agg_metrics = strategy.aggregate_train(server_round, replies)
+    if agg_metrics is not None:
+        log(INFO, "\t└──> Aggregated MetricRecord: %s", agg_metrics)
+    return RoundTrain(server_round, len(messages), replies, missing, agg_metrics, skipped), agg_arrays
+
+
+def client_evaluation(strategy, grid: Grid, server_round: int, arrays: ArrayRecord, config: ConfigRecord,
+                      timeout: float) -> MetricRecord | None:
+    """One round's client-side evaluation (none when the strategy samples no evaluation nodes)."""
+    messages = list(strategy.configure_evaluate(server_round, arrays, config, grid))
+    if not messages:
+        return None
+    replies = grid.send_and_receive(messages=messages, timeout=timeout)
+    aggregated = strategy.aggregate_evaluate(server_round, sorted(replies, key=reply_order))
+    if aggregated is not None:
+        log(INFO, "\t└──> Aggregated MetricRecord: %s", aggregated)
+    return aggregated
+
+
+def _log_start(strategy, arrays: ArrayRecord, start_round: int, num_rounds: int, first_config, evaluate_config) -> None:
+    log(INFO, "Starting %s strategy at round %d of %d:", strategy.__class__.__name__, start_round, num_rounds)
+    log_strategy_start_info(num_rounds, arrays, first_config, evaluate_config)
+    strategy.summary()
+    log(INFO, "")
+
+
+def _log_end(result: Result, started: float) -> None:
+    log(INFO, "")
+    log(INFO, "Strategy execution finished in %.2fs", time.time() - started)
+    log(INFO, "")
+    log(INFO, "Final results:")
+    log(INFO, "")
+    for line in io.StringIO(str(result)):
+        log(INFO, "\t%s", line.strip("\n"))
+    log(INFO, "")
+
+
 def run_rounds(
     strategy,
     grid: Grid,
@@ -122,7 +177,8 @@ def run_rounds(
     """Run rounds ``start_round..num_rounds`` from global ``arrays`` (the model after round ``start_round - 1``).
 
     ``train_config`` is one record for every round or a function of the round
-    (the ServerApp sends each round's learning rate this way).
+    (the ServerApp sends each round's learning rate this way). ``seed`` seeds
+    the strategy's node sampling.
 
     The initial model is evaluated (round 0) only when ``start_round == 1``.
     ``result`` may carry what earlier rounds produced (a resumed run); its
@@ -130,17 +186,15 @@ def run_rounds(
     """
     if start_round < 1:
         raise ValueError("start_round must be >= 1")
-    log(INFO, "Starting %s strategy at round %d of %d:", strategy.__class__.__name__, start_round, num_rounds)
+    seed_node_sampling(strategy, seed)
     config_of_round = train_config if callable(train_config) else (lambda _round: train_config)
-    log_strategy_start_info(num_rounds, arrays, config_of_round(start_round), evaluate_config)
-    strategy.summary()
-    log(INFO, "")
+    _log_start(strategy, arrays, start_round, num_rounds, config_of_round(start_round), evaluate_config)
     evaluate_config = ConfigRecord() if evaluate_config is None else evaluate_config
     result = Result() if result is None else result
     if start_round > 1 and not len(result.arrays):
         result.arrays = arrays
 
-    t_start = time.time()
+    started = time.time()
     if evaluate_fn and start_round == 1:
         res = evaluate_fn(0, arrays)
         log(INFO, "Initial global evaluation results: %s", res)
@@ -150,45 +204,19 @@ def run_rounds(
     for current_round in range(start_round, num_rounds + 1):
         log(INFO, "")
         log(INFO, "[ROUND %s/%s]", current_round, num_rounds)
-
-        # --- training (ClientApp side) ---------------------------------------
-        random.seed(round_seed(seed, current_round))
         round_config = config_of_round(current_round)
-        round_config = ConfigRecord() if round_config is None else round_config
-        messages = list(strategy.configure_train(current_round, arrays, round_config, grid))
-        replies = list(grid.send_and_receive(messages=messages, timeout=timeout)) if messages else []
-        replies.sort(key=reply_order)
-        missing = unanswered_nodes(messages, replies)
-        successes = sum(1 for r in replies if not r.has_error())
-        skipped = None
-        if missing:
-            log(WARNING, "round %d: %d of %d clients sent no reply within %.0fs", current_round, len(missing),
-                len(messages), timeout)
-        if successes < min_replies:
-            skipped = f"{successes} successful replies, fewer than the minimum {min_replies}"
-            log(WARNING, "round %d: %s; the previous global model is kept", current_round, skipped)
-            agg_arrays, agg_metrics = None, None
-        else:
-            agg_arrays, agg_metrics = strategy.aggregate_train(current_round, replies)
-        if agg_arrays is not None:
-            result.arrays = agg_arrays
-            arrays = agg_arrays
-        if agg_metrics is not None:
-            log(INFO, "\t└──> Aggregated MetricRecord: %s", agg_metrics)
-            result.train_metrics_clientapp[current_round] = agg_metrics
+        train, aggregated = train_round(strategy, grid, current_round, arrays,
+                                        ConfigRecord() if round_config is None else round_config,
+                                        timeout, min_replies)
+        if aggregated is not None:
+            result.arrays = arrays = aggregated
+        if train.metrics is not None:
+            result.train_metrics_clientapp[current_round] = train.metrics
         if on_train is not None:
-            on_train(RoundTrain(current_round, len(messages), replies, missing, agg_metrics, skipped))
-
-        # --- evaluation (ClientApp side) -------------------------------------
-        eval_messages = list(strategy.configure_evaluate(current_round, arrays, evaluate_config, grid))
-        if eval_messages:
-            eval_replies = grid.send_and_receive(messages=eval_messages, timeout=timeout)
-            agg_eval = strategy.aggregate_evaluate(current_round, sorted(eval_replies, key=reply_order))
-            if agg_eval is not None:
-                log(INFO, "\t└──> Aggregated MetricRecord: %s", agg_eval)
-                result.evaluate_metrics_clientapp[current_round] = agg_eval
-
-        # --- evaluation (ServerApp side) -------------------------------------
+            on_train(train)
+        client_eval = client_evaluation(strategy, grid, current_round, arrays, evaluate_config, timeout)
+        if client_eval is not None:
+            result.evaluate_metrics_clientapp[current_round] = client_eval
         if evaluate_fn:
             log(INFO, "Global evaluation")
             res = evaluate_fn(current_round, arrays)
@@ -198,12 +226,5 @@ def run_rounds(
         if on_round_end is not None:
             on_round_end(current_round, arrays)
 
-    log(INFO, "")
-    log(INFO, "Strategy execution finished in %.2fs", time.time() - t_start)
-    log(INFO, "")
-    log(INFO, "Final results:")
-    log(INFO, "")
-    for line in io.StringIO(str(result)):
-        log(INFO, "\t%s", line.strip("\n"))
-    log(INFO, "")
+    _log_end(result, started)
     return result

@@ -11,7 +11,6 @@ from __future__ import annotations
 import json
 import math
 import time
-from dataclasses import asdict
 from pathlib import Path
 
 import torch
@@ -61,12 +60,12 @@ class RunOutput:
         self.metrics_file = folder / "metrics.jsonl"
 
     @classmethod
-    def create(cls, run_dir: str, config, run_id: int) -> "RunOutput":
+    def create(cls, run_dir: str, config, run_id: int) -> RunOutput:
         stamp = time.strftime("%Y%m%d-%H%M%S")
         folder = Path(run_dir).expanduser().resolve() / f"{stamp}-{config.strategy}-{run_id}"
         folder.mkdir(parents=True, exist_ok=False)
         out = cls(folder)
-        out.write_json("config.json", {k.replace("_", "-"): v for k, v in asdict(config).items()})
+        out.write_json("config.json", config.as_mapping())
         return out
 
     def write_json(self, name: str, payload: dict) -> None:

@@ -61,6 +61,7 @@ from flwr.serverapp.strategy import (
 from flwr.serverapp.strategy.dp_fixed_clipping import validate_replies
 from flwr.supercore.differential_privacy import KEY_NORM_BIT, compute_stdv
 
+from app_config.run_config import RunConfig
 from strategies.dp_clip import clip_update, noise_floats
 from strategies.reply_filter import ReplyFilter
 
@@ -148,17 +149,20 @@ WRAPPERS = {"server-fixed": DPServerFixed, "client-fixed": DPClientFixed,
             "server-adaptive": DPServerAdaptive, "client-adaptive": DPClientAdaptive}
 
 
+_DEFAULT = RunConfig()  # the defaults are RunConfig's
+
+
 @dataclass(frozen=True)
 class DPSettings:
-    mode: str = NONE
-    noise_multiplier: float = 1.0
-    clipping_norm: float = 1.0
-    sampled_clients: int = 0
-    target_quantile: float = 0.5
-    clip_norm_lr: float = 0.2
-    clipped_count_stddev: float = 0.0
+    mode: str = _DEFAULT.dp
+    noise_multiplier: float = _DEFAULT.dp_noise_multiplier
+    clipping_norm: float = _DEFAULT.dp_clipping_norm
+    sampled_clients: int = _DEFAULT.dp_sampled_clients
+    target_quantile: float = _DEFAULT.dp_target_quantile
+    clip_norm_lr: float = _DEFAULT.dp_clip_norm_lr
+    clipped_count_stddev: float = _DEFAULT.dp_clipped_count_stddev
 
-    def check(self) -> "DPSettings":
+    def check(self) -> DPSettings:
         """Self, or a one-line ValueError naming the run-config key."""
         if self.mode not in DP_MODES:
             raise ValueError(f"dp: unknown value {self.mode!r}; valid: {', '.join(DP_MODES)}")
@@ -180,17 +184,12 @@ class DPSettings:
         return self
 
     @classmethod
-    def from_config(cls, config) -> "DPSettings":
-        """The ``dp*`` run-config keys (their defaults where the config does not have them yet)."""
-        default = cls()
+    def from_config(cls, config) -> DPSettings:
+        """The ``dp*`` run-config keys of ``config``."""
         return cls(
-            mode=getattr(config, "dp", default.mode),
-            noise_multiplier=getattr(config, "dp_noise_multiplier", default.noise_multiplier),
-            clipping_norm=getattr(config, "dp_clipping_norm", default.clipping_norm),
-            sampled_clients=getattr(config, "dp_sampled_clients", default.sampled_clients),
-            target_quantile=getattr(config, "dp_target_quantile", default.target_quantile),
-            clip_norm_lr=getattr(config, "dp_clip_norm_lr", default.clip_norm_lr),
-            clipped_count_stddev=getattr(config, "dp_clipped_count_stddev", default.clipped_count_stddev),
+            mode=config.dp, noise_multiplier=config.dp_noise_multiplier, clipping_norm=config.dp_clipping_norm,
+            sampled_clients=config.dp_sampled_clients, target_quantile=config.dp_target_quantile,
+            clip_norm_lr=config.dp_clip_norm_lr, clipped_count_stddev=config.dp_clipped_count_stddev,
         ).check()
 
 

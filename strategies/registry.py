@@ -47,20 +47,21 @@ A strategy key set away from its default while another strategy is chosen is
 reported with a warning (the run config always carries every key, so it cannot
 be an error). :func:`make_strategy` builds one by name with explicit keyword
 parameters and rejects unknown names and parameters, listing the valid ones.
-
-``NEW_KEYS`` lists the keys above that ``app_config.run_config`` may not have
-yet (type, default, bounds, doc): until it has them, their defaults apply.
+Every key, its default and its bounds are declared once, in
+``app_config.run_config.RunConfig``, which also lists the names above (a test
+keeps the two lists equal).
 """
 
 from __future__ import annotations
 
-from logging import WARNING
 from collections.abc import Mapping
 from dataclasses import dataclass, field
+from logging import WARNING
 
 from flwr.serverapp.strategy import Strategy
 from flwr.supercore import log
 
+from app_config.run_config import RunConfig
 from strategies.dp import DPSettings, wrap_dp
 from strategies.robust import (
     RobustBulyan,
@@ -80,55 +81,8 @@ from strategies.train_metrics import aggregate_train_metrics
 from strategies.weight_cap import DEFAULT_FACTOR, check_factor
 
 
-@dataclass(frozen=True)
-class NewKey:
-    """A run-config key read here with ``getattr(config, attr, default)`` until RunConfig declares it."""
-
-    type: type
-    default: object
-    doc: str
-    bounds: str
-    valid: object = None  # value -> bool
-
-    def value(self, config, key: str):
-        value = getattr(config, key.replace("-", "_"), self.default)
-        if self.valid is not None and not (isinstance(value, self.type) and not isinstance(value, bool)
-                                           and self.valid(value)):
-            raise ValueError(f"{key}: must be {self.bounds}, got {value!r}")
-        return value
-
-
-NEW_KEYS: dict[str, NewKey] = {
-    "num-malicious-nodes": NewKey(int, 0, "krum, multikrum, bulyan: number f of Byzantine clients to tolerate "
-                                          "(bulyan needs at least 4f + 3 good replies a round).",
-                                  "an int >= 0", lambda v: v >= 0),
-    "multikrum-select": NewKey(int, 2, "multikrum: replies with the best Krum scores averaged each round.",
-                               "an int >= 1", lambda v: v >= 1),
-    "weight-cap-factor": NewKey(float, DEFAULT_FACTOR, "No reply weighs more than this many times the round's "
-                                "lower-median num-examples (0 = off).", "0 (off) or >= 1"),
-    "dp": NewKey(str, "none", "Differential privacy around the strategy: none, server-fixed, client-fixed, "
-                              "server-adaptive or client-adaptive (client modes need dp_clipping_mod on the "
-                              "ClientApp).", "one of the DP modes"),
-    "dp-noise-multiplier": NewKey(float, 1.0, "dp: noise multiplier sigma; the aggregate gets Gaussian noise "
-                                              "of std sigma * C / m.", ">= 0"),
-    "dp-clipping-norm": NewKey(float, 1.0, "dp: L2 norm C each update is clipped to (adaptive modes: the "
-                                           "initial norm).", "> 0"),
-    "dp-sampled-clients": NewKey(int, 0, "dp: clients m the noise is calibrated for (0 = min-train-nodes).",
-                                 "an int >= 0"),
-    "dp-target-quantile": NewKey(float, 0.5, "dp adaptive modes: fraction of updates that should be clipped.",
-                                 "in [0, 1]"),
-    "dp-clip-norm-lr": NewKey(float, 0.2, "dp adaptive modes: learning rate of the clipping norm's geometric "
-                                          "update.", "> 0"),
-    "dp-clipped-count-stddev": NewKey(float, 0.0, "dp adaptive modes: std of the noise on the count of clipped "
-                                                  "updates (0 = sampled clients / 20; must exceed "
-                                                  "dp-noise-multiplier / 2).", ">= 0"),
-}
-
-
 def config_value(config, key: str):
-    """The value of run-config ``key`` in ``config``, or its ``NEW_KEYS`` default if RunConfig lacks it."""
-    if key in NEW_KEYS:
-        return NEW_KEYS[key].value(config, key)
+    """The value of run-config ``key`` (hyphens) in ``config``."""
     return getattr(config, key.replace("-", "_"))
 
 
@@ -208,9 +162,7 @@ def make_strategy(name: str, *, common: Mapping | None = None, weight_cap_factor
 
 def unused_strategy_keys(config) -> list[str]:
     """Strategy keys set away from their defaults that the chosen strategy ignores."""
-    from app_config.run_config import RunConfig
-
-    defaults = {**{k: v.default for k, v in NEW_KEYS.items()}, **RunConfig.keys()}
+    defaults = RunConfig.keys()
     used = set(_spec(config.strategy).params.values())
     return [key for key in STRATEGY_KEYS
             if key not in used and config_value(config, key) != defaults[key]]

@@ -7,7 +7,9 @@ after the Flower class, so the mean is streamed while the server-side formula
 (FedProx's ``proximal-mu``, FedAvgM's momentum, FedOpt's moments) is Flower's
 code. FedMedian and FedTrimmedAvg aggregate by their own coordinate-wise rules,
 and the Byzantine-robust Krum, MultiKrum and Bulyan by their own selection
-rules; they are used as Flower ships them.
+rules; they are used as Flower ships them. Every class ends with
+:class:`~strategies.seeded_sampling.SeededSampling`, so node sampling draws from
+the strategy's own seeded RNG, not from the global ``random`` module.
 """
 
 from __future__ import annotations
@@ -27,56 +29,57 @@ from flwr.serverapp.strategy import (
 
 from strategies.ldawa import LDAWA
 from strategies.reply_filter import ReplyFilter
+from strategies.seeded_sampling import SeededSampling
 from strategies.streaming import StreamingFedAvg
 
 
-class RobustFedAvg(ReplyFilter, StreamingFedAvg):
+class RobustFedAvg(ReplyFilter, StreamingFedAvg, SeededSampling):
     """FedAvg (McMahan et al.): ``sum n_k w_k / sum n_k``."""
 
 
-class RobustLDAWA(ReplyFilter, LDAWA):
+class RobustLDAWA(ReplyFilter, LDAWA, SeededSampling):
     """L-DAWA as in the reference (see ``strategies.ldawa``)."""
 
 
-class RobustFedProx(ReplyFilter, FedProx, StreamingFedAvg):
+class RobustFedProx(ReplyFilter, FedProx, StreamingFedAvg, SeededSampling):
     """FedProx: FedAvg on the server; clients add ``(mu/2)||w - w_global||^2``."""
 
 
-class RobustFedAvgM(ReplyFilter, FedAvgM, StreamingFedAvg):
+class RobustFedAvgM(ReplyFilter, FedAvgM, StreamingFedAvg, SeededSampling):
     """FedAvgM: server momentum on the pseudo-gradient ``w_global - FedAvg``."""
 
 
-class RobustFedAdam(ReplyFilter, FedAdam, StreamingFedAvg):
+class RobustFedAdam(ReplyFilter, FedAdam, StreamingFedAvg, SeededSampling):
     """FedAdam (Reddi et al.): Adam on the pseudo-gradient ``FedAvg - w_global``."""
 
 
-class RobustFedYogi(ReplyFilter, FedYogi, StreamingFedAvg):
+class RobustFedYogi(ReplyFilter, FedYogi, StreamingFedAvg, SeededSampling):
     """FedYogi (Reddi et al.)."""
 
 
-class RobustFedAdagrad(ReplyFilter, FedAdagrad, StreamingFedAvg):
+class RobustFedAdagrad(ReplyFilter, FedAdagrad, StreamingFedAvg, SeededSampling):
     """FedAdagrad (Reddi et al.)."""
 
 
-class RobustFedMedian(ReplyFilter, FedMedian):
+class RobustFedMedian(ReplyFilter, FedMedian, SeededSampling):
     """Coordinate-wise median of the client weights."""
 
 
-class RobustFedTrimmedAvg(ReplyFilter, FedTrimmedAvg):
+class RobustFedTrimmedAvg(ReplyFilter, FedTrimmedAvg, SeededSampling):
     """Coordinate-wise mean after cutting a fraction ``beta`` from each tail."""
 
 
-class RobustKrum(ReplyFilter, Krum):
+class RobustKrum(ReplyFilter, Krum, SeededSampling):
     """Krum (Blanchard et al. 2017): the one reply with the smallest sum of squared distances
     to its ``n - f - 2`` nearest other replies (``f`` = ``num_malicious_nodes``)."""
 
 
-class RobustMultiKrum(ReplyFilter, MultiKrum):
+class RobustMultiKrum(ReplyFilter, MultiKrum, SeededSampling):
     """MultiKrum: the data-size-weighted mean of the ``num_nodes_to_select`` replies with the
     smallest Krum scores."""
 
 
-class RobustBulyan(ReplyFilter, Bulyan):
+class RobustBulyan(ReplyFilter, Bulyan, SeededSampling):
     """Bulyan (El Mhamdi et al. 2018): MultiKrum selects ``theta = n - 2f`` replies, then each
     coordinate is the mean of the ``beta = theta - 2f`` selected values nearest the coordinate's
     median. Needs ``n >= 4f + 3`` good replies, else the round keeps the previous model."""

@@ -29,7 +29,6 @@ import numpy as np
 from flwr.app import Array, ArrayRecord, Message, MetricRecord, RecordDict
 from flwr.serverapp.strategy import FedAvg
 
-
 ACCUMULATOR = np.dtype(np.float64)
 
 

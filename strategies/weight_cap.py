@@ -16,7 +16,9 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 
-DEFAULT_FACTOR = 4.0
+from app_config.run_config import RunConfig
+
+DEFAULT_FACTOR = RunConfig().weight_cap_factor
 
 
 def lower_median(values: Sequence[float]) -> float:

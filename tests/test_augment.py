@@ -2,8 +2,8 @@
 
 import torch
 
-from client_app.augment import AudioViews, ImageViews, random_time_shift
 from models.audio_frontend import LEVEL_MEAN, LEVEL_STD, LogMelFrontEnd
+from models.augment import AudioViews, ImageViews, random_time_shift
 
 
 def test_image_views_differ_per_sample_for_identical_inputs():
@@ -63,8 +63,8 @@ def test_front_end_does_not_depend_on_the_recording_level():
 
 
 def test_mixing_keeps_each_clip_dominant():
-    from client_app.augment import mix_other_clips
     from models.audio_frontend import levels_to_power
+    from models.augment import mix_other_clips
 
     torch.manual_seed(0)
     levels = torch.rand(6, 1, 8, 8)

@@ -8,10 +8,11 @@ import torch
 import torch.nn as nn
 
 from app_config.run_config import RunConfig
-from client_app import task
-from client_app.trainer import train_locally
-from experiments import centralized as central
+from client_app.trainer import train_locally, train_settings
+from data_partition.federation import federation_part
+from experiments import centralized_training as central
 from experiments import cpu_lock
+from models import factory
 
 
 class Counting(nn.Module):
@@ -27,7 +28,7 @@ class Counting(nn.Module):
 
 
 def counting_views(config, tally):
-    return {m: Counting(v, tally, m) for m, v in task.training_views(config, torch.device("cpu")).items()}
+    return {m: Counting(v, tally, m) for m, v in factory.training_views(config, torch.device("cpu")).items()}
 
 
 @pytest.fixture(scope="module")
@@ -64,9 +65,9 @@ def federated_rounds(config):
     for server_round in (1, 2):
         clients = []
         for pid in range(NUM_CLIENTS):
-            part, data = task.federation_part(config, pid, NUM_CLIENTS)
-            model = task.build_model(config)
-            out = train_locally(model, data, counting_views(config, processed), task.train_settings(config, model),
+            part, data = federation_part(config, pid, NUM_CLIENTS)
+            model = factory.build_model(config)
+            out = train_locally(model, data, counting_views(config, processed), train_settings(config, model),
                                 torch.device("cpu"), seed=pid)
             clients.append({"partition-id": pid, "kind": part.kind, **out})
         records.append({"round": server_round, "clients": clients})
@@ -98,12 +99,12 @@ def test_centralized_run_processes_the_federated_budget(config, tmp_path, monkey
     # the central evaluation is the ServerApp's own (tested elsewhere); a stub keeps this test fast
     monkeypatch.setattr(CentralEvaluator, "__call__", lambda self, arrays: {"knn-image": 0.5, "probe-audio": 0.25})
     seen = {"image": 0, "audio": 0}
-    original = task.training_views
-    monkeypatch.setattr(task, "training_views",
+    original = factory.training_views
+    monkeypatch.setattr(factory, "training_views",
                         lambda cfg, device: {m: Counting(v, seen, m) for m, v in original(cfg, device).items()})
     budget = central.planned_budget(config, NUM_CLIENTS)
     pooled = central.pooled_data(config, NUM_CLIENTS)
-    sizes = [task.federation_part(config, pid, NUM_CLIENTS)[1] for pid in range(NUM_CLIENTS)]
+    sizes = [federation_part(config, pid, NUM_CLIENTS)[1] for pid in range(NUM_CLIENTS)]
     for m in ("image", "audio"):
         assert pooled.count(m) == sum(d.count(m) for d in sizes)
     folder = central.train_centralized(config, budget, pooled, tmp_path / "runs", "plan")
@@ -121,7 +122,7 @@ def test_centralized_run_processes_the_federated_budget(config, tmp_path, monkey
         assert (folder / name).exists(), name
     assert json.loads((folder / "config.json").read_text())["encoder"] == "test_resnet"
     # the saved model is a loadable SSLModel state dict, as the ServerApp writes
-    task.build_model(config).load_state_dict(torch.load(folder / "final_model.pt", weights_only=True))
+    factory.build_model(config).load_state_dict(torch.load(folder / "final_model.pt", weights_only=True))
 
 
 def test_run_lock_excludes_others_and_is_reentrant(tmp_path, monkeypatch):

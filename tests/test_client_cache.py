@@ -3,20 +3,22 @@
 import numpy as np
 
 from app_config.run_config import RunConfig
-from client_app import task
+from client_app.worker_cache import WorkerCache
+from data_partition.federation import federation_part
 
 
 def test_state_is_reused_across_rounds_and_dropped_for_a_new_run(data_root):
     config = RunConfig.from_mapping({"data-root": str(data_root), "encoder": "resnet18_cifar"})
-    first = task.client_state(config, run_id=1, partition_id=0, num_partitions=10)
-    again = task.client_state(config, run_id=1, partition_id=0, num_partitions=10)
+    cache = WorkerCache()
+    first = cache.state(config, run_id=1, partition_id=0, num_partitions=10)
+    again = cache.state(config, run_id=1, partition_id=0, num_partitions=10)
     assert again.model is first.model
     assert all(again.data.tensors[m] is first.data.tensors[m] for m in first.data.tensors)
 
-    other = task.client_state(config, run_id=1, partition_id=1, num_partitions=10)
+    other = cache.state(config, run_id=1, partition_id=1, num_partitions=10)
     assert other.model is first.model  # one model per worker, weights replaced every round
 
-    new_run = task.client_state(config, run_id=2, partition_id=0, num_partitions=10)
+    new_run = cache.state(config, run_id=2, partition_id=0, num_partitions=10)
     assert new_run.model is not first.model
 
 
@@ -25,7 +27,7 @@ def test_partitions_of_all_clients_are_disjoint_and_match_their_kind(data_root):
     seen = {"image": [], "audio": []}
     kinds = []
     for pid in range(10):
-        part, data = task.federation_part(config, pid, 10)
+        part, data = federation_part(config, pid, 10)
         kinds.append(part.kind)
         seen["image"].extend(part.image_indices.tolist())
         seen["audio"].extend(part.audio_indices.tolist())

@@ -8,6 +8,7 @@ import tomllib
 import pytest
 
 from app_config.run_config import ConfigError, RunConfig, docs_table
+from server_app.preflight import checked_run_config
 from tests.conftest import PROJECT
 
 
@@ -38,7 +39,7 @@ def test_every_key_is_documented():
 ])
 def test_bad_values_raise_one_line_naming_the_key(override, key):
     with pytest.raises(ConfigError) as err:
-        RunConfig.from_mapping({**pyproject_config(), **override})
+        checked_run_config({**pyproject_config(), **override})
     message = str(err.value)
     assert key in message and "\n" not in message
 

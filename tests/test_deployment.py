@@ -10,7 +10,8 @@ import numpy as np
 import pytest
 
 from app_config.run_config import RunConfig
-from client_app.local_data import LocalSource, NodeConfigError, client_config, load_local_data, local_source
+from client_app.device_data import LocalSource, NodeConfigError, load_local_data, local_source
+from client_app.worker_cache import WorkerCache
 from experiments.deploy_local import Deployment, processes_of, split_embedded_data
 from experiments.tls_material import make_supernode_keys
 from server_app.round_record import client_value
@@ -22,7 +23,7 @@ TINY = "encoder='test_resnet' projection-hidden-dim=64 projection-dim=32"  # a 0
 def small_data_root(data_root: Path, folder: Path, n_train: int = 400, n_test: int = 120) -> Path:
     """A data root with random subsets of the embedded caches: whole runs then spend seconds, not
     minutes, on the server's central evaluation (round 0 and the last round always evaluate)."""
-    from client_app.local_data import write_array_cache
+    from client_app.device_data import write_array_cache
     from data_partition.datasets import cache_folder, load_splits
 
     rng = np.random.default_rng(0)
@@ -63,8 +64,7 @@ def test_node_config_keys_are_checked_and_server_paths_are_not_required_on_a_dev
     assert local_source({"partition-id": 0, "num-partitions": 2}, RunConfig()) is None  # simulation: unchanged
     with pytest.raises(NodeConfigError, match="modality"):
         local_source({"data-dir": str(tmp_path), "modality": "smell"}, RunConfig())
-    config = client_config({"data-root": "/only/on/the/server", "resume-from": "/server/run"},
-                           {"data-dir": str(tmp_path)})
+    config = WorkerCache().config(1, {"data-root": "/only/on/the/server", "resume-from": "/server/run"})
     assert config.data_root == "/only/on/the/server" and config.resume_from == "/server/run"
 
 

@@ -17,10 +17,10 @@ import pytest
 from flwr.app import ConfigRecord, Context, Message, RecordDict
 
 from app_config.run_config import RunConfig
-from strategies.dp import DP_MODES, DPSettings, wrap_dp
 from client_app.dp_clipping import dp_clipping_mod
+from experiments.fake_grid import FakeGrid, arrays_of, error_reply, numpy_of, task_identity, train_reply
+from strategies.dp import DP_MODES, DPSettings, wrap_dp
 from strategies.registry import build_strategy, make_strategy
-from strategies.testing import FakeGrid, arrays_of, error_reply, numpy_of, task_identity, train_reply
 
 NODES = [1, 2, 3, 4, 5]
 SIZES = {1: 10.0, 2: 40.0, 3: 25.0, 4: 5.0, 5: 20.0}  # ignored by DP: equal weights
@@ -274,11 +274,10 @@ def test_adaptive_noise_too_large_for_the_count_noise_names_the_key():
 
 
 def test_dp_defaults_match_the_registry_table():
-    from strategies.registry import NEW_KEYS
-
+    defaults = RunConfig.keys()
     default = DPSettings()
     for key, attr in (("dp", "mode"), ("dp-noise-multiplier", "noise_multiplier"),
                       ("dp-clipping-norm", "clipping_norm"), ("dp-sampled-clients", "sampled_clients"),
                       ("dp-target-quantile", "target_quantile"), ("dp-clip-norm-lr", "clip_norm_lr"),
                       ("dp-clipped-count-stddev", "clipped_count_stddev")):
-        assert NEW_KEYS[key].default == getattr(default, attr), key
+        assert defaults[key] == getattr(default, attr), key

@@ -8,8 +8,8 @@ from pathlib import Path
 import pytest
 import torch
 
-from experiments.launch import superlink_pids
 from app_config.run_config import RunConfig
+from experiments.common import superlink_pids
 from models.ssl_model import SSLModel
 from tests.conftest import PROJECT
 

@@ -12,7 +12,8 @@ from sklearn.pipeline import make_pipeline
 from sklearn.preprocessing import StandardScaler
 
 from app_config.run_config import RunConfig
-from experiments import evaluate_encoder as ev
+from experiments import eval_sets, evaluate_encoder
+from experiments import frozen_eval as ev
 
 
 def features(rng, informative, dim=16, spread=3.0, noise=1.0):
@@ -70,17 +71,17 @@ def test_class_pairing_is_seeded_and_same_class():
 
 
 def test_eval_set_names_and_shifts():
-    assert ev.parse_eval_set("digits:invert") == ev.EvalSet("digits", "invert")
-    assert ev.parse_eval_set("spoken-digits:noise5db").modality == "audio"
+    assert eval_sets.parse_eval_set("digits:invert") == eval_sets.EvalSet("digits", "invert")
+    assert eval_sets.parse_eval_set("spoken-digits:noise5db").modality == "audio"
     for bad, words in (("mnist", "unknown dataset"), ("digits:blur", "unknown shift"),
                        ("digits:noise5db", "applies to audio")):
         with pytest.raises(ValueError, match=words) as err:
-            ev.parse_eval_set(bad)
+            eval_sets.parse_eval_set(bad)
         assert "\n" not in str(err.value)
     x = np.arange(12, dtype=np.uint8).reshape(1, 2, 2, 3)
-    assert (ev._shift_function("invert")(x, None) == 255 - x).all()
+    assert (eval_sets._shift_function("invert")(x, None) == 255 - x).all()
     wave = (np.sin(np.linspace(0, 200, 16000)) * 10000).astype(np.int16)[None]
-    noisy = ev._shift_function("noise10db")(wave, np.random.default_rng(0))
+    noisy = eval_sets._shift_function("noise10db")(wave, np.random.default_rng(0))
     noise = noisy.astype(np.float64) - wave
     snr = 10 * np.log10((wave.astype(np.float64) ** 2).mean() / (noise ** 2).mean())
     assert snr == pytest.approx(10.0, abs=0.3)
@@ -89,7 +90,7 @@ def test_eval_set_names_and_shifts():
 @pytest.fixture(scope="module")
 def tiny_run(tmp_path_factory, data_root):
     """A run folder holding a small randomly initialised encoder, as the ServerApp writes it."""
-    from client_app.task import build_model
+    from models.factory import build_model
 
     folder = tmp_path_factory.mktemp("run")
     config = RunConfig(encoder="test_resnet", projection_hidden_dim=16, projection_dim=8, data_root=str(data_root))
@@ -100,8 +101,8 @@ def tiny_run(tmp_path_factory, data_root):
 
 
 def test_saved_encoder_in_domain_ood_and_fusion(tiny_run, data_root):
-    from client_app.task import eval_transforms
     from data_partition.datasets import load_splits
+    from models.factory import eval_transforms
     from server_app.evaluation import extract_features
 
     encoder = ev.load_encoder(tiny_run)
@@ -115,8 +116,8 @@ def test_saved_encoder_in_domain_ood_and_fusion(tiny_run, data_root):
     assert out["fusion-pairs"] == 60
     # in-domain image probe = the same computation done directly on the same capped subsets
     splits = load_splits("digits", data_root)
-    train = ev._capped(splits.train, 150, 0)
-    test = ev._capped(splits.test, 60, 1)
+    train = eval_sets.capped(splits.train, 150, 0)
+    test = eval_sets.capped(splits.test, 60, 1)
     transform = eval_transforms(encoder.config, torch.device("cpu"))["image"]
     tx = extract_features(encoder.model, transform, train, torch.device("cpu"))
     sx = extract_features(encoder.model, transform, test, torch.device("cpu"))
@@ -129,7 +130,7 @@ def test_separate_encoders_route_each_modality(tiny_run, tmp_path):
     other.mkdir()
     (other / "config.json").write_text((tiny_run / "config.json").read_text())
     torch.manual_seed(1)
-    from client_app.task import build_model
+    from models.factory import build_model
     torch.save(build_model(ev.run_config_of(tiny_run)).state_dict(), other / "final_model.pt")
     a, b = ev.load_encoder(tiny_run), ev.load_encoder(other)
     settings = ev.EvalSettings(knn_k=5, max_train_samples=100, max_test_samples=40, fusion=False)
@@ -143,10 +144,10 @@ def test_separate_encoders_route_each_modality(tiny_run, tmp_path):
 def test_cli_writes_json(tiny_run, tmp_path, monkeypatch, capsys):
     monkeypatch.setenv("FSSUAVL_RUN_LOCK", "")
     out = tmp_path / "r.json"
-    code = ev.main([str(tiny_run), "--max-train", "80", "--max-test", "40", "--ood", "digits:rot90",
+    code = evaluate_encoder.main([str(tiny_run), "--max-train", "80", "--max-test", "40", "--ood", "digits:rot90",
                     "--json", str(out)])
     assert code == 0
     results = json.loads(out.read_text())
     assert "ood-probe-digits:rot90" in results and "fusion-probe" in results
     assert "probe-audio" in capsys.readouterr().out
-    assert ev.main([str(tiny_run), "--ood", "digits:blur"]) == 2
+    assert evaluate_encoder.main([str(tiny_run), "--ood", "digits:blur"]) == 2

@@ -17,7 +17,7 @@ from pathlib import Path
 
 import pytest
 
-from experiments import common, launch
+from experiments import common, launch, simulation
 from tests.conftest import PROJECT
 from tests.process_helpers import gone, wait_for
 
@@ -48,12 +48,12 @@ def test_launcher_timeout_holds_when_the_run_prints_nothing(tmp_path, monkeypatc
     fake = bin_dir / "flwr"
     fake.write_text(f"#!/bin/sh\necho $$ > {tmp_path / 'flwr.pid'}\nexec sleep 120\n")
     fake.chmod(0o755)
-    real_env = launch.flower_env
-    monkeypatch.setattr(launch, "flower_env", lambda *a, **k: {**real_env(*a, **k), "PATH": f"{bin_dir}:/usr/bin:/bin"})
+    real_env = simulation.flower_env
+    monkeypatch.setattr(simulation, "flower_env", lambda *a, **k: {**real_env(*a, **k), "PATH": f"{bin_dir}:/usr/bin:/bin"})
     result = {}
 
     def run() -> None:
-        result["code"] = launch.launch(2, "", 1, 0.0, tmp_path / "home", free_port(), free_port(), timeout=3)
+        result["code"] = simulation.launch(2, "", 1, 0.0, tmp_path / "home", free_port(), free_port(), timeout=3)
 
     started = time.monotonic()
     thread = threading.Thread(target=run, daemon=True)
@@ -168,7 +168,7 @@ def test_private_keys_are_0600_from_creation_in_a_0700_folder(tmp_path, monkeypa
 
 # --------------------------------------------------------------------------- metrics.jsonl
 def test_metrics_readers_skip_a_torn_last_line_and_warn_once(tmp_path, caplog):
-    from experiments.centralized import budget_from_metrics, recorded_partitions
+    from experiments.centralized_training import budget_from_metrics, recorded_partitions
     from experiments.plots import eval_series
 
     records = [{"round": 0, "eval": {"probe-image": 0.5}},

@@ -9,7 +9,7 @@ import sys
 import pytest
 
 from client_app.faults import InjectedFault, expected_failures, fault_draw, fault_selected, maybe_inject_fault
-from experiments.launch import superlink_pids
+from experiments.common import superlink_pids
 from server_app.round_record import client_value
 from tests.conftest import PROJECT
 from tests.test_deployment import small_root  # noqa: F401  (fixture: small data root, fast central evaluation)

@@ -12,8 +12,8 @@ import numpy as np
 import pytest
 from flwr.app import Array, ArrayRecord, ConfigRecord
 
+from experiments.fake_grid import FakeGrid, arrays_of, instruction, numpy_of, task_identity, train_reply
 from strategies.registry import STRATEGIES, make_strategy
-from strategies.testing import FakeGrid, arrays_of, instruction, numpy_of, task_identity, train_reply
 
 ALL = sorted(STRATEGIES)
 HONEST = [1, 2, 3]
@@ -139,8 +139,8 @@ def test_client_info_outside_what_honest_clients_send_is_dropped(over):
 
 def test_client_info_rules_match_what_honest_clients_send():
     from client_app.worker_info import worker_info
-    from strategies.reply_check import CLIENT_INFO_FIELDS, KINDS, check_client_info
     from data_partition.partition import KINDS as PARTITION_KINDS
+    from strategies.reply_check import CLIENT_INFO_FIELDS, KINDS, check_client_info
 
     assert KINDS == PARTITION_KINDS
     sent = worker_info(3, "audiovisual")

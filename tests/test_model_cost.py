@@ -6,7 +6,7 @@ import torch.nn as nn
 
 import models.encoders  # noqa: F401  (registers resnet18_cifar, vit_tiny_cifar)
 from app_config.run_config import RunConfig
-from experiments.model_cost import encoder_cost, forward_flops, parameter_count
+from experiments.encoder_cost import encoder_cost, forward_flops, parameter_count
 
 # ResNet-18 (11,689,512 with its 1000-way fc) minus the fc (513,000) with the CIFAR 3x3 stem
 # (1,728 instead of 9,408 weights): 11,168,832. Its 32x32 cost is the usual "0.56 GMACs".

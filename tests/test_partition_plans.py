@@ -9,7 +9,14 @@ import pytest
 
 from data_partition import partition
 from data_partition.partition import (
-    AUDIO_ONLY, AUDIOVISUAL, VISUAL, PartitionError, PlanSettings, build_plan, kind_counts, split_labels,
+    AUDIO_ONLY,
+    AUDIOVISUAL,
+    VISUAL,
+    PartitionError,
+    PlanSettings,
+    build_plan,
+    kind_counts,
+    split_labels,
 )
 from data_partition.show import label_counts, total_variation
 
@@ -139,10 +146,8 @@ def test_dirichlet_scales_to_1000_clients():
 
 
 def test_plan_is_stored_and_reused(tmp_path):
-    partition._PLANS.clear()
     s = settings(partitioner="pathological", num_partitions=15)
     first = partition.load_or_build_plan(s, IMAGE, AUDIO, tmp_path)
-    partition._PLANS.clear()
     (stored,) = tmp_path.glob("plan-*.npz")
     again = partition.load_or_build_plan(s, IMAGE, AUDIO, tmp_path)
     assert all(np.array_equal(p.image_indices, q.image_indices) for p, q in zip(first, again))

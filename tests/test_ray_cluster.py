@@ -24,7 +24,7 @@ from pathlib import Path
 
 import pytest
 
-from experiments.launch import superlink_pids
+from experiments.common import superlink_pids
 from server_app.round_record import client_value
 from tests.conftest import PROJECT
 

@@ -15,19 +15,10 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from data_partition import datasets
 from data_partition.datasets import DATASETS, layout_problem, load_splits, skipped_files
 from data_partition.readers import cifar
 from data_partition.readers.common import LayoutError
 from experiments import make_fixture_root as fx
-
-
-@pytest.fixture(autouse=True)
-def _fresh_memo():
-    """load_splits memoises per (name, root); every test writes its own root."""
-    datasets._LOADED.clear()
-    yield
-    datasets._LOADED.clear()
 
 
 def _dominant_hz(wave: np.ndarray, rate: int = 16_000) -> float:
@@ -179,23 +170,23 @@ def test_incomplete_or_nested_layout_is_explained(tmp_path):
 
 
 def test_run_config_reports_layout_before_the_run(tmp_path):
-    from app_config.run_config import ConfigError, RunConfig
+    from app_config.run_config import ConfigError
+    from server_app.preflight import checked_run_config
 
     with pytest.raises(ConfigError) as err:
-        RunConfig.from_mapping({"image-dataset": "cifar10", "data-root": str(tmp_path)})
+        checked_run_config({"image-dataset": "cifar10", "data-root": str(tmp_path)})
     assert str(err.value).startswith("image-dataset='cifar10': data-root ") and "\n" not in str(err.value)
     with pytest.raises(ConfigError, match="^audio-dataset='esc50': "):
-        RunConfig.from_mapping({"audio-dataset": "esc50", "data-root": str(tmp_path)})
+        checked_run_config({"audio-dataset": "esc50", "data-root": str(tmp_path)})
     fx.write_cifar10(tmp_path, per_batch=2, test=2)
     fx.write_esc50(tmp_path, num_classes=2)
-    RunConfig.from_mapping({"image-dataset": "cifar10", "audio-dataset": "esc50", "data-root": str(tmp_path)})
+    checked_run_config({"image-dataset": "cifar10", "audio-dataset": "esc50", "data-root": str(tmp_path)})
 
 
 def test_cache_is_built_once_and_outlives_the_source(tmp_path):
     folder = fx.write_speech_commands(tmp_path, per_word=3)
     first = load_splits("speech-commands", tmp_path)
     shutil.rmtree(folder)
-    datasets._LOADED.clear()
     assert layout_problem("speech-commands", tmp_path) is None  # the cache is enough
     again = load_splits("speech-commands", tmp_path)
     assert isinstance(again.train.x, np.memmap)

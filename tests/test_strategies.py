@@ -16,8 +16,8 @@ import pytest
 from flwr.app import ArrayRecord, ConfigRecord, Message
 
 from app_config.run_config import ConfigError, RunConfig
+from experiments.fake_grid import FakeGrid, arrays_of, numpy_of, task_identity, train_reply
 from strategies.registry import STRATEGIES, STRATEGY_KEYS, build_strategy, make_strategy, unused_strategy_keys
-from strategies.testing import FakeGrid, arrays_of, numpy_of, task_identity, train_reply
 
 PROJECT = Path(__file__).resolve().parents[1]
 ALL = ["fedavg", "ldawa", "fedprox", "fedadam", "fedyogi", "fedadagrad", "fedavgm", "fedmedian", "fedtrimmedavg",
@@ -29,7 +29,7 @@ SIZES = {1: 10.0, 2: 40.0, 3: 25.0, 4: 5.0, 5: 20.0, 6: 30.0, 7: 15.0}
 PARAMS = dict(proximal_mu=0.3, server_learning_rate=0.7, server_momentum=0.5, fedopt_eta=0.05,
               fedopt_beta1=0.8, fedopt_beta2=0.95, fedopt_tau=0.01, trimmed_beta=0.2,
               ldawa_warmup_rounds=0, fraction_evaluate=0.0, min_train_nodes=len(NODES))
-# Keys app_config.run_config may not declare yet (strategies.registry.NEW_KEYS): read with getattr defaults.
+# Robust strategies' keys, set away from their defaults too.
 NEW = dict(num_malicious_nodes=1, multikrum_select=3)
 
 
@@ -55,14 +55,8 @@ def client_weights(node: int, server_round: int, received: dict[str, np.ndarray]
 
 
 def config(name: str, **over):
-    """A RunConfig with PARAMS, plus the NEW keys (as attributes where RunConfig lacks them)."""
-    known = {f.name for f in dataclasses.fields(RunConfig)}
-    values = {**PARAMS, **NEW, **over}
-    cfg = dataclasses.replace(RunConfig(), strategy=name, **{k: v for k, v in values.items() if k in known})
-    extra = {k: v for k, v in values.items() if k not in known}
-    if not extra:
-        return cfg
-    return type("Config", (), {**{f.name: getattr(cfg, f.name) for f in dataclasses.fields(RunConfig)}, **extra})()
+    """A RunConfig with PARAMS and NEW."""
+    return dataclasses.replace(RunConfig(), strategy=name, **{**PARAMS, **NEW, **over})
 
 
 def run_rounds(strategy, rounds: int, respond=None):
@@ -223,21 +217,13 @@ def test_strategy_keys_ignored_by_the_chosen_strategy_are_reported():
 
 
 def test_every_strategy_parameter_is_a_documented_config_key_in_pyproject():
-    """Keys RunConfig declares match pyproject; keys it does not declare yet are in NEW_KEYS, with the same default."""
-    from strategies.registry import NEW_KEYS
-
+    """Every key a strategy takes is a RunConfig key (the single source), documented, with pyproject's default."""
     pyproject = tomllib.loads((PROJECT / "pyproject.toml").read_text())["tool"]["flwr"]["app"]["config"]
     defaults = RunConfig.keys()
-    for key in sorted(set(STRATEGY_KEYS) | set(NEW_KEYS)):
-        if key not in defaults:
-            assert key in NEW_KEYS and NEW_KEYS[key].doc and NEW_KEYS[key].bounds, key
-            assert key not in pyproject, key
-            continue
+    for key in sorted(STRATEGY_KEYS):
+        assert key in defaults, key
         assert pyproject[key] == defaults[key], key
-        if key in NEW_KEYS:
-            assert NEW_KEYS[key].default == defaults[key], key
-        field = next(f for f in dataclasses.fields(RunConfig) if f.name == key.replace("-", "_"))
-        assert field.metadata["doc"]
+        assert RunConfig.docs()[key]
 
 
 @pytest.mark.parametrize("field,value,key", [
@@ -364,7 +350,7 @@ def test_client_train_adds_the_proximal_term_when_the_server_sends_mu(monkeypatc
     model = torch.nn.Linear(3, 2)
     state = types.SimpleNamespace(model=model, data=types.SimpleNamespace(modalities=("image",), count=lambda m: 7),
                                   views={}, device=torch.device("cpu"), kind="visual")
-    monkeypatch.setattr(client, "client_state", lambda *a, **k: state)
+    monkeypatch.setattr(client.WORKER, "state", lambda *a, **k: state)
     captured = {}
 
     def fake_train(model, data, views, settings, device, seed, extra_loss=None):

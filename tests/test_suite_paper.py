@@ -6,6 +6,7 @@ import pytest
 import torch
 import yaml
 
+from data_partition.datasets import resolve_data_root
 from experiments import suite as S
 from experiments.make_fixture_root import WRITERS
 from experiments.suite_eval import empty_row
@@ -54,7 +55,7 @@ def test_paper_suite_dry_run_validates_every_job_against_the_data_root(paper_roo
                      ("tiny-imagenet", "-", 64, 20.0), ("-", "vggsound-audio", 64, 20.0)}
     for config in configs.values():
         assert config.fraction_train == 0.1 and config.num_server_rounds == 100 and config.audio_n_mels == 64
-        assert config.resolved_data_root() == paper_root.resolve() and config.save_every == 100
+        assert resolve_data_root(config.data_root) == paper_root.resolve() and config.save_every == 100
         assert (config.optimizer == "adamw") == (config.encoder == "vit_tiny_cifar")
     ev = suite.evaluation
     assert ev.out_of_domain == ["cifar100", "esc50"]
@@ -100,7 +101,7 @@ def test_lowdata_suite_pairs_each_share_with_its_single_modality_reference():
 
 def test_vit_takes_spectrograms_whose_sides_are_not_multiples_of_its_patch():
     from app_config.run_config import RunConfig
-    from client_app.task import build_model
+    from models.factory import build_model
 
     model = build_model(RunConfig(encoder="vit_tiny_cifar", projection_hidden_dim=16, projection_dim=8)).eval()
     with torch.no_grad():  # 1 s at a 10 ms hop: 101 frames; VGGSound at 20 ms: 501
@@ -110,8 +111,8 @@ def test_vit_takes_spectrograms_whose_sides_are_not_multiples_of_its_patch():
 
 def test_fusion_uses_the_named_sets_even_without_in_domain_sets(data_root):
     from app_config.run_config import RunConfig
-    from client_app.task import build_model
-    from experiments.evaluate_encoder import Encoder, EvalSettings, evaluate
+    from experiments.frozen_eval import Encoder, EvalSettings, evaluate
+    from models.factory import build_model
 
     config = RunConfig(encoder="test_resnet", projection_hidden_dim=16, projection_dim=8, data_root=str(data_root))
     torch.manual_seed(0)

@@ -100,7 +100,7 @@ entries:
 
 def fake_runs(suite, folder) -> dict:
     """Run folders whose 'trained' weights are the seed's initial weights (as the ServerApp draws them)."""
-    from client_app.task import build_model
+    from models.factory import build_model
 
     runs = {}
     for job in all_jobs(suite):

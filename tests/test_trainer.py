@@ -4,7 +4,8 @@ import pytest
 import torch
 import torch.nn as nn
 
-from client_app.trainer import LocalData, TrainSettings, train_locally
+from client_app.trainer import TrainSettings, train_locally
+from data_partition.client_data import LocalData
 from models.ssl_model import SSLModel
 
 
@@ -38,7 +39,8 @@ def _data(image: int, audio: int) -> LocalData:
     return LocalData(tensors)
 
 
-SETTINGS = TrainSettings(local_epochs=1, batch_size=4, learning_rate=0.01)
+SETTINGS = TrainSettings(local_epochs=1, max_local_steps=0, batch_size=4, optimizer="sgd", learning_rate=0.01,
+                         momentum=0.9, weight_decay=5e-4, temperature=0.5)
 
 
 @pytest.fixture(scope="module")
@@ -74,7 +76,8 @@ def test_audiovisual_client_sums_both_losses_through_the_same_encoder(model):
 def test_training_changes_the_shared_encoder_and_max_steps_caps_work(model):
     before = {k: v.clone() for k, v in model.state_dict().items()}
     views = _views()
-    settings = TrainSettings(local_epochs=5, max_local_steps=2, batch_size=4, learning_rate=0.01)
+    settings = TrainSettings(local_epochs=5, max_local_steps=2, batch_size=4, optimizer="sgd", learning_rate=0.01,
+                             momentum=0.9, weight_decay=5e-4, temperature=0.5)
     metrics = train_locally(model, _data(40, 40), views, settings, torch.device("cpu"), seed=1)
     assert metrics["steps"] == 2
     assert not torch.equal(before["encoder.conv1.weight"], model.state_dict()["encoder.conv1.weight"])

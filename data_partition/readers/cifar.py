@@ -54,7 +54,8 @@ CIFAR10 = CifarLayout(
 )
 CIFAR100 = CifarLayout(
     "cifar100", "cifar-100-python", ("train",), "test", "meta",
-    "fine_labels", "fine_label_names", "download CIFAR-100 (python version, cifar-100-python.tar.gz) and extract it there",
+    "fine_labels", "fine_label_names",
+    "download CIFAR-100 (python version, cifar-100-python.tar.gz) and extract it there",
 )
 
 

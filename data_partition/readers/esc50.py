@@ -20,7 +20,13 @@ import numpy as np
 
 from data_partition.modality_data import AUDIO, DatasetSplits, ModalityData
 from data_partition.readers.common import (
-    SAMPLE_RATE, LayoutError, Skips, dataset_folder, decode_into, load_wav, require_samples,
+    SAMPLE_RATE,
+    LayoutError,
+    Skips,
+    dataset_folder,
+    decode_into,
+    load_wav,
+    require_samples,
 )
 
 FOLDERS = ("ESC-50-master", "esc50")

@@ -22,7 +22,14 @@ import numpy as np
 
 from data_partition.modality_data import AUDIO, DatasetSplits, ModalityData
 from data_partition.readers.common import (
-    SAMPLE_RATE, Skips, dataset_folder, decode_into, existing_files, load_wav, read_lines, require_samples,
+    SAMPLE_RATE,
+    Skips,
+    dataset_folder,
+    decode_into,
+    existing_files,
+    load_wav,
+    read_lines,
+    require_samples,
 )
 
 FOLDER = "speech_commands_v0.02"

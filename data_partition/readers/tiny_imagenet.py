@@ -21,7 +21,13 @@ import numpy as np
 
 from data_partition.modality_data import IMAGE, DatasetSplits, ModalityData
 from data_partition.readers.common import (
-    Skips, dataset_folder, decode_into, existing_files, load_image, read_lines, require_samples,
+    Skips,
+    dataset_folder,
+    decode_into,
+    existing_files,
+    load_image,
+    read_lines,
+    require_samples,
 )
 
 FOLDER = "tiny-imagenet-200"

@@ -27,7 +27,13 @@ import numpy as np
 
 from data_partition.modality_data import AUDIO, IMAGE, DatasetSplits, ModalityData
 from data_partition.readers.common import (
-    SAMPLE_RATE, Skips, dataset_folder, decode_into, load_image, load_wav, require_samples,
+    SAMPLE_RATE,
+    Skips,
+    dataset_folder,
+    decode_into,
+    load_image,
+    load_wav,
+    require_samples,
 )
 
 FOLDER = "vggsound"

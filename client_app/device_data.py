@@ -26,13 +26,12 @@ Embedded datasets (``digits``, ``spoken-digits``) count as present only when
 their array cache exists in ``data-dir``: a device never generates data.
 
 A deployed node's run config still names the *server's* datasets and data root;
-:func:`client_config` validates the run config without requiring those to exist
-on the device.
+parsing the run config (``RunConfig``) checks no files, so the device needs
+none of them (the server's files are checked once, by ``server_app.preflight``).
 """
 
 from __future__ import annotations
 
-import dataclasses
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -40,8 +39,8 @@ import numpy as np
 import torch
 
 from app_config.run_config import RunConfig
-from client_app.trainer import LocalData
 from data_partition.array_cache import cache_ready, cached_splits
+from data_partition.client_data import LocalData
 from data_partition.datasets import DATASETS, cache_folder, layout_problem, load_splits
 from data_partition.modality_data import AUDIO, IMAGE, DatasetSplits, ModalityData
 
@@ -82,22 +81,6 @@ def local_source(node_config, config: RunConfig) -> LocalSource | None:
         if name and (name not in DATASETS or DATASETS[name].modality != kind):
             raise NodeConfigError(f"node config {key}: unknown {kind} dataset {name!r}")
     return LocalSource(data_dir, modality, image, audio)
-
-
-def client_config(run_config: dict, node_config) -> RunConfig:
-    """The run config as a client sees it.
-
-    In simulation: validated as on the server. On a deployed node the data keys
-    (``data-root``, ``image-dataset``, ``audio-dataset``) and ``resume-from``
-    describe the server's files, which the device does not have: they are kept
-    as given but not checked against the device's disk.
-    """
-    if not is_deployed(node_config):
-        return RunConfig.from_mapping(run_config)
-    server_side = {"data-root": "", "image-dataset": "digits", "audio-dataset": "spoken-digits", "resume-from": ""}
-    config = RunConfig.from_mapping({**run_config, **server_side})
-    kept = {key.replace("-", "_"): run_config[key] for key in server_side if key in run_config}
-    return dataclasses.replace(config, **kept)
 
 
 def _found(source: LocalSource, folder: Path) -> dict[str, ModalityData]:

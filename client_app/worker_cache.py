@@ -1,0 +1,86 @@
+"""What a worker process keeps between messages: one run's config, model and client data.
+
+Flower rebuilds the ClientApp call for each message, but a worker (a Ray actor
+in simulation, a SuperNode's ClientApp process on a device) lives for the
+whole run and serves many virtual clients in turn. :class:`WorkerCache` keeps,
+for one run at a time:
+
+* the parsed run config (validated once per run, not per message);
+* one model with its training views and device, whose weights each round replaces;
+* the data of every partition this worker has served (partitions are
+  disjoint, so at most one copy of the dataset), with the federation (datasets
+  and plan) they were cut from; a deployed node's own data instead
+  (``client_app.device_data``).
+
+A message of another run empties it. The ClientApp owns one instance
+(``client_app.app.WORKER``); tests and benchmarks make their own.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from dataclasses import dataclass
+
+import torch
+import torch.nn as nn
+
+from app_config.run_config import RunConfig
+from client_app.device_data import LocalSource, load_local_data
+from data_partition.client_data import LocalData
+from data_partition.federation import Federation
+from models.device import resolve_device
+from models.factory import build_model, training_views
+from models.ssl_model import SSLModel
+
+
+@dataclass
+class ClientState:
+    kind: str
+    model: SSLModel
+    data: LocalData
+    views: dict[str, nn.Module]
+    device: torch.device
+
+
+class WorkerCache:
+    """One run's config, model and client data in this worker process (see the module docstring)."""
+
+    def __init__(self) -> None:
+        self._run_key: object = None
+        self._config: tuple[int, dict, RunConfig] | None = None
+        self._model: tuple[SSLModel, dict[str, nn.Module], torch.device] | None = None
+        self._federations: dict[int, Federation] = {}
+        self._parts: dict[object, tuple[str, LocalData]] = {}
+
+    def config(self, run_id: int, run_config: Mapping) -> RunConfig:
+        """The run's RunConfig, parsed on the run's first message and reused after that."""
+        values = dict(run_config)
+        if self._config is None or self._config[:2] != (run_id, values):
+            self._config = (run_id, values, RunConfig.from_mapping(values))
+        return self._config[2]
+
+    def _start(self, run_key: object) -> None:
+        if self._run_key != run_key:  # a new run: forget the previous one's model and data
+            self._model = None
+            self._federations.clear()
+            self._parts.clear()
+            self._run_key = run_key
+
+    def state(self, config: RunConfig, run_id: int, partition_id: int, num_partitions: int,
+              local: LocalSource | None = None) -> ClientState:
+        """The model (one per worker) and this client's data: its partition, or a device's own data (``local``)."""
+        self._start((run_id, config))
+        if self._model is None:
+            device = resolve_device(config.device)
+            self._model = (build_model(config).to(device), training_views(config, device), device)
+        key = (partition_id, num_partitions) if local is None else local
+        if key not in self._parts:
+            if local is not None:
+                self._parts[key] = load_local_data(local)
+            else:
+                federation = self._federations.setdefault(num_partitions, Federation(config, num_partitions))
+                part, data = federation.part(partition_id)
+                self._parts[key] = (part.kind, data)
+        model, views, device = self._model
+        kind, data = self._parts[key]
+        return ClientState(kind, model, data, views, device)

@@ -1,0 +1,25 @@
+"""A client's samples per modality as tensors: what the local trainer batches from."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+import torch
+
+from app_config.modalities import AUDIO, IMAGE
+
+MODALITY_ORDER = (IMAGE, AUDIO)
+
+
+@dataclass
+class LocalData:
+    """A client's samples per modality, as tensors ready for batching (uint8 / int16)."""
+
+    tensors: dict[str, torch.Tensor] = field(default_factory=dict)
+
+    @property
+    def modalities(self) -> tuple[str, ...]:
+        return tuple(m for m in MODALITY_ORDER if m in self.tensors and len(self.tensors[m]) >= 2)
+
+    def count(self, modality: str) -> int:
+        return len(self.tensors[modality]) if modality in self.tensors else 0

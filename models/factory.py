@@ -1,0 +1,50 @@
+"""Factories from a run config: the network, its audio front end, training views and evaluation transforms.
+
+The ClientApp, the ServerApp's central evaluation and every experiment build
+these the same way, from here. Encoders come from timm's registry
+(:func:`timm.create_model`; the project's own are registered by
+:mod:`models.encoders`).
+"""
+
+from __future__ import annotations
+
+import torch
+import torch.nn as nn
+
+from app_config.modalities import AUDIO, IMAGE
+from app_config.run_config import RunConfig
+from models.audio_frontend import LogMelFrontEnd
+from models.augment import AudioEval, AudioViews, ImageEval, ImageViews
+from models.recipes import Recipe, resolve_recipe, round_learning_rate
+from models.ssl_model import SSLModel
+
+
+def build_model(config: RunConfig) -> SSLModel:
+    return SSLModel(config.encoder, config.projection_hidden_dim, config.projection_dim)
+
+
+def frontend(config: RunConfig) -> LogMelFrontEnd:
+    return LogMelFrontEnd(config.audio_n_mels, config.audio_hop_ms, config.audio_win_ms)
+
+
+def training_views(config: RunConfig, device: torch.device) -> dict[str, nn.Module]:
+    return {
+        IMAGE: ImageViews(config.image_size, config.image_min_crop_scale, config.image_hflip).to(device),
+        AUDIO: AudioViews(frontend(config), config.audio_n_mels).to(device),
+    }
+
+
+def eval_transforms(config: RunConfig, device: torch.device) -> dict[str, nn.Module]:
+    return {IMAGE: ImageEval(config.image_size).to(device), AUDIO: AudioEval(frontend(config)).to(device)}
+
+
+def recipe(config: RunConfig, model: SSLModel) -> Recipe:
+    """The encoder family's optimiser recipe with the config's non-"auto" values."""
+    return resolve_recipe(model.encoder, config.optimizer, config.learning_rate, config.weight_decay)
+
+
+def scheduled_learning_rate(config: RunConfig, model: SSLModel, server_round: int) -> float:
+    """The learning rate the server sends for ``server_round`` (recipe's base rate on the run's schedule)."""
+    base = recipe(config, model).learning_rate
+    return round_learning_rate(base, server_round, config.num_server_rounds, config.lr_schedule,
+                               config.lr_warmup_rounds)

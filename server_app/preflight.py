@@ -1,0 +1,54 @@
+"""Checks of a run config that read the disk or the model registry, run once per run.
+
+``app_config.run_config.RunConfig`` checks types, choices and ranges and does
+no I/O, so clients can parse it on every message and a device need not hold
+the server's files. What needs the file system or timm is checked here, once:
+by the launcher and the suite before anything starts, and by the ServerApp
+before its first round (never per client message):
+
+* ``encoder`` names a timm model (the project's own are registered by
+  importing :mod:`models.encoders`);
+* ``data-root`` exists when it is set, and every real dataset the run uses is
+  laid out (or already cached) under it;
+* ``resume-from`` names a checkpoint that exists.
+
+Each failure is a :class:`~app_config.run_config.ConfigError`, one line naming the key.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from pathlib import Path
+
+from app_config.run_config import ConfigError, RunConfig
+from data_partition.datasets import DATASETS, layout_problem, resolve_data_root
+from models.encoders import is_encoder_name
+from server_app.checkpoint import resume_problem
+
+
+def _need(ok: bool, message: str) -> None:
+    if not ok:
+        raise ConfigError(message)
+
+
+def preflight(config: RunConfig) -> RunConfig:
+    """``config`` when the files and names it refers to are there; else a one-line ConfigError."""
+    _need(is_encoder_name(config.encoder), f"encoder: unknown value {config.encoder!r}; use resnet18_half_cifar, "
+                                           "resnet18_cifar, vit_tiny_cifar or a timm model name")
+    if config.data_root:
+        _need(Path(config.data_root).expanduser().is_dir(),
+              f"data-root: folder {config.data_root!r} does not exist; create it, fix the path, "
+              "or set data-root='' for the default cache")
+    for key, name in (("image-dataset", config.image_dataset), ("audio-dataset", config.audio_dataset)):
+        if name and DATASETS[name].needs_source:  # a real dataset: its files must be under data-root
+            problem = layout_problem(name, resolve_data_root(config.data_root))
+            _need(problem is None, f"{key}={name!r}: {problem}")
+    if config.resume_from:
+        problem = resume_problem(config.resume_from)
+        _need(problem is None, f"resume-from: {problem}")
+    return config
+
+
+def checked_run_config(values: Mapping) -> RunConfig:
+    """The RunConfig of a Flower run config, parsed and preflighted (one-line ConfigError otherwise)."""
+    return preflight(RunConfig.from_mapping(dict(values)))

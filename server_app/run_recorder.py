@@ -1,0 +1,121 @@
+"""Everything a run leaves behind, round by round: metrics.jsonl, TensorBoard, checkpoints, saved models.
+
+The round loop (``server_app.round_loop.run_rounds``) calls a
+:class:`RunRecorder` at three points of each round:
+
+* ``record_train(train)`` after aggregation: the round's train numbers and
+  per-client entries are kept until the round ends;
+* ``end_round(round, arrays)`` as the loop's ``evaluate_fn``: central
+  evaluation when due, the round's record appended to ``metrics.jsonl``, the
+  history and TensorBoard, ``round-NNNN.pt`` every ``save-every`` rounds and
+  the one-line summary printed;
+* ``checkpoint(round, arrays)`` as ``on_round_end``: ``checkpoint.pt`` every
+  ``checkpoint-every`` rounds and after the last.
+
+``finish(result)`` saves the final model and ``summary.json``. The recorder
+needs no Flower run: tests drive it with arrays and fake evaluators.
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Callable
+
+from flwr.app import ArrayRecord, MetricRecord
+from flwr.serverapp.strategy import Result
+
+from app_config.run_config import RunConfig
+from server_app.central_eval import as_metric_record
+from server_app.checkpoint import Checkpoint, capture_rng, capture_strategy_state, save_checkpoint
+from server_app.round_loop import RoundTrain
+from server_app.round_record import client_entries
+from server_app.run_output import RunOutput, format_round
+from server_app.tensorboard_log import TensorBoardLog
+
+ROUND_KEYS = ("replies", "failures", "sent", "no-reply", "aggregation-skipped", "clients")
+
+
+def round_entry(train: RoundTrain, dropped: dict | None = None) -> dict:
+    """The round's train numbers as written to metrics.jsonl (client values under their own keys)."""
+    metrics = train.metrics
+    entry = {
+        "metrics": {} if metrics is None else dict(metrics.items()),
+        "replies": len(train.replies),
+        "failures": train.failures,
+        "sent": train.sent,
+        "no-reply": len(train.missing_nodes),
+        "clients": client_entries(train.replies, train.missing_nodes, dropped=dropped),
+    }
+    if train.skipped:
+        entry["aggregation-skipped"] = train.skipped
+    return entry
+
+
+class RunRecorder:
+    """Writes a run's rounds; see the module docstring for when each method is called."""
+
+    def __init__(self, config: RunConfig, output: RunOutput, strategy, evaluator: Callable[[ArrayRecord], dict],
+                 history: list[dict] | None = None, resumed_after: int | None = None, flower_run_id: int = 0,
+                 clock: Callable[[], float] = time.perf_counter) -> None:
+        self.config, self.output, self.strategy, self.evaluator = config, output, strategy, evaluator
+        self.history = list(history or [])
+        self.resumed_after, self.flower_run_id, self.clock = resumed_after, flower_run_id, clock
+        self.tensorboard = TensorBoardLog(output.folder, enabled=config.tensorboard,
+                                          purge_step=None if resumed_after is None else resumed_after + 1)
+        self._pending: dict[int, dict] = {}
+        self._last = clock()
+
+    # --------------------------------------------------------------- round hooks
+    def record_train(self, train: RoundTrain) -> None:
+        self._pending[train.round] = round_entry(train, getattr(self.strategy, "last_dropped", None))
+
+    def eval_due(self, server_round: int) -> bool:
+        every = self.config.eval_every
+        return server_round in (0, self.config.num_server_rounds) or bool(every and server_round % every == 0)
+
+    def end_round(self, server_round: int, arrays: ArrayRecord) -> MetricRecord | None:
+        record: dict = {"round": server_round, "round-seconds": self.clock() - self._last}
+        if server_round in self._pending:
+            train = self._pending.pop(server_round)
+            record["train"] = train["metrics"]
+            record.update({key: train[key] for key in ROUND_KEYS if key in train})
+        if self.config.save_every and server_round % self.config.save_every == 0:
+            self.output.save_model(arrays.to_torch_state_dict(), f"round-{server_round:04d}.pt")
+        scores = self.evaluator(arrays) if self.eval_due(server_round) else None
+        if scores is not None:
+            record["eval"] = scores
+        self.output.append_round(record)
+        self.history.append(record)
+        self.tensorboard.write_round(record)
+        print("[fssuavl] " + format_round(record), flush=True)
+        self._last = self.clock()
+        return None if scores is None else as_metric_record(scores)
+
+    def checkpoint(self, server_round: int, arrays: ArrayRecord) -> None:
+        every, last = self.config.checkpoint_every, self.config.num_server_rounds
+        if not every or (server_round % every and server_round != last):
+            return
+        save_checkpoint(self.output.folder, Checkpoint(
+            round=server_round, arrays=arrays, strategy_name=self.config.strategy,
+            strategy_state=capture_strategy_state(self.strategy), rng=capture_rng(self.config.seed),
+            history=self.history, run_config=self.config.as_mapping(),
+            meta={"flower-run-id": int(self.flower_run_id), "written": time.strftime("%Y-%m-%dT%H:%M:%S")},
+        ))
+
+    # --------------------------------------------------------------- end of the run
+    def finish(self, result: Result, fallback: ArrayRecord) -> dict:
+        """Save the final model (``fallback`` when no round aggregated) and ``summary.json``; return the summary."""
+        final = result.arrays if len(result.arrays) else fallback
+        path = self.output.save_model(final.to_torch_state_dict())
+        summary: dict = {"final-model": str(path), "rounds": self.config.num_server_rounds}
+        if self.resumed_after is not None:
+            summary["resumed-after-round"] = self.resumed_after
+        evals = result.evaluate_metrics_serverapp
+        if evals:
+            first, latest = evals[min(evals)], evals[max(evals)]
+            summary.update({f"initial-{k}": v for k, v in first.items()})
+            summary.update({f"final-{k}": v for k, v in latest.items()})
+        self.output.write_json("summary.json", summary)
+        self.tensorboard.close()
+        print(f"[fssuavl] done: {summary}", flush=True)
+        return summary
