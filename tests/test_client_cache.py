@@ -37,3 +37,11 @@ def test_partitions_of_all_clients_are_disjoint_and_match_their_kind(data_root):
     for modality, total in (("image", 1437), ("audio", 900)):
         assert len(seen[modality]) == len(set(seen[modality])) == total  # each sample exactly once
     assert np.all(np.asarray(seen["image"]) < 1437)
+
+
+def test_run_config_is_parsed_once_per_run():
+    cache = WorkerCache()
+    first = cache.config(1, {"num-server-rounds": 3})
+    assert cache.config(1, {"num-server-rounds": 3}) is first
+    assert cache.config(2, {"num-server-rounds": 3}) is not first
+    assert cache.config(2, {"num-server-rounds": 5}).num_server_rounds == 5
