@@ -256,7 +256,8 @@ class RunConfig(_RunConfigFields):
         return self
 
 
-_FIELDS: dict[str, FieldInfo] = _RunConfigFields.__pydantic_fields__
+# the fields pydantic collected (its mypy plugin does not model this attribute of pydantic dataclasses)
+_FIELDS: dict[str, FieldInfo] = _RunConfigFields.__pydantic_fields__  # type: ignore[attr-defined]
 
 
 # --------------------------------------------------------------------------- one-line errors
@@ -292,16 +293,17 @@ def _number_text(value: float) -> str:
 
 
 def _bounds_text(info: FieldInfo) -> str:
-    low = high = None
+    low: tuple[str, float] | None = None
+    high: tuple[str, float] | None = None
     for b in _bounds(info):
         if isinstance(b, annotated_types.Ge):
-            low = ("[", b.ge)
+            low = ("[", float(b.ge))  # type: ignore[arg-type]
         elif isinstance(b, annotated_types.Gt):
-            low = ("(", b.gt)
+            low = ("(", float(b.gt))  # type: ignore[arg-type]
         elif isinstance(b, annotated_types.Le):
-            high = ("]", b.le)
+            high = ("]", float(b.le))  # type: ignore[arg-type]
         elif isinstance(b, annotated_types.Lt):
-            high = (")", b.lt)
+            high = (")", float(b.lt))  # type: ignore[arg-type]
     if low and high:
         return f"in {low[0]}{_number_text(low[1])}, {_number_text(high[1])}{high[0]}"
     if low:

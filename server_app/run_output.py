@@ -39,7 +39,7 @@ def json_safe(value, *, max_string: int | None = None, max_items: int | None = N
         return f"<{len(value)} bytes>"
     if _depth >= MAX_DEPTH:
         return "<nested too deep>"
-    kw = {"max_string": max_string, "max_items": max_items, "_depth": _depth + 1}
+    kw: dict = {"max_string": max_string, "max_items": max_items, "_depth": _depth + 1}
     if isinstance(value, dict):
         items = list(value.items())[:max_items] if max_items is not None else value.items()
         return {str(k) if max_string is None else str(k)[:max_string]: json_safe(v, **kw) for k, v in items}
