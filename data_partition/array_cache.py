@@ -233,6 +233,7 @@ def cached_splits(folder: Path, build: Callable[[Path], DatasetSplits]) -> Datas
         if folder.exists():
             _move_aside(folder)
         staging = _new_staging(folder.parent, folder.name)
+        log.info("%s: building the array cache in %s (once; later runs read it)", folder.name, folder)
         try:
             splits = build(staging)
             summary = _take_summary(staging)

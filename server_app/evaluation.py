@@ -9,6 +9,7 @@ from sklearn.linear_model import LogisticRegression
 from sklearn.neighbors import KNeighborsClassifier
 from sklearn.pipeline import make_pipeline
 from sklearn.preprocessing import StandardScaler
+from tqdm import tqdm
 
 from data_partition.modality_data import ModalityData
 
@@ -19,7 +20,8 @@ def extract_features(model: nn.Module, preprocess: nn.Module, data: ModalityData
     """Backbone features (before the projection head), as SimCLR evaluates."""
     model.eval()
     out = []
-    for start in range(0, len(data), batch_size):
+    for start in tqdm(range(0, len(data), batch_size), desc=f"features {data.modality}", unit="batch", leave=False,
+                      disable=None):
         batch = torch.from_numpy(np.array(data.x[start: start + batch_size])).to(device)
         out.append(model.features(preprocess(batch)).float().cpu())
     return torch.cat(out).numpy()

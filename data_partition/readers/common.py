@@ -20,6 +20,7 @@ from functools import lru_cache
 from pathlib import Path
 
 import numpy as np
+from tqdm import tqdm
 
 SAMPLE_RATE = 16_000
 SUMMARY_FILE = "summary.json"  # read by data_partition.array_cache
@@ -152,7 +153,9 @@ def decode_into(scratch: Path, name: str, items: Sequence[tuple[Path, int]], dec
             return None, err
 
     workers = max(1, min(4, os.cpu_count() or 1))
-    with ThreadPoolExecutor(workers) as pool:
+    # a progress bar on a terminal (a real dataset's first build decodes up to ~100k files), quiet otherwise
+    with ThreadPoolExecutor(workers) as pool, tqdm(total=len(items), desc=f"decoding {name}", unit="file",
+                                                   disable=None) as bar:
         for start in range(0, len(items), _CHUNK):
             chunk = items[start: start + _CHUNK]
             for (path, label), (sample, err) in zip(chunk, pool.map(attempt, chunk)):
@@ -162,6 +165,7 @@ def decode_into(scratch: Path, name: str, items: Sequence[tuple[Path, int]], dec
                     continue
                 out[len(labels)] = sample
                 labels.append(label)
+            bar.update(len(chunk))
     out.flush()
     return out[: len(labels)], np.asarray(labels, np.int64)
 
