@@ -64,5 +64,5 @@ def round_learning_rate(base: float, server_round: int, num_rounds: int, schedul
     if schedule == "constant":
         return base
     decay_rounds = max(1, num_rounds - warmup_rounds)
-    progress = (server_round - warmup_rounds - 1) / decay_rounds
+    progress = min(server_round - warmup_rounds - 1, decay_rounds - 1) / decay_rounds  # rounds past the end: last rate
     return base * 0.5 * (1.0 + math.cos(math.pi * progress))

@@ -19,6 +19,7 @@ layout or the earlier flat one.
 
 from __future__ import annotations
 
+import re
 from collections.abc import Iterable, Mapping
 
 from flwr.app import Message
@@ -29,6 +30,20 @@ from server_app.run_output import json_safe
 MAX_VALUES = 64
 MAX_STRING = 256
 NAMESPACES = ("metrics", "client-info")
+ERROR_HEAD = 64  # characters kept from the start of a long error; the rest of MAX_STRING comes from its end
+_ANSI = re.compile(r"\x1b\[[0-9;]*m")
+
+
+def error_text(reason: str) -> str:
+    """A client error bounded to ``MAX_STRING`` characters that keeps its last line.
+
+    Ray wraps a ClientApp's exception in a long traceback; the exception's own
+    message comes last, so a plain head cut would record only the wrapper.
+    """
+    text = " ".join(_ANSI.sub("", reason).split())
+    if len(text) <= MAX_STRING:
+        return text
+    return text[:ERROR_HEAD] + " ... " + text[-(MAX_STRING - ERROR_HEAD - 5):]
 
 
 def _record(record) -> dict:
@@ -45,7 +60,7 @@ def client_entry(reply: Message, dropped: str | None = None) -> dict:
     """One client's own numbers for the round (or its error), before aggregation."""
     entry: dict = {"node-id": int(reply.metadata.src_node_id)}
     if reply.has_error():
-        entry["error"] = json_safe(str(reply.error.reason), max_string=MAX_STRING)
+        entry["error"] = error_text(str(reply.error.reason))
         return entry
     content = reply.content
     metrics = list(content.metric_records.values())

@@ -32,3 +32,8 @@ def test_constant_schedule_and_no_warm_up():
     assert [round_learning_rate(0.1, r, 4, "constant", 0) for r in range(1, 5)] == [0.1] * 4
     assert [round_learning_rate(0.1, r, 4, "constant", 2) for r in range(1, 5)] == pytest.approx(
         [0.1 / 3, 0.2 / 3, 0.1, 0.1])
+
+
+def test_rounds_past_the_last_keep_the_last_rate():
+    last = round_learning_rate(0.1, 6, 6, "cosine", 1)
+    assert round_learning_rate(0.1, 9, 6, "cosine", 1) == pytest.approx(last) and last > 0

@@ -78,3 +78,14 @@ def test_json_safe_bounds_containers_and_depth():
     assert json_safe(list(range(100)), max_items=3) == [0, 1, 2]
     assert json_safe({"k" * 10: "v" * 10}, max_string=4) == {"kkkk": "vvvv..."}
     assert json_safe(object()).startswith("<object object")
+
+
+def test_a_long_wrapped_error_keeps_its_head_and_last_line():
+    from server_app.round_record import MAX_STRING, error_text
+
+    reason = ("<class 'ray.exceptions.RayTaskError(ClientAppException)'>:<'\x1b[36mray::ClientAppActor.run()\x1b[39m"
+              + "\n  File x.py, line 1, in run" * 40 + "\nInjectedFault: injected fault (mode raise) in round 2'>")
+    text = error_text(reason)
+    assert len(text) <= MAX_STRING and "\x1b" not in text and "\n" not in text
+    assert text.startswith("<class 'ray.exceptions.RayTaskError") and text.endswith("in round 2'>")
+    assert error_text("short reason") == "short reason"

@@ -28,9 +28,9 @@ def error_of(text: str) -> str:
 def test_minimal_suite_uses_run_config_defaults():
     suite = P.parse_suite(MINIMAL, "s.yaml")
     (entry,) = suite.entries
-    assert (entry.method, entry.encoder, entry.strategy, entry.num_supernodes) == ("fssuavl", "resnet18_cifar", "fedavg", 6)
+    assert (entry.method, entry.encoder, entry.strategy, entry.num_supernodes) == ("fssuavl", "resnet18_half_cifar", "fedavg", 6)
     (job,) = P.all_jobs(suite)
-    assert job.kind == "federated" and job.config().encoder == "resnet18_cifar"
+    assert job.kind == "federated" and job.config().encoder == "resnet18_half_cifar"
 
 
 @pytest.mark.parametrize("text, words", [
