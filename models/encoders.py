@@ -9,7 +9,10 @@ training, learns more than the full-width network (README, "Training recipe").
 ``vit_tiny_cifar``: ViT-Tiny with 4 px patches and dynamic input size, so one
 model takes small images and other-sized spectrograms (sides that are not a
 multiple of 4, e.g. 101 frames of a 1 s clip at a 10 ms hop, are zero-padded
-up to one). Any other timm model name works too (always ``pretrained=False``).
+up to one), and features averaged over the patch tokens rather than read from
+the class token: at initialisation that gives kNN 0.631 instead of 0.486 on the
+embedded digits, and it stays ahead after training (README, "Training recipe").
+Any other timm model name works too (always ``pretrained=False``).
 """
 
 from __future__ import annotations
@@ -42,7 +45,8 @@ def resnet18_half_cifar(pretrained: bool = False, **kwargs) -> nn.Module:
 
 @register_model
 def vit_tiny_cifar(pretrained: bool = False, **kwargs) -> nn.Module:
-    kwargs = {"img_size": 32, "patch_size": 4, "dynamic_img_size": True, "dynamic_img_pad": True, **kwargs}
+    kwargs = {"img_size": 32, "patch_size": 4, "dynamic_img_size": True, "dynamic_img_pad": True,
+              "global_pool": "avg", **kwargs}
     return timm.create_model("vit_tiny_patch16_224", pretrained=pretrained, **kwargs)
 
 
