@@ -3,7 +3,8 @@
 ``flwr run`` starts a detached local SuperLink that outlives it, exits 0 even
 when the ServerApp failed, and by default installs the app's dependencies anew
 for every run. :func:`launch` keeps Flower's state in the given
-``FLWR_HOME``, disables the dependency install, preflights the run config
+``FLWR_HOME``, disables the dependency install, preflights the run config and
+checks that its federation plan can be made for ``num_supernodes`` clients
 before anything starts, streams the logs, returns the run's real outcome, gives
 up after ``timeout`` seconds (also when the run prints nothing), and always
 stops the SuperLink it started. Used by the launcher command and the benchmarks.
@@ -18,6 +19,7 @@ import sys
 import time
 from pathlib import Path
 
+from data_partition.federation import Federation
 from experiments.common import (
     PROJECT,
     check_config,
@@ -48,8 +50,9 @@ def launch(num_supernodes: int, run_config: str, client_cpus: int, client_gpus: 
     Returns 0 when the run completed, 1 when it failed, 2 on a bad config or busy port, 3 on timeout."""
     deadline = time.monotonic() + timeout
     try:
-        check_config(load_overrides(run_config))
-    except (ValueError, OSError) as err:  # ConfigError, TOML errors, unreadable file
+        config = check_config(load_overrides(run_config))
+        Federation(config, num_supernodes).plan()  # an impossible plan fails here, not in every client
+    except (ValueError, OSError) as err:  # ConfigError, PartitionError, TOML errors, unreadable file
         print(f"error: {err}", file=sys.stderr)
         return 2
     env = flower_env(flwr_home, http_port, control_port)

@@ -62,6 +62,7 @@ class RoundTrain:
     missing_nodes: list[int]
     metrics: MetricRecord | None
     skipped: str | None = None  # why aggregation did not run, if it did not
+    aggregated: bool = False  # the strategy returned new global arrays
     errors: int = field(init=False)
 
     def __post_init__(self) -> None:
@@ -123,7 +124,8 @@ def train_round(strategy, grid: Grid, server_round: int, arrays: ArrayRecord, co
         agg_arrays, agg_metrics = strategy.aggregate_train(server_round, replies)
     if agg_metrics is not None:
         log(INFO, "\t└──> Aggregated MetricRecord: %s", agg_metrics)
-    return RoundTrain(server_round, len(messages), replies, missing, agg_metrics, skipped), agg_arrays
+    return (RoundTrain(server_round, len(messages), replies, missing, agg_metrics, skipped,
+                       aggregated=agg_arrays is not None), agg_arrays)
 
 
 def client_evaluation(strategy, grid: Grid, server_round: int, arrays: ArrayRecord, config: ConfigRecord,

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import json
 import math
+import re
 import time
 from pathlib import Path
 
@@ -99,12 +100,34 @@ def format_round(record: dict) -> str:
             parts.append(f"lr {train['learning-rate']:.3g}")
     if "round-seconds" in record:
         parts.append(f"{record['round-seconds']:.1f}s")
+    failures = record.get("failures")
+    if isinstance(failures, int) and failures > 0:
+        parts.append(failure_summary(record))
     ev = record.get("eval", {})
     for metric in ("knn", "probe"):
         cells = [f"{m} {_number(ev[f'{metric}-{m}']):.3f}" for m in ("image", "audio") if f"{metric}-{m}" in ev]
         if cells:
             parts.append(f"{metric} " + " ".join(cells))
     return " | ".join(parts)
+
+
+def failure_summary(record: dict) -> str:
+    """"10 sent, 0 replies, 10 failed: <the first error's reason>" for a round with failures."""
+    text = f"{record.get('sent', '?')} sent, {record.get('replies', '?')} replies, {record['failures']} failed"
+    errors = [c["error"] for c in record.get("clients", []) if isinstance(c, dict) and isinstance(c.get("error"), str)]
+    if errors:
+        text += ": " + first_reason(errors[0])
+    skipped = record.get("aggregation-skipped")
+    if isinstance(skipped, str):
+        text += f" (not aggregated: {skipped})"
+    return text
+
+
+def first_reason(error: str, limit: int = 120) -> str:
+    """The exception line of a client error ("PartitionError: ...") when it has one, cut to ``limit``."""
+    found = re.findall(r"([A-Za-z_][\w.]*(?:Error|Exception|Fault)\b: .*?)(?=\s+File |'>|$)", error)
+    reason = (found[-1] if found else error).strip()
+    return reason if len(reason) <= limit else reason[:limit - 3] + "..."
 
 
 def _number(value, default: float = float("nan")) -> float:

@@ -32,7 +32,12 @@ from server_app.round_record import client_entries
 from server_app.run_output import RunOutput, format_round
 from server_app.tensorboard_log import TensorBoardLog
 
-ROUND_KEYS = ("replies", "failures", "sent", "no-reply", "aggregation-skipped", "clients")
+
+class NothingTrained(RuntimeError):
+    """The run finished without aggregating a single reply: it must not look like a success."""
+
+
+ROUND_KEYS = ("aggregated", "replies", "failures", "sent", "no-reply", "aggregation-skipped", "clients")
 
 
 def round_entry(train: RoundTrain, dropped: dict | None = None) -> dict:
@@ -40,6 +45,7 @@ def round_entry(train: RoundTrain, dropped: dict | None = None) -> dict:
     metrics = train.metrics
     entry = {
         "metrics": {} if metrics is None else dict(metrics.items()),
+        "aggregated": train.aggregated,
         "replies": len(train.replies),
         "failures": train.failures,
         "sent": train.sent,
@@ -115,7 +121,27 @@ class RunRecorder:
             first, latest = evals[min(evals)], evals[max(evals)]
             summary.update({f"initial-{k}": v for k, v in first.items()})
             summary.update({f"final-{k}": v for k, v in latest.items()})
+        totals = self.reply_totals()
+        rounds_run = sum(1 for r in self.history if r.get("round", 0) > 0)
+        summary.update(totals)
         self.output.write_json("summary.json", summary)
         self.tensorboard.close()
         print(f"[fssuavl] done: {summary}", flush=True)
+        if rounds_run and not totals["rounds-aggregated"]:
+            raise NothingTrained(f"no round aggregated any reply ({totals['train-messages-failed']} of "
+                                 f"{totals['train-messages-sent']} train messages failed); the final model is the "
+                                 "initial one. See the round lines above for the first error.")
+        if totals["train-messages-failed"] * 2 > totals["train-messages-sent"]:
+            print(f"[fssuavl] warning: {totals['train-messages-failed']} of {totals['train-messages-sent']} train "
+                  "messages failed (more than half); see the round lines above", flush=True)
         return summary
+
+    def reply_totals(self) -> dict:
+        """Train messages sent and failed, and rounds that aggregated, over every round of the run so far
+        (rounds recorded before ``aggregated`` was written count as aggregated)."""
+        rounds = [r for r in self.history if r.get("round", 0) > 0]
+        return {
+            "train-messages-sent": sum(int(r.get("sent", 0)) for r in rounds),
+            "train-messages-failed": sum(int(r.get("failures", 0)) for r in rounds),
+            "rounds-aggregated": sum(1 for r in rounds if r.get("aggregated", True)),
+        }

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import ast
 import io
+import re
 import zipfile
 from typing import get_args
 
@@ -92,7 +93,9 @@ def test_sync_command_rewrites_a_stale_section(tmp_path):
     from experiments.sync_pyproject_defaults import main
 
     stale = tmp_path / "pyproject.toml"
-    stale.write_text((PROJECT / "pyproject.toml").read_text().replace("num-server-rounds = 4", "num-server-rounds = 9"))
+    text = (PROJECT / "pyproject.toml").read_text()
+    stale.write_text(re.sub(r"(?m)^num-server-rounds = \d+$", "num-server-rounds = 987", text))
+    assert stale.read_text() != text
     assert main(["--pyproject", str(stale), "--check"]) == 1
     assert main(["--pyproject", str(stale)]) == 0
     assert stale.read_text() == (PROJECT / "pyproject.toml").read_text()

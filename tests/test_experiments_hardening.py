@@ -190,3 +190,12 @@ def test_no_pattern_kill_in_experiments():
     offenders = [str(p) for p in (PROJECT / "experiments").rglob("*") if p.is_file() and p.suffix in
                  (".py", ".md", ".yaml", ".sh", ".txt") and "pkill -f" in p.read_text(errors="replace")]
     assert offenders == []
+
+
+def test_an_impossible_federation_plan_stops_the_launcher_before_flower_starts(tmp_path, data_root, capsys):
+    flwr_home = tmp_path / "flwr"
+    code = simulation.launch(1000, f"partitioner='iid' data-root='{data_root}'", 2, 0.0, flwr_home, 39591, 39593, 60)
+    err = capsys.readouterr().err.strip()
+    assert code == 2 and "\n" not in err
+    assert err.startswith("error: audio split: 900 samples cannot give 600 clients min-partition-size=2 each")
+    assert not flwr_home.exists()  # nothing was started

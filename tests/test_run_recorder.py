@@ -62,7 +62,8 @@ def test_rounds_are_recorded_evaluated_saved_and_checkpointed_on_schedule(tmp_pa
     assert saved.round == 3 and [r["round"] for r in saved.history] == [0, 1, 2, 3]
     assert saved.run_config == rec.config.as_mapping() and saved.meta["flower-run-id"] == 7
     lines = [line for line in capsys.readouterr().out.splitlines() if line.startswith("[fssuavl] round")]
-    assert lines[1] == "[fssuavl] round   1 | loss img 1.500 aud 0.500 | 1 clients | 1.0s"
+    assert lines[1] == ("[fssuavl] round   1 | loss img 1.500 aud 0.500 | 1 clients | 1.0s"
+                        " | 3 sent, 2 replies, 2 failed: ClientApp raised")
 
 
 def test_finish_writes_the_final_model_and_summary(tmp_path):
@@ -75,6 +76,44 @@ def test_finish_writes_the_final_model_and_summary(tmp_path):
     assert summary["initial-knn-image"] == 0.1 and summary["final-knn-image"] == 0.9
     assert json.loads((rec.output.folder / "summary.json").read_text()) == summary
     assert (rec.output.folder / "final_model.pt").exists()
+
+
+def test_a_run_that_aggregated_nothing_fails_loudly(tmp_path, capsys):
+    from flwr.serverapp.strategy import Result
+
+    from server_app.run_recorder import NothingTrained
+
+    rec = recorder(tmp_path, [])
+    arrays = arrays_of(weights(1.0))
+    rec.end_round(0, arrays)
+    reason = ("<class 'ray.exceptions.RayTaskError(ClientAppException)'>:<'ray::ClientAppActor.run() ... "
+              "PartitionError: audio: 900 samples cannot give 600 clients at least 2 each'>")
+    for server_round in (1, 2, 3):
+        sent = [instruction(node) for node in (1, 2)]
+        rec.record_train(RoundTrain(server_round, 2, [error_reply(m, reason) for m in sent], [], None,
+                                    skipped="0 successful replies, fewer than the minimum 2"))
+        rec.end_round(server_round, arrays)
+    with pytest.raises(NothingTrained, match="no round aggregated any reply \\(6 of 6 train messages failed\\)"):
+        rec.finish(Result(), arrays)
+    line = [ln for ln in capsys.readouterr().out.splitlines() if ln.startswith("[fssuavl] round   1")][0]
+    assert line.endswith("| 2 sent, 2 replies, 2 failed: PartitionError: audio: 900 samples cannot give 600 "
+                         "clients at least 2 each (not aggregated: 0 successful replies, fewer than the minimum 2)")
+    assert (rec.output.folder / "summary.json").exists()  # the record is still written
+
+
+def test_more_than_half_failed_is_said_in_the_last_line(tmp_path, capsys):
+    from flwr.serverapp.strategy import Result
+
+    rec = recorder(tmp_path, [])
+    arrays = arrays_of(weights(1.0))
+    sent = [instruction(node) for node in (1, 2, 3)]
+    replies = [train_reply(sent[0], weights(2.0), {"loss": 2.0}), error_reply(sent[1]), error_reply(sent[2])]
+    rec.record_train(RoundTrain(1, 3, replies, [], MetricRecord({"clients": 1.0}), aggregated=True))
+    rec.end_round(1, arrays)
+    summary = rec.finish(Result(), arrays)
+    assert summary["train-messages-failed"] == 2 and summary["rounds-aggregated"] == 1
+    assert capsys.readouterr().out.splitlines()[-1] == (
+        "[fssuavl] warning: 2 of 3 train messages failed (more than half); see the round lines above")
 
 
 def test_resume_or_create_restores_and_cuts_back(tmp_path):
