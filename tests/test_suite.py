@@ -81,7 +81,7 @@ def test_default_suite_plans_six_jobs_per_seed_with_shared_baseline_runs(capsys)
     central = by_role["centralized"]
     assert central.budget_job.role == "fssuavl" and dict(central.budget_job.overrides)["strategy"] == "fedavg"
     assert central.budget_job.id in {j.id for j in jobs}
-    assert all(dict(j.overrides)["save-every"] == 4 for j in jobs)  # t-SNE at rounds 0 and 4
+    assert all(dict(j.overrides)["save-every"] == 6 for j in jobs)  # t-SNE at rounds 0 and 6
     assert S.main([str(PROJECT / "experiments" / "suites" / "default.yaml"), "--dry-run"]) == 0
     assert "18 training jobs" in capsys.readouterr().out
 
