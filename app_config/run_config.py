@@ -34,7 +34,7 @@ StrategyName = Literal["bulyan", "fedadagrad", "fedadam", "fedavg", "fedavgm", "
 DPMode = Literal["none", "server-fixed", "client-fixed", "server-adaptive", "client-adaptive"]
 ImageDataset = Literal["", "cifar10", "cifar100", "digits", "tiny-imagenet", "vggsound-frames"]
 AudioDataset = Literal["", "esc50", "speech-commands", "spoken-digits", "vggsound-audio"]
-Partitioner = Literal["iid", "dirichlet", "pathological"]
+Partitioner = Literal["iid", "dirichlet", "pathological", "resample"]
 Optimizer = Literal["auto", "sgd", "adamw"]
 LRSchedule = Literal["cosine", "constant"]
 FaultMode = Literal["raise", "hang"]
@@ -144,8 +144,10 @@ class _RunConfigFields:
     audio_hop_ms: float = _key(32.0, "Spectrogram hop in ms (1 s clip -> 1000/hop frames).", gt=0, le=1000)
     audio_win_ms: float = _key(64.0, "Spectrogram window in ms.", gt=0, le=1000)
     # --- partition --------------------------------------------------------
-    partitioner: Partitioner = _key("dirichlet", "'iid', 'dirichlet' (label skew) or 'pathological' "
-                                                 "(k classes per client).")
+    partitioner: Partitioner = _key("dirichlet", "'iid', 'dirichlet' (label skew), 'pathological' "
+                                                 "(k classes per client) or 'resample' (scale tests only: each "
+                                                 "client draws its own overlapping random subset of the pool, "
+                                                 "so any number of clients fits; not a disjoint split).")
     dirichlet_alpha: float = _key(0.5, "Dirichlet concentration; smaller = more label skew.", gt=0, le=1e6)
     min_partition_size: int = _key(2, "Least samples per client and held modality.", ge=0, le=1_000_000)
     classes_per_client: int = _key(2, "pathological: classes each client holds (client i always has class i mod C).",

@@ -92,10 +92,9 @@ def format_round(record: dict) -> str:
     parts = [f"round {record['round']:>3}"]
     train = record.get("train", {})
     if train:
-        parts.append(
-            f"loss img {_number(train.get('loss-image')):.3f} aud {_number(train.get('loss-audio')):.3f}"
-            f" | {int(_number(train.get('clients'), 0.0))} clients"
-        )
+        losses = [f"{short} {_number(train[f'loss-{m}']):.3f}" for m, short in (("image", "img"), ("audio", "aud"))
+                  if f"loss-{m}" in train]  # a single-modality federation reports only its own loss
+        parts.append(" ".join(["loss", *losses]) + f" | {int(_number(train.get('clients'), 0.0))} clients")
         if "learning-rate" in train:
             parts.append(f"lr {train['learning-rate']:.3g}")
     if "round-seconds" in record:
