@@ -195,6 +195,9 @@ class _RunConfigFields:
     round_timeout: float = _key(3600.0, "Seconds the server waits for a round's replies; clients answering later "
                                         "count as failures and the round aggregates the replies it has.",
                                     gt=0, le=MAX_TIMEOUT)
+    plan_check: bool = _key(True, "The ServerApp checks, before round 1, that the federation plan can be made for "
+                                  "the connected nodes (an impossible plan is a one-line error, not a failure in every "
+                                  "client); false for a deployment whose nodes read their own data-dir.")
     deterministic: bool = _key(False, "torch.use_deterministic_algorithms(True, warn_only=True) on server and "
                                       "clients (bitwise-reproducible CPU runs).")
     fault_rate: float = _key(0.0, "Tests/experiments only: probability that a client's train call fails, decided by "

@@ -22,7 +22,7 @@ from data_partition.modality_data import DatasetSplits
 from models.device import resolve_device
 from models.factory import build_model, eval_transforms, scheduled_learning_rate
 from server_app.central_eval import CentralEvaluator
-from server_app.preflight import checked_run_config
+from server_app.preflight import check_federation_plan, checked_run_config
 from server_app.round_loop import run_rounds
 from server_app.run_recorder import RunRecorder
 from server_app.run_start import load_resume, resume_or_create
@@ -45,6 +45,10 @@ def main(grid: Grid, context: Context) -> None:
     if config.deterministic:
         torch.use_deterministic_algorithms(True, warn_only=True)
     checkpoint = load_resume(config)  # a resume that cannot work fails before any work
+    if config.plan_check:  # in simulation every node is connected from the start
+        nodes = len(list(grid.get_node_ids()))
+        if nodes:
+            check_federation_plan(config, nodes)
     datasets = evaluation_datasets(config)
     torch.manual_seed(config.seed)
     device = resolve_device(config.device)
