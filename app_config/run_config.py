@@ -179,6 +179,10 @@ class _RunConfigFields:
     save_every: int = _key(0, "Also save the global model every k rounds (and round 0) as round-NNNN.pt; "
                               "0 = final only.",
                           ge=0, le=MAX_ROUNDS)
+    eval_train_samples: int = _key(5000, "Central evaluation fits kNN and the probe on at most this many training "
+                                         "samples per modality (seeded, class-stratified, the same every round; "
+                                         "0 = the whole split); the held-out split is scored whole.",
+                                   ge=0, le=100_000_000)
     knn_k: int = _key(10, "Neighbours for kNN accuracy.", ge=1, le=100_000)
     seed: int = _key(42, "Seed of partitions, initial weights and local training.", ge=0, lt=2**32)
     run_dir: str = _key("runs", "Where each run's folder (metrics, model) is written; relative = to the working dir.")

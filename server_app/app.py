@@ -55,7 +55,7 @@ def main(grid: Grid, context: Context) -> None:
     model = build_model(config)
     initial = ArrayRecord(model.state_dict())
     evaluator = CentralEvaluator(build_model(config).to(device), eval_transforms(config, device), datasets, device,
-                                 config.knn_k, config.seed)
+                                 config.knn_k, config.seed, config.eval_train_samples)
     strategy = build_strategy(config)
     start = resume_or_create(config, context.run_id, checkpoint, strategy)
     recorder = RunRecorder(config, start.output, strategy, evaluator, start.history, start.resumed_after,

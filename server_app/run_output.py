@@ -107,6 +107,11 @@ def format_round(record: dict) -> str:
         cells = [f"{m} {_number(ev[f'{metric}-{m}']):.3f}" for m in ("image", "audio") if f"{metric}-{m}" in ev]
         if cells:
             parts.append(f"{metric} " + " ".join(cells))
+    sampled = [f"{int(ev[f'eval-train-samples-{m}'])} of {int(ev[f'eval-train-total-{m}'])} {m}"
+               for m in ("image", "audio")
+               if _number(ev.get(f"eval-train-samples-{m}"), 0) < _number(ev.get(f"eval-train-total-{m}"), 0)]
+    if sampled:
+        parts.append("fit on " + ", ".join(sampled) + " train samples")
     return " | ".join(parts)
 
 
