@@ -38,6 +38,7 @@ Partitioner = Literal["iid", "dirichlet", "pathological", "resample"]
 Optimizer = Literal["auto", "sgd", "adamw"]
 LRSchedule = Literal["cosine", "constant"]
 FaultMode = Literal["raise", "hang"]
+Autocast = Literal["off", "bf16"]
 AUTO = "auto"
 # Learning rate and weight decay take a number or "auto" (the encoder family's recipe, models/recipes.py).
 PositiveOrAuto = Annotated[float, Field(gt=0, le=10)] | Literal["auto"]
@@ -188,6 +189,11 @@ class _RunConfigFields:
     run_dir: str = _key("runs", "Where each run's folder (metrics, model) is written; relative = to the working dir.")
     tensorboard: bool = _key(True, "Also write per-round scalars as TensorBoard event files to "
                                    "<run folder>/tensorboard/.")
+    autocast: Autocast = _key("off", "Local training's forward passes in bfloat16 autocast ('bf16', on CUDA and "
+                                     "CPU; the loss and the weights stay float32) or 'off'.")
+    channels_last: bool = _key(False, "Local training with the encoder and image batches in channels-last memory "
+                                      "format (faster convolutions on recent GPUs); replies are sent in the usual "
+                                      "layout.")
     device: str = _key("auto", "'auto' (CUDA when present), 'cpu' or 'cuda[:i]'.",
                        pattern=DEVICE_PATTERN)
     # --- reliability ------------------------------------------------------
