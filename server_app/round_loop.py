@@ -63,6 +63,9 @@ class RoundTrain:
     metrics: MetricRecord | None
     skipped: str | None = None  # why aggregation did not run, if it did not
     aggregated: bool = False  # the strategy returned new global arrays
+    # server-side seconds of the round's phases: configure (sampling, messages), wait (send_and_receive:
+    # Ray scheduling, message transfer and every client's work), aggregate (reply checks + strategy)
+    phases: dict[str, float] = field(default_factory=dict)
     errors: int = field(init=False)
 
     def __post_init__(self) -> None:
@@ -107,8 +110,12 @@ def train_round(strategy, grid: Grid, server_round: int, arrays: ArrayRecord, co
 
     Returns what happened and the new global arrays (None: the previous model is kept).
     """
+    clock = time.perf_counter
+    started = clock()
     messages = list(strategy.configure_train(server_round, arrays, config, grid))
+    configured = clock()
     replies = list(grid.send_and_receive(messages=messages, timeout=timeout)) if messages else []
+    received = clock()
     replies.sort(key=reply_order)
     missing = unanswered_nodes(messages, replies)
     successes = sum(1 for r in replies if not r.has_error())
@@ -122,10 +129,11 @@ def train_round(strategy, grid: Grid, server_round: int, arrays: ArrayRecord, co
         agg_arrays, agg_metrics = None, None
     else:
         agg_arrays, agg_metrics = strategy.aggregate_train(server_round, replies)
+    phases = {"configure": configured - started, "wait": received - configured, "aggregate": clock() - received}
     if agg_metrics is not None:
         log(INFO, "\t└──> Aggregated MetricRecord: %s", agg_metrics)
     return (RoundTrain(server_round, len(messages), replies, missing, agg_metrics, skipped,
-                       aggregated=agg_arrays is not None), agg_arrays)
+                       aggregated=agg_arrays is not None, phases=phases), agg_arrays)
 
 
 def client_evaluation(strategy, grid: Grid, server_round: int, arrays: ArrayRecord, config: ConfigRecord,

@@ -37,7 +37,8 @@ class NothingTrained(RuntimeError):
     """The run finished without aggregating a single reply: it must not look like a success."""
 
 
-ROUND_KEYS = ("aggregated", "replies", "failures", "sent", "no-reply", "aggregation-skipped", "clients")
+ROUND_KEYS = ("aggregated", "replies", "failures", "sent", "no-reply", "aggregation-skipped", "clients",
+              "phase-seconds")
 
 
 def round_entry(train: RoundTrain, dropped: dict | None = None) -> dict:
@@ -51,6 +52,7 @@ def round_entry(train: RoundTrain, dropped: dict | None = None) -> dict:
         "sent": train.sent,
         "no-reply": len(train.missing_nodes),
         "clients": client_entries(train.replies, train.missing_nodes, dropped=dropped),
+        "phase-seconds": dict(train.phases),
     }
     if train.skipped:
         entry["aggregation-skipped"] = train.skipped
