@@ -66,6 +66,8 @@ class RoundTrain:
     # server-side seconds of the round's phases: configure (sampling, messages), wait (send_and_receive:
     # Ray scheduling, message transfer and every client's work), aggregate (reply checks + strategy)
     phases: dict[str, float] = field(default_factory=dict)
+    bytes_sent: int = 0  # model arrays sent to the sampled clients (serialised size)
+    bytes_received: int = 0  # model arrays in their replies
     errors: int = field(init=False)
 
     def __post_init__(self) -> None:
@@ -104,6 +106,13 @@ def unanswered_nodes(messages: list[Message], replies: list[Message]) -> list[in
     )
 
 
+def arrays_bytes(message: Message, key: str = "arrays") -> int:
+    """Serialised bytes of a message's model arrays (0 for an error reply or none)."""
+    if message.has_error() or key not in message.content.array_records:
+        return 0
+    return sum(len(array.data) for array in message.content.array_records[key].values())
+
+
 def train_round(strategy, grid: Grid, server_round: int, arrays: ArrayRecord, config: ConfigRecord,
                 timeout: float, min_replies: int) -> tuple[RoundTrain, ArrayRecord | None]:
     """One round's training phase: send, collect (in partition order), count failures, aggregate.
@@ -133,7 +142,9 @@ def train_round(strategy, grid: Grid, server_round: int, arrays: ArrayRecord, co
     if agg_metrics is not None:
         log(INFO, "\t└──> Aggregated MetricRecord: %s", agg_metrics)
     return (RoundTrain(server_round, len(messages), replies, missing, agg_metrics, skipped,
-                       aggregated=agg_arrays is not None, phases=phases), agg_arrays)
+                       aggregated=agg_arrays is not None, phases=phases,
+                       bytes_sent=sum(map(arrays_bytes, messages)), bytes_received=sum(map(arrays_bytes, replies))),
+            agg_arrays)
 
 
 def client_evaluation(strategy, grid: Grid, server_round: int, arrays: ArrayRecord, config: ConfigRecord,

@@ -99,6 +99,9 @@ def format_round(record: dict) -> str:
             parts.append(f"lr {train['learning-rate']:.3g}")
     if "round-seconds" in record:
         parts.append(f"{record['round-seconds']:.1f}s")
+    slowest = slowest_client(record)
+    if slowest:
+        parts.append(slowest)
     failures = record.get("failures")
     if isinstance(failures, int) and failures > 0:
         parts.append(failure_summary(record))
@@ -113,6 +116,21 @@ def format_round(record: dict) -> str:
     if sampled:
         parts.append("fit on " + ", ".join(sampled) + " train samples")
     return " | ".join(parts)
+
+
+def slowest_client(record: dict) -> str:
+    """"slowest: partition 7 (node 12) 9.8s" from the clients' own train seconds ('' with fewer than 2)."""
+    from server_app.round_record import client_value  # round_record imports this module
+
+    timed = [(_number(client_value(c, "train-seconds")), c) for c in record.get("clients", []) if isinstance(c, dict)]
+    timed = [(t, c) for t, c in timed if t == t]  # drops NaN: clients that reported no time
+    if len(timed) < 2:
+        return ""
+    seconds, entry = max(timed, key=lambda item: item[0])
+    partition = client_value(entry, "partition-id")
+    node = f"node {entry.get('node-id')}"
+    who = f"partition {partition} ({node})" if partition is not None else node
+    return f"slowest: {who} {seconds:.1f}s"
 
 
 def failure_summary(record: dict) -> str:

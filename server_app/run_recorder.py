@@ -38,7 +38,7 @@ class NothingTrained(RuntimeError):
 
 
 ROUND_KEYS = ("aggregated", "replies", "failures", "sent", "no-reply", "aggregation-skipped", "clients",
-              "phase-seconds")
+              "phase-seconds", "bytes-sent", "bytes-received")
 
 
 def round_entry(train: RoundTrain, dropped: dict | None = None) -> dict:
@@ -53,6 +53,8 @@ def round_entry(train: RoundTrain, dropped: dict | None = None) -> dict:
         "no-reply": len(train.missing_nodes),
         "clients": client_entries(train.replies, train.missing_nodes, dropped=dropped),
         "phase-seconds": dict(train.phases),
+        "bytes-sent": train.bytes_sent,
+        "bytes-received": train.bytes_received,
     }
     if train.skipped:
         entry["aggregation-skipped"] = train.skipped
