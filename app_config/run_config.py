@@ -39,6 +39,7 @@ Optimizer = Literal["auto", "sgd", "adamw"]
 LRSchedule = Literal["cosine", "constant"]
 FaultMode = Literal["raise", "hang"]
 Autocast = Literal["off", "bf16"]
+UpdateDtype = Literal["float32", "float16"]
 AUTO = "auto"
 # Learning rate and weight decay take a number or "auto" (the encoder family's recipe, models/recipes.py).
 PositiveOrAuto = Annotated[float, Field(gt=0, le=10)] | Literal["auto"]
@@ -189,6 +190,9 @@ class _RunConfigFields:
     run_dir: str = _key("runs", "Where each run's folder (metrics, model) is written; relative = to the working dir.")
     tensorboard: bool = _key(True, "Also write per-round scalars as TensorBoard event files to "
                                    "<run folder>/tensorboard/.")
+    update_dtype: UpdateDtype = _key("float32", "How clients send their weights: 'float16' halves the bytes of every "
+                                               "reply (the server casts them back to float32 before its checks; "
+                                               "float16 replies are refused unless the run sets this).")
     autocast: Autocast = _key("off", "Local training's forward passes in bfloat16 autocast ('bf16', on CUDA and "
                                      "CPU; the loss and the weights stay float32) or 'off'.")
     channels_last: bool = _key(False, "Local training with the encoder and image batches in channels-last memory "
@@ -232,6 +236,9 @@ class _RunConfigFields:
         if self.audio_hop_ms > self.audio_win_ms:
             raise ValueError(f"audio-hop-ms: must be > 0 and <= audio-win-ms ({self.audio_win_ms:g}), "
                              f"got {self.audio_hop_ms!r}")
+        if self.update_dtype == "float16" and self.dp.startswith("client-"):
+            raise ValueError(f"update-dtype: 'float16' cannot be combined with dp={self.dp!r} (the clipping runs "
+                             "on the reply's arrays); use a server-side dp mode or update-dtype='float32'")
         return self
 
 

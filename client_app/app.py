@@ -7,7 +7,7 @@ import time
 from collections.abc import Iterator
 
 import torch
-from flwr.app import ArrayRecord, Context, Message, MetricRecord, RecordDict
+from flwr.app import Context, Message, MetricRecord, RecordDict
 from flwr.clientapp import ClientApp
 
 import client_app
@@ -18,7 +18,7 @@ from client_app.dp_clipping import dp_clipping_mod
 from client_app.faults import maybe_inject_fault
 from client_app.losses import nt_xent
 from client_app.proximal import proximal_mu, proximal_term
-from client_app.resources import record_bytes, resource_report
+from client_app.resources import record_bytes, reply_arrays, resource_report
 from client_app.trainer import train_locally, train_settings, training_seed
 from client_app.worker_cache import ClientState, WorkerCache
 from client_app.worker_info import worker_info
@@ -86,7 +86,7 @@ def train(msg: Message, context: Context) -> Message:
     metrics["learning-rate"] = settings.learning_rate
     metrics.update({"ready-seconds": ready, "import-seconds": import_seconds, **state.setup_seconds})
     metrics.update(resource_report())
-    arrays = ArrayRecord(state.model.state_dict())
+    arrays = reply_arrays(state.model, config.update_dtype)
     metrics["bytes-received"] = float(record_bytes(msg.content["arrays"]))
     metrics["bytes-sent"] = float(record_bytes(arrays))
     reply = RecordDict({

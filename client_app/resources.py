@@ -1,4 +1,4 @@
-"""What one message cost the device: cold start, memory, threads and bytes, sent back in the reply.
+"""What one message cost the device (cold start, memory, threads, bytes) and the weights it sends back.
 
 On a deployed SuperNode, Flower starts a new ClientApp process for every
 message, so each reply's cold start is what a device pays per round: the app's
@@ -12,7 +12,7 @@ from __future__ import annotations
 import resource
 
 import torch
-from flwr.app import ArrayRecord
+from flwr.app import Array, ArrayRecord
 
 
 def record_bytes(arrays: ArrayRecord) -> int:
@@ -27,3 +27,12 @@ def resource_report(threads: int | None = None) -> dict[str, float]:
         "threads": float(torch.get_num_threads() if threads is None else threads),
     }
 
+
+
+def reply_arrays(model: torch.nn.Module, update_dtype: str = "float32") -> ArrayRecord:
+    """The model's weights for the reply; float32 tensors as float16 when the run asks (half the bytes)."""
+    state = model.state_dict()
+    if update_dtype != "float16":
+        return ArrayRecord(state)
+    return ArrayRecord({name: Array((t.half() if t.dtype == torch.float32 else t).detach().cpu().numpy())
+                        for name, t in state.items()})

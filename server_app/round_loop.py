@@ -47,6 +47,7 @@ from flwr.serverapp.strategy import Result
 from flwr.serverapp.strategy.strategy_utils import log_strategy_start_info
 from flwr.supercore import log
 
+from server_app.compact_updates import widen_reply
 from strategies.seeded_sampling import seed_node_sampling
 
 NO_REPLY = "no reply within round-timeout (client hung, crashed or disconnected)"
@@ -114,7 +115,8 @@ def arrays_bytes(message: Message, key: str = "arrays") -> int:
 
 
 def train_round(strategy, grid: Grid, server_round: int, arrays: ArrayRecord, config: ConfigRecord,
-                timeout: float, min_replies: int) -> tuple[RoundTrain, ArrayRecord | None]:
+                timeout: float, min_replies: int,
+                compact_replies: bool = False) -> tuple[RoundTrain, ArrayRecord | None]:
     """One round's training phase: send, collect (in partition order), count failures, aggregate.
 
     Returns what happened and the new global arrays (None: the previous model is kept).
@@ -125,6 +127,9 @@ def train_round(strategy, grid: Grid, server_round: int, arrays: ArrayRecord, co
     configured = clock()
     replies = list(grid.send_and_receive(messages=messages, timeout=timeout)) if messages else []
     received = clock()
+    bytes_received = sum(map(arrays_bytes, replies))  # as they travelled
+    if compact_replies:  # update-dtype='float16': back to the global dtypes before any check
+        replies = [widen_reply(reply, arrays) for reply in replies]
     replies.sort(key=reply_order)
     missing = unanswered_nodes(messages, replies)
     successes = sum(1 for r in replies if not r.has_error())
@@ -143,7 +148,7 @@ def train_round(strategy, grid: Grid, server_round: int, arrays: ArrayRecord, co
         log(INFO, "\t└──> Aggregated MetricRecord: %s", agg_metrics)
     return (RoundTrain(server_round, len(messages), replies, missing, agg_metrics, skipped,
                        aggregated=agg_arrays is not None, phases=phases,
-                       bytes_sent=sum(map(arrays_bytes, messages)), bytes_received=sum(map(arrays_bytes, replies))),
+                       bytes_sent=sum(map(arrays_bytes, messages)), bytes_received=bytes_received),
             agg_arrays)
 
 
@@ -188,6 +193,7 @@ def run_rounds(
     timeout: float = 3600.0,
     seed: int = 0,
     min_replies: int = 1,
+    compact_replies: bool = False,
     train_config: ConfigRecord | Callable[[int], ConfigRecord] | None = None,
     evaluate_config: ConfigRecord | None = None,
     evaluate_fn: Callable[[int, ArrayRecord], MetricRecord | None] | None = None,
@@ -228,7 +234,7 @@ def run_rounds(
         round_config = config_of_round(current_round)
         train, aggregated = train_round(strategy, grid, current_round, arrays,
                                         ConfigRecord() if round_config is None else round_config,
-                                        timeout, min_replies)
+                                        timeout, min_replies, compact_replies)
         if aggregated is not None:
             result.arrays = arrays = aggregated
         if train.metrics is not None:
