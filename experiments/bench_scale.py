@@ -29,45 +29,13 @@ import shlex
 import statistics
 import sys
 import tempfile
-import threading
-import time
 from pathlib import Path
 
 from app_config.log_setup import setup_logging
-from experiments.common import tree_rss_mib
 from experiments.metrics_file import read_records
 from experiments.simulation import launch
+from experiments.tree_memory import RoundMemory
 from server_app.round_record import client_value
-
-
-class RoundMemory:
-    """Peak tree memory per round: rounds are told apart by the lines already in metrics.jsonl."""
-
-    def __init__(self, flwr_home: Path, runs: Path, interval: float = 0.5) -> None:
-        self.flwr_home, self.runs, self.interval = flwr_home, runs, interval
-        self.peaks: dict[int, float] = {}
-        self.first_line_at: dict[int, float] = {}
-        self.started = time.monotonic()
-        self._stop = threading.Event()
-        self._thread = threading.Thread(target=self._watch, daemon=True)
-
-    def _lines(self) -> int:
-        files = list(self.runs.glob("*/metrics.jsonl"))
-        return files[0].read_bytes().count(b"\n") if files else 0
-
-    def _watch(self) -> None:
-        while not self._stop.wait(self.interval):
-            done = self._lines()  # rounds 0..done-1 are written: round `done` is running
-            self.first_line_at.setdefault(done, time.monotonic() - self.started)
-            self.peaks[done] = max(self.peaks.get(done, 0.0), tree_rss_mib(self.flwr_home))
-
-    def __enter__(self) -> RoundMemory:
-        self._thread.start()
-        return self
-
-    def __exit__(self, *_exc) -> None:
-        self._stop.set()
-        self._thread.join()
 
 
 def one_scale(supernodes: int, sampled: int, rounds: int, overrides: str, cpus: int, gpus: float,

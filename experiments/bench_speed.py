@@ -30,7 +30,6 @@ import argparse
 import shlex
 import sys
 import tempfile
-import threading
 import time
 from pathlib import Path
 
@@ -40,9 +39,10 @@ from app_config.log_setup import setup_logging
 from app_config.run_config import RunConfig
 from client_app.trainer import train_locally, train_settings, training_seed
 from client_app.worker_cache import WorkerCache
-from experiments.common import check_config, parse_overrides, tree_rss_mib
+from experiments.common import check_config, parse_overrides
 from experiments.metrics_file import read_records
 from experiments.simulation import launch
+from experiments.tree_memory import RoundMemory
 from models.factory import build_model
 from server_app.round_record import client_value
 
@@ -68,32 +68,13 @@ def centralized_local_work(config: RunConfig, clients: int, work: list[tuple[int
     return {"samples": samples, "seconds": seconds, "samples_per_second": samples / seconds}
 
 
-class TreeMemory:
-    """Peak resident memory (MiB) of the SuperLink process tree while a run goes on."""
-
-    def __init__(self, flwr_home: Path) -> None:
-        self.flwr_home, self.peak, self._stop = flwr_home, 0.0, threading.Event()
-        self._thread = threading.Thread(target=self._watch, daemon=True)
-
-    def _watch(self) -> None:
-        while not self._stop.wait(0.5):
-            self.peak = max(self.peak, tree_rss_mib(self.flwr_home))
-
-    def __enter__(self) -> TreeMemory:
-        self._thread.start()
-        return self
-
-    def __exit__(self, *_exc) -> None:
-        self._stop.set()
-        self._thread.join()
-
-
 def federated(overrides: str, clients: int, cpus: int, gpus: float, workdir: Path) -> dict:
     """(b): the same work as a ``flwr run`` simulation; numbers read from the run's metrics.jsonl."""
     flwr_home = workdir / "flwr"
     runs = workdir / "runs"
     run_config = f"{overrides} run-dir='{runs}' eval-every=0 tensorboard=false"
-    with TreeMemory(flwr_home) as memory:
+    runs.mkdir(parents=True, exist_ok=True)
+    with RoundMemory(flwr_home, runs) as memory:
         code = launch(clients, run_config, cpus, gpus, flwr_home, 39391, 39393, timeout=7200)
     if code != 0:
         raise SystemExit(f"error: the simulation failed (exit {code})")
