@@ -46,7 +46,7 @@ def one_scale(supernodes: int, sampled: int, rounds: int, overrides: str, cpus: 
                   f"min-train-nodes={min(2, sampled)} eval-every=0 tensorboard=false checkpoint-every=0 "
                   f"run-dir='{runs}' {overrides}").strip()
     with RoundMemory(flwr_home, runs) as memory:
-        code = launch(supernodes, run_config, cpus, gpus, flwr_home, 39691, 39693, timeout=7200)
+        code = launch(supernodes, run_config, cpus, gpus, flwr_home, 39791, 39793, timeout=7200)
     if code != 0:
         raise SystemExit(f"error: the {supernodes}-supernode simulation failed (exit {code})")
     (folder,) = runs.iterdir()
