@@ -34,10 +34,12 @@ StrategyName = Literal["bulyan", "fedadagrad", "fedadam", "fedavg", "fedavgm", "
 DPMode = Literal["none", "server-fixed", "client-fixed", "server-adaptive", "client-adaptive"]
 ImageDataset = Literal["", "cifar10", "cifar100", "digits", "tiny-imagenet", "vggsound-frames"]
 AudioDataset = Literal["", "esc50", "speech-commands", "spoken-digits", "vggsound-audio"]
-Partitioner = Literal["iid", "dirichlet", "pathological"]
+Partitioner = Literal["iid", "dirichlet", "pathological", "resample"]
 Optimizer = Literal["auto", "sgd", "adamw"]
 LRSchedule = Literal["cosine", "constant"]
 FaultMode = Literal["raise", "hang"]
+Autocast = Literal["off", "bf16"]
+UpdateDtype = Literal["float32", "float16"]
 AUTO = "auto"
 # Learning rate and weight decay take a number or "auto" (the encoder family's recipe, models/recipes.py).
 PositiveOrAuto = Annotated[float, Field(gt=0, le=10)] | Literal["auto"]
@@ -144,8 +146,10 @@ class _RunConfigFields:
     audio_hop_ms: float = _key(32.0, "Spectrogram hop in ms (1 s clip -> 1000/hop frames).", gt=0, le=1000)
     audio_win_ms: float = _key(64.0, "Spectrogram window in ms.", gt=0, le=1000)
     # --- partition --------------------------------------------------------
-    partitioner: Partitioner = _key("dirichlet", "'iid', 'dirichlet' (label skew) or 'pathological' "
-                                                 "(k classes per client).")
+    partitioner: Partitioner = _key("dirichlet", "'iid', 'dirichlet' (label skew), 'pathological' "
+                                                 "(k classes per client) or 'resample' (scale tests only: each "
+                                                 "client draws its own overlapping random subset of the pool, "
+                                                 "so any number of clients fits; not a disjoint split).")
     dirichlet_alpha: float = _key(0.5, "Dirichlet concentration; smaller = more label skew.", gt=0, le=1e6)
     min_partition_size: int = _key(2, "Least samples per client and held modality.", ge=0, le=1_000_000)
     classes_per_client: int = _key(2, "pathological: classes each client holds (client i always has class i mod C).",
@@ -177,11 +181,23 @@ class _RunConfigFields:
     save_every: int = _key(0, "Also save the global model every k rounds (and round 0) as round-NNNN.pt; "
                               "0 = final only.",
                           ge=0, le=MAX_ROUNDS)
+    eval_train_samples: int = _key(5000, "Central evaluation fits kNN and the probe on at most this many training "
+                                         "samples per modality (seeded, class-stratified, the same every round; "
+                                         "0 = the whole split); the held-out split is scored whole.",
+                                   ge=0, le=100_000_000)
     knn_k: int = _key(10, "Neighbours for kNN accuracy.", ge=1, le=100_000)
     seed: int = _key(42, "Seed of partitions, initial weights and local training.", ge=0, lt=2**32)
     run_dir: str = _key("runs", "Where each run's folder (metrics, model) is written; relative = to the working dir.")
     tensorboard: bool = _key(True, "Also write per-round scalars as TensorBoard event files to "
                                    "<run folder>/tensorboard/.")
+    update_dtype: UpdateDtype = _key("float32", "How clients send their weights: 'float16' halves the bytes of every "
+                                               "reply (the server casts them back to float32 before its checks; "
+                                               "float16 replies are refused unless the run sets this).")
+    autocast: Autocast = _key("off", "Local training's forward passes in bfloat16 autocast ('bf16', on CUDA and "
+                                     "CPU; the loss and the weights stay float32) or 'off'.")
+    channels_last: bool = _key(False, "Local training with the encoder and image batches in channels-last memory "
+                                      "format (faster convolutions on recent GPUs); replies are sent in the usual "
+                                      "layout.")
     device: str = _key("auto", "'auto' (CUDA when present), 'cpu' or 'cuda[:i]'.",
                        pattern=DEVICE_PATTERN)
     # --- reliability ------------------------------------------------------
@@ -193,6 +209,9 @@ class _RunConfigFields:
     round_timeout: float = _key(3600.0, "Seconds the server waits for a round's replies; clients answering later "
                                         "count as failures and the round aggregates the replies it has.",
                                     gt=0, le=MAX_TIMEOUT)
+    plan_check: bool = _key(True, "The ServerApp checks, before round 1, that the federation plan can be made for "
+                                  "the connected nodes (an impossible plan is a one-line error, not a failure in every "
+                                  "client); false for a deployment whose nodes read their own data-dir.")
     deterministic: bool = _key(False, "torch.use_deterministic_algorithms(True, warn_only=True) on server and "
                                       "clients (bitwise-reproducible CPU runs).")
     fault_rate: float = _key(0.0, "Tests/experiments only: probability that a client's train call fails, decided by "
@@ -217,6 +236,9 @@ class _RunConfigFields:
         if self.audio_hop_ms > self.audio_win_ms:
             raise ValueError(f"audio-hop-ms: must be > 0 and <= audio-win-ms ({self.audio_win_ms:g}), "
                              f"got {self.audio_hop_ms!r}")
+        if self.update_dtype == "float16" and self.dp.startswith("client-"):
+            raise ValueError(f"update-dtype: 'float16' cannot be combined with dp={self.dp!r} (the clipping runs "
+                             "on the reply's arrays); use a server-side dp mode or update-dtype='float32'")
         return self
 
 

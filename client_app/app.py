@@ -3,12 +3,14 @@
 from __future__ import annotations
 
 import math
+import time
 from collections.abc import Iterator
 
 import torch
-from flwr.app import ArrayRecord, Context, Message, MetricRecord, RecordDict
+from flwr.app import Context, Message, MetricRecord, RecordDict
 from flwr.clientapp import ClientApp
 
+import client_app
 from app_config.log_setup import setup_logging
 from app_config.run_config import RunConfig
 from client_app.device_data import is_deployed, local_source
@@ -16,6 +18,7 @@ from client_app.dp_clipping import dp_clipping_mod
 from client_app.faults import maybe_inject_fault
 from client_app.losses import nt_xent
 from client_app.proximal import proximal_mu, proximal_term
+from client_app.resources import record_bytes, reply_arrays, resource_report
 from client_app.trainer import train_locally, train_settings, training_seed
 from client_app.worker_cache import ClientState, WorkerCache
 from client_app.worker_info import worker_info
@@ -24,6 +27,7 @@ from client_app.worker_info import worker_info
 app = ClientApp(mods=[dp_clipping_mod])
 # This process's run config, model and client data between messages (one run at a time).
 WORKER = WorkerCache()
+WORKER.note_imports(time.perf_counter() - client_app.IMPORT_STARTED)  # the app's imports, timed from its package
 
 
 @app.lifespan()
@@ -65,22 +69,30 @@ def round_learning_rate(train_config) -> float | None:
 
 @app.train()
 def train(msg: Message, context: Context) -> Message:
+    arrived = time.perf_counter()
     server_round = int(msg.content["config"]["server-round"])
     config, partition_id, state = _setup(context)
     maybe_inject_fault(config, server_round, partition_id)  # fault-rate (tests); no-op by default
     state.model.load_state_dict(msg.content["arrays"].to_torch_state_dict())
     extra_loss = proximal_term(state.model, proximal_mu(msg.content["config"]))  # FedProx; None otherwise
     settings = train_settings(config, state.model, round_learning_rate(msg.content["config"]))
+    import_seconds = WORKER.take_import_seconds()
+    ready = time.perf_counter() - arrived + import_seconds  # cold start: until the first training step
     metrics = train_locally(
         state.model, state.data, state.views, settings, state.device,
         seed=training_seed(config.seed, server_round, partition_id), extra_loss=extra_loss,
     )
     metrics["num-examples"] = float(sum(state.data.count(m) for m in state.data.modalities))
     metrics["learning-rate"] = settings.learning_rate
+    metrics.update({"ready-seconds": ready, "import-seconds": import_seconds, **state.setup_seconds})
+    metrics.update(resource_report())
+    arrays = reply_arrays(state.model, config.update_dtype)
+    metrics["bytes-received"] = float(record_bytes(msg.content["arrays"]))
+    metrics["bytes-sent"] = float(record_bytes(arrays))
     reply = RecordDict({
-        "arrays": ArrayRecord(state.model.state_dict()),
+        "arrays": arrays,
         "metrics": MetricRecord(metrics),
-        "client-info": worker_info(partition_id, state.kind),
+        "client-info": worker_info(partition_id, state.kind, state.device.type),
     })
     return Message(content=reply, reply_to=msg)
 

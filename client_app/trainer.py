@@ -33,6 +33,8 @@ class TrainSettings:
     momentum: float
     weight_decay: float
     temperature: float
+    autocast: str  # "bf16": forward passes under bfloat16 autocast; "off"
+    channels_last: bool
 
 
 def train_settings(config: RunConfig, model: SSLModel, learning_rate: float | None = None) -> TrainSettings:
@@ -42,6 +44,7 @@ def train_settings(config: RunConfig, model: SSLModel, learning_rate: float | No
         local_epochs=config.local_epochs, max_local_steps=config.max_local_steps, batch_size=config.batch_size,
         optimizer=chosen.optimizer, learning_rate=chosen.learning_rate if learning_rate is None else learning_rate,
         momentum=config.momentum, weight_decay=chosen.weight_decay, temperature=config.temperature,
+        autocast=config.autocast, channels_last=config.channels_last,
     )
 
 
@@ -104,6 +107,9 @@ def train_locally(
         steps = min(steps, settings.max_local_steps)
 
     model.train()
+    layout = torch.channels_last if settings.channels_last else None
+    if layout is not None:
+        model.to(memory_format=layout)
     optimizer = make_optimizer(model, settings)
     # Losses stay on the device and are read once after the last step: a per-step .item() would
     # wait for the GPU every step. A NaN/Inf step is caught then (its update is already useless).
@@ -117,7 +123,11 @@ def train_locally(
         for modality in modalities:
             batch = batches[modality].next().to(device, non_blocking=True)
             view1, view2 = views[modality](batch), views[modality](batch)
-            loss = nt_xent(model(view1), model(view2), settings.temperature)
+            if layout is not None and view1.dim() == 4:
+                view1, view2 = view1.contiguous(memory_format=layout), view2.contiguous(memory_format=layout)
+            with torch.autocast(device.type, dtype=torch.bfloat16, enabled=settings.autocast == "bf16"):
+                z1, z2 = model(view1), model(view2)
+            loss = nt_xent(z1.float(), z2.float(), settings.temperature)  # the loss in float32
             total = total + loss
             loss_sums[modality] += loss.detach()
             seen[modality] += len(batch)
@@ -126,6 +136,8 @@ def train_locally(
         finite &= torch.isfinite(total.detach())
         total.backward()
         optimizer.step()
+    if layout is not None:  # replies and checkpoints keep the usual layout
+        model.to(memory_format=torch.contiguous_format)
     if not bool(finite):
         raise FloatingPointError("local loss became NaN/Inf: lower learning-rate")
     loss_means = {m: float(loss_sums[m]) / steps for m in modalities}

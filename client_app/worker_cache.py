@@ -18,8 +18,9 @@ A message of another run empties it. The ClientApp owns one instance
 
 from __future__ import annotations
 
+import time
 from collections.abc import Mapping
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 import torch
 import torch.nn as nn
@@ -40,6 +41,8 @@ class ClientState:
     data: LocalData
     views: dict[str, nn.Module]
     device: torch.device
+    # seconds this call spent building what the worker did not hold yet (0 when it did): the cold start
+    setup_seconds: dict[str, float] = field(default_factory=dict)
 
 
 class WorkerCache:
@@ -51,6 +54,15 @@ class WorkerCache:
         self._model: tuple[SSLModel, dict[str, nn.Module], torch.device] | None = None
         self._federations: dict[int, Federation] = {}
         self._parts: dict[object, tuple[str, LocalData]] = {}
+        self._import_seconds: float | None = None
+
+    def note_imports(self, seconds: float) -> None:
+        """The app's import time in this process (reported with the first message only)."""
+        self._import_seconds = seconds
+
+    def take_import_seconds(self) -> float:
+        seconds, self._import_seconds = self._import_seconds or 0.0, 0.0
+        return seconds
 
     def config(self, run_id: int, run_config: Mapping) -> RunConfig:
         """The run's RunConfig, parsed on the run's first message and reused after that."""
@@ -70,17 +82,25 @@ class WorkerCache:
               local: LocalSource | None = None) -> ClientState:
         """The model (one per worker) and this client's data: its partition, or a device's own data (``local``)."""
         self._start((run_id, config))
+        clock = time.perf_counter
+        setup = {"model-build-seconds": 0.0, "augment-setup-seconds": 0.0, "data-load-seconds": 0.0}
         if self._model is None:
+            started = clock()
             device = resolve_device(config.device)
-            self._model = (build_model(config).to(device), training_views(config, device), device)
+            model = build_model(config).to(device)
+            built = clock()
+            self._model = (model, training_views(config, device), device)
+            setup["model-build-seconds"], setup["augment-setup-seconds"] = built - started, clock() - built
         key = (partition_id, num_partitions) if local is None else local
         if key not in self._parts:
+            started = clock()
             if local is not None:
                 self._parts[key] = load_local_data(local)
             else:
                 federation = self._federations.setdefault(num_partitions, Federation(config, num_partitions))
                 part, data = federation.part(partition_id)
                 self._parts[key] = (part.kind, data)
+            setup["data-load-seconds"] = clock() - started
         model, views, device = self._model
         kind, data = self._parts[key]
-        return ClientState(kind, model, data, views, device)
+        return ClientState(kind, model, data, views, device, setup)

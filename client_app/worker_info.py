@@ -8,8 +8,9 @@ import socket
 from flwr.app import ConfigRecord
 
 
-def worker_info(partition_id: int, kind: str) -> ConfigRecord:
-    info = {"partition-id": partition_id, "kind": kind, "host": socket.gethostname(), "pid": os.getpid()}
+def worker_info(partition_id: int, kind: str, device: str = "cpu") -> ConfigRecord:
+    info = {"partition-id": partition_id, "kind": kind, "host": socket.gethostname(), "pid": os.getpid(),
+            "device": device}
     try:  # inside a Ray worker (simulation): the Ray node that executed this client
         import ray
 

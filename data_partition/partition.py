@@ -11,7 +11,11 @@ modality with flwr-datasets' partitioners, then each client keeps
   ``min-partition-size`` samples;
 - ``pathological``: each client holds exactly ``classes-per-client`` classes
   (client i always has class i mod C, the others are drawn at random), each
-  class split evenly among the clients holding it.
+  class split evenly among the clients holding it;
+- ``resample``: for scale tests only, **not a disjoint split**: each client
+  draws its own random subset of the whole pool (clients overlap), of
+  ``max(min-partition-size, pool / clients)`` samples, so any number of
+  clients (e.g. 1,000 on the embedded sets) can be simulated.
 
 The samples are shuffled with the seed before splitting (flwr-datasets' IID
 partitioner cuts contiguous shards, and real datasets are stored sorted by
@@ -36,7 +40,7 @@ import numpy as np
 
 VISUAL, AUDIO_ONLY, AUDIOVISUAL = "visual", "audio", "audiovisual"
 KINDS = (VISUAL, AUDIO_ONLY, AUDIOVISUAL)
-PARTITIONERS = ("iid", "dirichlet", "pathological")
+PARTITIONERS = ("iid", "dirichlet", "pathological", "resample")
 
 
 class PartitionError(ValueError):
@@ -132,6 +136,15 @@ def _impossible(settings: PlanSettings, what: str, num_parts: int, labels: np.nd
     )
 
 
+def resample_parts(num_samples: int, num_parts: int, min_size: int, seed: int) -> list[np.ndarray]:
+    """Each client's own random draw from the whole pool (overlapping clients; scale tests only)."""
+    if num_samples == 0:
+        raise PartitionError("resample: the pool is empty")
+    size = min(num_samples, max(min_size, 1, num_samples // num_parts))
+    rng = np.random.default_rng(seed)
+    return [np.sort(rng.choice(num_samples, size=size, replace=False)).astype(np.int64) for _ in range(num_parts)]
+
+
 def split_labels(labels: np.ndarray, num_parts: int, settings: PlanSettings, what: str,
                  seed: int | None = None) -> list[np.ndarray]:
     """Divide sample indices among ``num_parts`` clients by label (flwr-datasets), seeded by ``seed``."""
@@ -140,6 +153,12 @@ def split_labels(labels: np.ndarray, num_parts: int, settings: PlanSettings, wha
     if num_parts == 0:
         return []
     labels = np.asarray(labels, dtype=np.int64)
+    if settings.partitioner == "resample":
+        if settings.min_partition_size > len(labels):
+            raise PartitionError(f"{what}: {len(labels)} samples cannot give any client "
+                                 f"min-partition-size={settings.min_partition_size}; lower min-partition-size")
+        return resample_parts(len(labels), num_parts, settings.min_partition_size,
+                              settings.seed if seed is None else seed)
     if num_parts * max(settings.min_partition_size, 1) > len(labels):
         raise PartitionError(
             f"{what}: {len(labels)} samples cannot give {num_parts} clients min-partition-size="

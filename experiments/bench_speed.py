@@ -5,11 +5,23 @@ Runs, side by side on the same device:
       plan, encoder, batch size, augmentations and modalities; every sampled client's
       local training run one after another in this process, rounds included;
   (b) a ``flwr run`` simulation of N clients doing that work (through experiments.launch).
-Prints samples/s of both and the ratio (b)/(a), per-round wall time, the share of a
-round spent outside local training (messages, aggregation, Ray scheduling), and peak
-host memory of the simulation's process tree (and peak GPU memory per client on CUDA).
+Prints samples/s of both and the ratio (b)/(a) with central evaluation timed apart
+(not in (b)), per-round wall time, the share of a round spent outside local training
+(messages, aggregation, Ray scheduling), and peak host memory of the simulation's
+process tree (and peak GPU memory per client on CUDA). With ``--sampled k`` only k
+clients train per round (fraction-train = k / clients) and (a) replays exactly the
+(round, client) pairs that (b) trained.
 
     python -m experiments.bench_speed --clients 20 --rounds 2
+    python -m experiments.bench_speed --clients 100 --sampled 10 --rounds 2
+
+On a GPU (ResNet-18 at CIFAR size, 100 clients per round, several clients per GPU):
+
+    python -m experiments.bench_speed --clients 100 --rounds 2 --client-cpus 1 --client-gpus 0.25 \
+        --run-config "encoder='resnet18_cifar' image-size=32 batch-size=64 max-local-steps=10 autocast='bf16'"
+    # and --client-gpus 0.1 / 0.5; then the 1,000-supernode scale run:
+    python -m experiments.bench_scale --supernodes 1000 --sampled 100 --rounds 5 --client-cpus 1 \
+        --client-gpus 0.25 --run-config "encoder='resnet18_cifar' image-size=32 max-local-steps=10"
 """
 
 from __future__ import annotations
@@ -18,7 +30,6 @@ import argparse
 import shlex
 import sys
 import tempfile
-import threading
 import time
 from pathlib import Path
 
@@ -28,61 +39,33 @@ from app_config.log_setup import setup_logging
 from app_config.run_config import RunConfig
 from client_app.trainer import train_locally, train_settings, training_seed
 from client_app.worker_cache import WorkerCache
-from experiments.common import check_config, parse_overrides, process_tree, superlink_pids
+from experiments.common import check_config, parse_overrides
 from experiments.metrics_file import read_records
 from experiments.simulation import launch
+from experiments.tree_memory import RoundMemory
 from models.factory import build_model
 from server_app.round_record import client_value
 
 
-def centralized_local_work(config: RunConfig, clients: int, rounds: int) -> dict:
-    """(a): every client's local training, sequentially, in one process; no messages, no aggregation."""
+def centralized_local_work(config: RunConfig, clients: int, work: list[tuple[int, int]]) -> dict:
+    """(a): the local training of every (round, partition) in ``work``, one after another in one process.
+
+    ``work`` lists the clients the federated run trained in each round (all of them, or the sampled ones),
+    so both sides do exactly the same local steps; no messages, no aggregation, no evaluation.
+    """
     torch.manual_seed(config.seed)
     initial = build_model(config).state_dict()
     samples, seconds = 0.0, 0.0
     cache = WorkerCache()
-    for server_round in range(1, rounds + 1):
-        for pid in range(clients):
-            state = cache.state(config, run_id=-1, partition_id=pid, num_partitions=clients)
-            state.model.load_state_dict(initial)
-            started = time.perf_counter()
-            metrics = train_locally(state.model, state.data, state.views, train_settings(config, state.model),
-                                    state.device,
-                                    seed=training_seed(config.seed, server_round, pid))
-            seconds += time.perf_counter() - started
-            samples += metrics["samples"]
+    for server_round, pid in work:
+        state = cache.state(config, run_id=-1, partition_id=pid, num_partitions=clients)
+        state.model.load_state_dict(initial)
+        started = time.perf_counter()
+        metrics = train_locally(state.model, state.data, state.views, train_settings(config, state.model),
+                                state.device, seed=training_seed(config.seed, server_round, pid))
+        seconds += time.perf_counter() - started
+        samples += metrics["samples"]
     return {"samples": samples, "seconds": seconds, "samples_per_second": samples / seconds}
-
-
-class TreeMemory:
-    """Peak resident memory (MiB) of the SuperLink process tree while a run goes on."""
-
-    def __init__(self, flwr_home: Path) -> None:
-        self.flwr_home, self.peak, self._stop = flwr_home, 0.0, threading.Event()
-        self._thread = threading.Thread(target=self._watch, daemon=True)
-
-    def _rss(self) -> float:
-        total = 0
-        for pid in process_tree(superlink_pids(self.flwr_home)):
-            try:
-                for line in Path(f"/proc/{pid}/status").read_text().splitlines():
-                    if line.startswith("VmRSS:"):
-                        total += int(line.split()[1])
-            except OSError:
-                continue
-        return total / 1024
-
-    def _watch(self) -> None:
-        while not self._stop.wait(0.5):
-            self.peak = max(self.peak, self._rss())
-
-    def __enter__(self) -> TreeMemory:
-        self._thread.start()
-        return self
-
-    def __exit__(self, *_exc) -> None:
-        self._stop.set()
-        self._thread.join()
 
 
 def federated(overrides: str, clients: int, cpus: int, gpus: float, workdir: Path) -> dict:
@@ -90,7 +73,8 @@ def federated(overrides: str, clients: int, cpus: int, gpus: float, workdir: Pat
     flwr_home = workdir / "flwr"
     runs = workdir / "runs"
     run_config = f"{overrides} run-dir='{runs}' eval-every=0 tensorboard=false"
-    with TreeMemory(flwr_home) as memory:
+    runs.mkdir(parents=True, exist_ok=True)
+    with RoundMemory(flwr_home, runs) as memory:
         code = launch(clients, run_config, cpus, gpus, flwr_home, 39391, 39393, timeout=7200)
     if code != 0:
         raise SystemExit(f"error: the simulation failed (exit {code})")
@@ -102,8 +86,12 @@ def federated(overrides: str, clients: int, cpus: int, gpus: float, workdir: Pat
     wall = sum(r["round-seconds"] for r in rounds)
     gpu_peaks = [client_value(c, "peak-gpu-mb") for r in rounds for c in r["clients"]
                  if client_value(c, "peak-gpu-mb") is not None]
+    work = [(r["round"], int(client_value(c, "partition-id"))) for r in rounds for c in r["clients"]
+            if client_value(c, "partition-id") is not None and client_value(c, "samples") is not None]
+    evaluation = sum(r.get("eval", {}).get("eval-seconds", 0.0) for r in rounds)
     return {
-        "samples": samples, "seconds": wall, "samples_per_second": samples / wall,
+        "samples": samples, "seconds": wall - evaluation, "samples_per_second": samples / (wall - evaluation),
+        "eval_seconds": evaluation, "work": work,
         "round_seconds": [round(r["round-seconds"], 2) for r in rounds],
         "client_train_seconds": train_seconds, "peak_host_mib": memory.peak,
         "peak_gpu_mib_per_client": max(gpu_peaks) if gpu_peaks else None,
@@ -115,23 +103,27 @@ def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--clients", type=int, default=20)
     parser.add_argument("--rounds", type=int, default=2)
+    parser.add_argument("--sampled", type=int, default=0, help="clients sampled per round (0: all)")
     parser.add_argument("--client-cpus", type=int, default=2)
     parser.add_argument("--client-gpus", type=float, default=0.0)
     parser.add_argument("--run-config", default="", help="extra overrides (TOML literals), e.g. \"batch-size=64\"")
     args = parser.parse_args(argv)
 
     overrides = f"num-server-rounds={args.rounds} {args.run_config}".strip()
+    if args.sampled:
+        overrides = f"fraction-train={args.sampled / args.clients:.6g} {overrides}"
     values = {**parse_overrides(overrides)}
     config: RunConfig = check_config(values)
 
     with tempfile.TemporaryDirectory(prefix="fssuavl-bench-") as tmp:
         fed = federated(overrides, args.clients, args.client_cpus, args.client_gpus, Path(tmp))
-    central = centralized_local_work(config, args.clients, args.rounds)
+    central = centralized_local_work(config, args.clients, fed["work"])
 
     ratio = fed["samples_per_second"] / central["samples_per_second"]
     outside = fed["seconds"] - central["seconds"]
     print(f"device: {'cuda ' + torch.cuda.get_device_name() if torch.cuda.is_available() else 'cpu'}, "
-          f"{args.clients} clients x {args.rounds} rounds, config: {shlex.quote(overrides)}")
+          f"{args.clients} clients x {args.rounds} rounds ({len(fed['work'])} client trainings), "
+          f"config: {shlex.quote(overrides)}")
     print(f"(a) centralized local work : {central['samples']:.0f} samples in {central['seconds']:.1f} s "
           f"= {central['samples_per_second']:.1f} samples/s")
     print(f"(b) flwr run simulation    : {fed['samples']:.0f} samples in {fed['seconds']:.1f} s "
@@ -140,6 +132,7 @@ def main(argv: list[str] | None = None) -> int:
     print(f"round wall times (s)       : {fed['round_seconds']}")
     print(f"outside local training    : {outside:.1f} s of {fed['seconds']:.1f} s "
           f"({100 * outside / fed['seconds']:.0f} %; messages, aggregation, scheduling, data/model set-up)")
+    print(f"central evaluation (apart) : {fed['eval_seconds']:.1f} s (not in (b)'s time)")
     print(f"peak host memory (sim tree): {fed['peak_host_mib']:.0f} MiB")
     if fed["peak_gpu_mib_per_client"] is not None:
         print(f"peak GPU memory per client : {fed['peak_gpu_mib_per_client']:.0f} MiB")

@@ -177,7 +177,7 @@ def train_centralized(config, budget: list[dict[str, int]], pooled, run_dir: Pat
     model = factory.build_model(config).to(device)
     eval_model = factory.build_model(config).to(device)
     evaluator = CentralEvaluator(eval_model, factory.eval_transforms(config, device), datasets, device, config.knn_k,
-                                 config.seed)
+                                 config.seed, config.eval_train_samples)
     views = factory.training_views(config, device)
     base = train_settings(config, model)
 

@@ -200,6 +200,19 @@ def process_tree(roots: list[int]) -> list[int]:
     return seen
 
 
+def tree_rss_mib(flwr_home: Path) -> float:
+    """Resident memory (MiB) of the SuperLink of ``flwr_home`` and every process it started."""
+    total = 0
+    for pid in process_tree(superlink_pids(flwr_home)):
+        try:
+            for line in Path(f"/proc/{pid}/status").read_text().splitlines():
+                if line.startswith("VmRSS:"):
+                    total += int(line.split()[1])
+        except OSError:
+            continue
+    return total / 1024
+
+
 class _Pinned:
     """One process held by a pidfd: signals reach it or nothing, even after its PID is reused."""
 

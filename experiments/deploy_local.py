@@ -360,6 +360,8 @@ def deploy(num_supernodes: int, run_config: str, workdir: Path, data_root: Path,
             dep.start_supernode(i, private, config)
             log.info("SuperNode %d: %s data in %s", i, kind or "all found", data_dir)
         dep.wait_online(len(nodes))
+        if "plan-check" not in parse_overrides(run_config):  # the nodes read their own data-dir, not a plan
+            run_config = (run_config + " plan-check=false").strip()
         run_id, status, _ = dep.run(run_config, timeout=timeout)
     if "completed" not in status:
         print(f"error: run {run_id} ended as {status!r}; logs in {workdir}", file=sys.stderr)

@@ -22,7 +22,7 @@ from data_partition.modality_data import DatasetSplits
 from models.device import resolve_device
 from models.factory import build_model, eval_transforms, scheduled_learning_rate
 from server_app.central_eval import CentralEvaluator
-from server_app.preflight import checked_run_config
+from server_app.preflight import check_federation_plan, checked_run_config
 from server_app.round_loop import run_rounds
 from server_app.run_recorder import RunRecorder
 from server_app.run_start import load_resume, resume_or_create
@@ -45,13 +45,17 @@ def main(grid: Grid, context: Context) -> None:
     if config.deterministic:
         torch.use_deterministic_algorithms(True, warn_only=True)
     checkpoint = load_resume(config)  # a resume that cannot work fails before any work
+    if config.plan_check:  # in simulation every node is connected from the start
+        nodes = len(list(grid.get_node_ids()))
+        if nodes:
+            check_federation_plan(config, nodes)
     datasets = evaluation_datasets(config)
     torch.manual_seed(config.seed)
     device = resolve_device(config.device)
     model = build_model(config)
     initial = ArrayRecord(model.state_dict())
     evaluator = CentralEvaluator(build_model(config).to(device), eval_transforms(config, device), datasets, device,
-                                 config.knn_k, config.seed)
+                                 config.knn_k, config.seed, config.eval_train_samples)
     strategy = build_strategy(config)
     start = resume_or_create(config, context.run_id, checkpoint, strategy)
     recorder = RunRecorder(config, start.output, strategy, evaluator, start.history, start.resumed_after,
@@ -60,6 +64,7 @@ def main(grid: Grid, context: Context) -> None:
     result = run_rounds(
         strategy, grid, start.arrays(initial), num_rounds=config.num_server_rounds, start_round=start.start_round,
         timeout=config.round_timeout, seed=config.seed, min_replies=config.min_train_nodes,
+        compact_replies=config.update_dtype == "float16",
         train_config=lambda server_round: ConfigRecord(
             {"learning-rate": scheduled_learning_rate(config, model, server_round)}),
         evaluate_fn=recorder.end_round, on_train=recorder.record_train, on_round_end=recorder.checkpoint,

@@ -10,7 +10,10 @@ before its first round (never per client message):
   importing :mod:`models.encoders`);
 * ``data-root`` exists when it is set, and every real dataset the run uses is
   laid out (or already cached) under it;
-* ``resume-from`` names a checkpoint that exists.
+* ``resume-from`` names a checkpoint that exists;
+* the federation plan can be made for the number of clients
+  (:func:`check_federation_plan`; the ServerApp calls it with its connected
+  nodes, the launcher with ``--num-supernodes``).
 
 Each failure is a :class:`~app_config.run_config.ConfigError`, one line naming the key.
 """
@@ -47,6 +50,17 @@ def preflight(config: RunConfig) -> RunConfig:
         problem = resume_problem(config.resume_from)
         _need(problem is None, f"resume-from: {problem}")
     return config
+
+
+def check_federation_plan(config: RunConfig, num_clients: int) -> None:
+    """A one-line ConfigError when ``config``'s partitioning cannot give ``num_clients`` clients their data."""
+    from data_partition.federation import Federation
+    from data_partition.partition import PartitionError
+
+    try:
+        Federation(config, num_clients).plan()
+    except PartitionError as err:
+        raise ConfigError(f"federation plan for {num_clients} clients: {err}") from None
 
 
 def checked_run_config(values: Mapping) -> RunConfig:

@@ -47,6 +47,7 @@ from flwr.serverapp.strategy import Result
 from flwr.serverapp.strategy.strategy_utils import log_strategy_start_info
 from flwr.supercore import log
 
+from server_app.compact_updates import widen_reply
 from strategies.seeded_sampling import seed_node_sampling
 
 NO_REPLY = "no reply within round-timeout (client hung, crashed or disconnected)"
@@ -63,6 +64,11 @@ class RoundTrain:
     metrics: MetricRecord | None
     skipped: str | None = None  # why aggregation did not run, if it did not
     aggregated: bool = False  # the strategy returned new global arrays
+    # server-side seconds of the round's phases: configure (sampling, messages), wait (send_and_receive:
+    # Ray scheduling, message transfer and every client's work), aggregate (reply checks + strategy)
+    phases: dict[str, float] = field(default_factory=dict)
+    bytes_sent: int = 0  # model arrays sent to the sampled clients (serialised size)
+    bytes_received: int = 0  # model arrays in their replies
     errors: int = field(init=False)
 
     def __post_init__(self) -> None:
@@ -101,14 +107,29 @@ def unanswered_nodes(messages: list[Message], replies: list[Message]) -> list[in
     )
 
 
+def arrays_bytes(message: Message, key: str = "arrays") -> int:
+    """Serialised bytes of a message's model arrays (0 for an error reply or none)."""
+    if message.has_error() or key not in message.content.array_records:
+        return 0
+    return sum(len(array.data) for array in message.content.array_records[key].values())
+
+
 def train_round(strategy, grid: Grid, server_round: int, arrays: ArrayRecord, config: ConfigRecord,
-                timeout: float, min_replies: int) -> tuple[RoundTrain, ArrayRecord | None]:
+                timeout: float, min_replies: int,
+                compact_replies: bool = False) -> tuple[RoundTrain, ArrayRecord | None]:
     """One round's training phase: send, collect (in partition order), count failures, aggregate.
 
     Returns what happened and the new global arrays (None: the previous model is kept).
     """
+    clock = time.perf_counter
+    started = clock()
     messages = list(strategy.configure_train(server_round, arrays, config, grid))
+    configured = clock()
     replies = list(grid.send_and_receive(messages=messages, timeout=timeout)) if messages else []
+    received = clock()
+    bytes_received = sum(map(arrays_bytes, replies))  # as they travelled
+    if compact_replies:  # update-dtype='float16': back to the global dtypes before any check
+        replies = [widen_reply(reply, arrays) for reply in replies]
     replies.sort(key=reply_order)
     missing = unanswered_nodes(messages, replies)
     successes = sum(1 for r in replies if not r.has_error())
@@ -122,10 +143,13 @@ def train_round(strategy, grid: Grid, server_round: int, arrays: ArrayRecord, co
         agg_arrays, agg_metrics = None, None
     else:
         agg_arrays, agg_metrics = strategy.aggregate_train(server_round, replies)
+    phases = {"configure": configured - started, "wait": received - configured, "aggregate": clock() - received}
     if agg_metrics is not None:
         log(INFO, "\t└──> Aggregated MetricRecord: %s", agg_metrics)
     return (RoundTrain(server_round, len(messages), replies, missing, agg_metrics, skipped,
-                       aggregated=agg_arrays is not None), agg_arrays)
+                       aggregated=agg_arrays is not None, phases=phases,
+                       bytes_sent=sum(map(arrays_bytes, messages)), bytes_received=bytes_received),
+            agg_arrays)
 
 
 def client_evaluation(strategy, grid: Grid, server_round: int, arrays: ArrayRecord, config: ConfigRecord,
@@ -169,6 +193,7 @@ def run_rounds(
     timeout: float = 3600.0,
     seed: int = 0,
     min_replies: int = 1,
+    compact_replies: bool = False,
     train_config: ConfigRecord | Callable[[int], ConfigRecord] | None = None,
     evaluate_config: ConfigRecord | None = None,
     evaluate_fn: Callable[[int, ArrayRecord], MetricRecord | None] | None = None,
@@ -209,7 +234,7 @@ def run_rounds(
         round_config = config_of_round(current_round)
         train, aggregated = train_round(strategy, grid, current_round, arrays,
                                         ConfigRecord() if round_config is None else round_config,
-                                        timeout, min_replies)
+                                        timeout, min_replies, compact_replies)
         if aggregated is not None:
             result.arrays = arrays = aggregated
         if train.metrics is not None:

@@ -92,14 +92,16 @@ def format_round(record: dict) -> str:
     parts = [f"round {record['round']:>3}"]
     train = record.get("train", {})
     if train:
-        parts.append(
-            f"loss img {_number(train.get('loss-image')):.3f} aud {_number(train.get('loss-audio')):.3f}"
-            f" | {int(_number(train.get('clients'), 0.0))} clients"
-        )
+        losses = [f"{short} {_number(train[f'loss-{m}']):.3f}" for m, short in (("image", "img"), ("audio", "aud"))
+                  if f"loss-{m}" in train]  # a single-modality federation reports only its own loss
+        parts.append(" ".join(["loss", *losses]) + f" | {int(_number(train.get('clients'), 0.0))} clients")
         if "learning-rate" in train:
             parts.append(f"lr {train['learning-rate']:.3g}")
     if "round-seconds" in record:
         parts.append(f"{record['round-seconds']:.1f}s")
+    slowest = slowest_client(record)
+    if slowest:
+        parts.append(slowest)
     failures = record.get("failures")
     if isinstance(failures, int) and failures > 0:
         parts.append(failure_summary(record))
@@ -108,7 +110,27 @@ def format_round(record: dict) -> str:
         cells = [f"{m} {_number(ev[f'{metric}-{m}']):.3f}" for m in ("image", "audio") if f"{metric}-{m}" in ev]
         if cells:
             parts.append(f"{metric} " + " ".join(cells))
+    sampled = [f"{int(ev[f'eval-train-samples-{m}'])} of {int(ev[f'eval-train-total-{m}'])} {m}"
+               for m in ("image", "audio")
+               if _number(ev.get(f"eval-train-samples-{m}"), 0) < _number(ev.get(f"eval-train-total-{m}"), 0)]
+    if sampled:
+        parts.append("fit on " + ", ".join(sampled) + " train samples")
     return " | ".join(parts)
+
+
+def slowest_client(record: dict) -> str:
+    """"slowest: partition 7 (node 12) 9.8s" from the clients' own train seconds ('' with fewer than 2)."""
+    from server_app.round_record import client_value  # round_record imports this module
+
+    timed = [(_number(client_value(c, "train-seconds")), c) for c in record.get("clients", []) if isinstance(c, dict)]
+    timed = [(t, c) for t, c in timed if t == t]  # drops NaN: clients that reported no time
+    if len(timed) < 2:
+        return ""
+    seconds, entry = max(timed, key=lambda item: item[0])
+    partition = client_value(entry, "partition-id")
+    node = f"node {entry.get('node-id')}"
+    who = f"partition {partition} ({node})" if partition is not None else node
+    return f"slowest: {who} {seconds:.1f}s"
 
 
 def failure_summary(record: dict) -> str:

@@ -37,7 +37,8 @@ class NothingTrained(RuntimeError):
     """The run finished without aggregating a single reply: it must not look like a success."""
 
 
-ROUND_KEYS = ("aggregated", "replies", "failures", "sent", "no-reply", "aggregation-skipped", "clients")
+ROUND_KEYS = ("aggregated", "replies", "failures", "sent", "no-reply", "aggregation-skipped", "clients",
+              "phase-seconds", "bytes-sent", "bytes-received")
 
 
 def round_entry(train: RoundTrain, dropped: dict | None = None) -> dict:
@@ -51,6 +52,9 @@ def round_entry(train: RoundTrain, dropped: dict | None = None) -> dict:
         "sent": train.sent,
         "no-reply": len(train.missing_nodes),
         "clients": client_entries(train.replies, train.missing_nodes, dropped=dropped),
+        "phase-seconds": dict(train.phases),
+        "bytes-sent": train.bytes_sent,
+        "bytes-received": train.bytes_received,
     }
     if train.skipped:
         entry["aggregation-skipped"] = train.skipped

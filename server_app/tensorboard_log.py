@@ -43,6 +43,9 @@ def _number(value) -> float | None:
     return None
 
 
+CLIENT_RESOURCES = ("peak-rss-mb", "train-seconds", "ready-seconds", "threads", "bytes-sent")
+
+
 def round_scalars(record: dict) -> dict[str, float]:
     """A ``metrics.jsonl`` record -> ``{tag: value}`` (non-numeric entries are skipped)."""
     out: dict[str, float] = {}
@@ -58,7 +61,7 @@ def round_scalars(record: dict) -> dict[str, float]:
         number = _number(value)
         if number is not None:
             out["eval/" + key] = number
-    for key in ("replies", "failures", "sent", "no-reply", "aggregation-skipped"):
+    for key in ("replies", "failures", "sent", "no-reply", "aggregation-skipped", "bytes-sent", "bytes-received"):
         number = _number(record.get(key))
         if number is not None:
             out["round/" + key] = number
@@ -66,6 +69,10 @@ def round_scalars(record: dict) -> dict[str, float]:
     if number is not None:
         out["round/seconds"] = number
     clients = record.get("clients") or []
+    for field in CLIENT_RESOURCES:  # the device report: the worst client of the round
+        values = [v for c in clients if isinstance(c, dict) and (v := _number(client_value(c, field))) is not None]
+        if values:
+            out[f"clients/{field}-max"] = max(values)
     for field, tag in (("host", "round/hosts"), ("ray-node-id", "round/ray-nodes")):
         seen = {value for c in clients if isinstance(c, dict)
                 and isinstance(value := client_value(c, field), str)}

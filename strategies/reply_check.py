@@ -63,6 +63,7 @@ CLIENT_INFO_FIELDS = {
     "kind": (str, lambda v: v in KINDS, f"one of {', '.join(KINDS)}"),
     "host": (str, lambda v: 0 < len(v) <= 255, "a host name of 1-255 characters"),
     "ray-node-id": (str, lambda v: 0 < len(v) <= 128, "a Ray node id of 1-128 characters"),
+    "device": (str, lambda v: 0 < len(v) <= 32, "a torch device type of 1-32 characters"),
 }
 
 Spec = dict[str, tuple[tuple[int, ...], str]]

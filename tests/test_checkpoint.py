@@ -242,6 +242,9 @@ def test_round_loop_counts_errors_and_missing_replies_and_honours_the_minimum():
     assert (train.sent, len(train.replies), train.errors, train.missing_nodes, train.failures) == (5, 4, 2, [13], 3)
     assert train.skipped is None and train.metrics["replies-aggregated"] == 2
     assert not _equal(result.arrays, _initial())
+    assert set(train.phases) == {"configure", "wait", "aggregate"} and min(train.phases.values()) >= 0
+    model_bytes = sum(len(a.data) for a in _initial().values())
+    assert train.bytes_sent == 5 * model_bytes and train.bytes_received == 2 * model_bytes  # 2 successful replies
 
     seen.clear()
     result = run_rounds(make_strategy("fedavg", common=COMMON), DroppingGrid(NODES, respond), _initial(),

@@ -70,3 +70,20 @@ def test_failed_server_app_gives_nonzero_exit(tmp_path, data_root):
     done = launch(tmp_path, f"device='cuda:7' data-root='{data_root}' run-dir='{tmp_path / 'runs'}'", supernodes=2)
     assert done.returncode == 1
     assert "ended as" in done.stderr
+
+
+def test_a_thousand_supernodes_train_on_the_embedded_data(tmp_path, data_root):
+    """The scale path end to end: 1,000 virtual clients (resample partitioner), 4 sampled per round."""
+    runs = tmp_path / "runs"
+    config = ("partitioner='resample' fraction-train=0.004 num-server-rounds=2 max-local-steps=1 batch-size=4 "
+              "eval-every=0 eval-train-samples=100 tensorboard=false checkpoint-every=0 "
+              f"data-root='{data_root}' run-dir='{runs}'")
+    done = launch(tmp_path, config, supernodes=1000)
+    assert done.returncode == 0, done.stdout[-3000:] + done.stderr[-2000:]
+    (folder,) = runs.iterdir()
+    records = [json.loads(line) for line in (folder / "metrics.jsonl").read_text().splitlines()]
+    assert [r["round"] for r in records] == [0, 1, 2]
+    for r in records[1:]:
+        assert (r["sent"], r["replies"], r["failures"], r["aggregated"]) == (4, 4, 0, True)
+        assert r["train"]["clients"] == 4 and r["train"]["loss-image"] + r["train"]["loss-audio"] > 0
+    assert records[2]["eval"]["eval-train-samples-image"] == 100

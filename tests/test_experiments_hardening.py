@@ -199,3 +199,24 @@ def test_an_impossible_federation_plan_stops_the_launcher_before_flower_starts(t
     assert code == 2 and "\n" not in err
     assert err.startswith("error: audio split: 900 samples cannot give 600 clients min-partition-size=2 each")
     assert not flwr_home.exists()  # nothing was started
+
+
+def test_the_serverapp_checks_the_plan_for_its_connected_nodes_before_round_1(tmp_path, data_root):
+    """`flwr run .` without the launcher: the ServerApp refuses an impossible plan before any round."""
+    from flwr.app import Context, RecordDict
+
+    from app_config.run_config import ConfigError, RunConfig
+    from experiments.fake_grid import FakeGrid
+    from server_app.app import main
+
+    def never(message):
+        raise AssertionError("no message may be sent for an impossible plan")
+
+    values = {**RunConfig().as_mapping(), "partitioner": "iid", "data-root": str(data_root),
+              "run-dir": str(tmp_path / "runs")}
+    context = Context(run_id=1, node_id=0, node_config={}, state=RecordDict(), run_config=values)
+    with pytest.raises(ConfigError) as err:
+        main(FakeGrid(range(1, 1001), never), context)
+    assert str(err.value).startswith("federation plan for 1000 clients: audio split: 900 samples cannot give 600 "
+                                     "clients min-partition-size=2 each") and "\n" not in str(err.value)
+    assert not (tmp_path / "runs").exists()  # nothing was started or written

@@ -145,6 +145,23 @@ def test_dirichlet_scales_to_1000_clients():
     assert elapsed < 60, elapsed  # ~3-5 s on 2 CPU cores
 
 
+def test_resample_fits_1000_clients_on_a_small_pool_with_overlapping_draws():
+    image, audio = sorted_labels(10, 90), sorted_labels(10, 90)  # 900 each, as the embedded sets
+    plan = build_plan(settings(partitioner="resample", num_partitions=1000), image, audio)
+    audio_parts = [p.audio_indices for p in plan if p.kind in (AUDIO_ONLY, AUDIOVISUAL)]
+    assert len(plan) == 1000 and len(audio_parts) == 600
+    assert {len(p) for p in audio_parts} == {2}  # max(min-partition-size, 900 // 600)
+    assert all(len(np.unique(p)) == len(p) and p.max() < 900 for p in audio_parts)  # no repeat within a client
+    joined = np.concatenate(audio_parts)
+    assert len(np.unique(joined)) < len(joined)  # clients overlap: not a disjoint split
+    few = build_plan(settings(partitioner="resample", num_partitions=10), image, audio)
+    assert {len(p.image_indices) for p in few if p.kind != AUDIO_ONLY} == {900 // 7}
+    again = build_plan(settings(partitioner="resample", num_partitions=1000), image, audio)
+    assert all(np.array_equal(p.audio_indices, q.audio_indices) for p, q in zip(plan, again))
+    with pytest.raises(PartitionError, match="lower min-partition-size"):
+        build_plan(settings(partitioner="resample", min_partition_size=901), image, audio)
+
+
 def test_plan_is_stored_and_reused(tmp_path):
     s = settings(partitioner="pathological", num_partitions=15)
     first = partition.load_or_build_plan(s, IMAGE, AUDIO, tmp_path)

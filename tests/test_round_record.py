@@ -89,3 +89,23 @@ def test_a_long_wrapped_error_keeps_its_head_and_last_line():
     assert len(text) <= MAX_STRING and "\x1b" not in text and "\n" not in text
     assert text.startswith("<class 'ray.exceptions.RayTaskError") and text.endswith("in round 2'>")
     assert error_text("short reason") == "short reason"
+
+
+def test_round_line_of_a_one_modality_federation_shows_only_its_loss():
+    from server_app.run_output import format_round
+
+    line = format_round({"round": 2, "train": {"loss-image": 1.25, "clients": 4.0}, "round-seconds": 3.0})
+    assert line == "round   2 | loss img 1.250 | 4 clients | 3.0s" and "nan" not in line
+    both = format_round({"round": 1, "train": {"loss-image": 1.0, "loss-audio": 2.0, "clients": 2.0}})
+    assert both == "round   1 | loss img 1.000 aud 2.000 | 2 clients"
+
+
+def test_round_line_names_the_slowest_client():
+    from server_app.run_output import format_round
+
+    clients = [{"node-id": 11, "client-info": {"partition-id": 3}, "metrics": {"train-seconds": 2.0}},
+               {"node-id": 12, "client-info": {"partition-id": 7}, "metrics": {"train-seconds": 9.75}},
+               {"node-id": 13, "error": "no reply"}]
+    line = format_round({"round": 1, "round-seconds": 12.0, "clients": clients})
+    assert line == "round   1 | 12.0s | slowest: partition 7 (node 12) 9.8s"
+    assert "slowest" not in format_round({"round": 1, "clients": clients[:1]})

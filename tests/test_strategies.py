@@ -349,7 +349,8 @@ def test_client_train_adds_the_proximal_term_when_the_server_sends_mu(monkeypatc
 
     model = torch.nn.Linear(3, 2)
     state = types.SimpleNamespace(model=model, data=types.SimpleNamespace(modalities=("image",), count=lambda m: 7),
-                                  views={}, device=torch.device("cpu"), kind="visual")
+                                  views={}, device=torch.device("cpu"), kind="visual",
+                                  setup_seconds={})
     monkeypatch.setattr(client.WORKER, "state", lambda *a, **k: state)
     captured = {}
 

@@ -1,5 +1,8 @@
 """The local trainer branches on the client's modality, through one shared encoder."""
 
+import dataclasses
+import math
+
 import pytest
 import torch
 import torch.nn as nn
@@ -40,7 +43,7 @@ def _data(image: int, audio: int) -> LocalData:
 
 
 SETTINGS = TrainSettings(local_epochs=1, max_local_steps=0, batch_size=4, optimizer="sgd", learning_rate=0.01,
-                         momentum=0.9, weight_decay=5e-4, temperature=0.5)
+                         momentum=0.9, weight_decay=5e-4, temperature=0.5, autocast="off", channels_last=False)
 
 
 @pytest.fixture(scope="module")
@@ -77,7 +80,7 @@ def test_training_changes_the_shared_encoder_and_max_steps_caps_work(model):
     before = {k: v.clone() for k, v in model.state_dict().items()}
     views = _views()
     settings = TrainSettings(local_epochs=5, max_local_steps=2, batch_size=4, optimizer="sgd", learning_rate=0.01,
-                             momentum=0.9, weight_decay=5e-4, temperature=0.5)
+                             momentum=0.9, weight_decay=5e-4, temperature=0.5, autocast="off", channels_last=False)
     metrics = train_locally(model, _data(40, 40), views, settings, torch.device("cpu"), seed=1)
     assert metrics["steps"] == 2
     assert not torch.equal(before["encoder.conv1.weight"], model.state_dict()["encoder.conv1.weight"])
@@ -86,3 +89,23 @@ def test_training_changes_the_shared_encoder_and_max_steps_caps_work(model):
 def test_client_without_two_samples_of_any_modality_is_an_error(model):
     with pytest.raises(ValueError, match="fewer than 2 samples"):
         train_locally(model, _data(1, 1), _views(), SETTINGS, torch.device("cpu"), seed=0)
+
+
+def test_bf16_autocast_and_channels_last_train_with_finite_losses_and_usual_layout(autocast="bf16",
+                                                                                    channels_last=True):
+    torch.manual_seed(0)
+    reference, fast = SSLModel("resnet18_half_cifar", 32, 16), SSLModel("resnet18_half_cifar", 32, 16)
+    fast.load_state_dict(reference.state_dict())
+    settings = dataclasses.replace(SETTINGS, max_local_steps=2, autocast=autocast, channels_last=channels_last)
+    data = _data(8, 8)
+    base = train_locally(reference, data, _views(), dataclasses.replace(SETTINGS, max_local_steps=2),
+                         torch.device("cpu"), seed=3)
+    got = train_locally(fast, data, _views(), settings, torch.device("cpu"), seed=3)
+    for key in ("loss-image", "loss-audio"):
+        assert math.isfinite(got[key]) and got[key] == pytest.approx(base[key], rel=0.05)
+    for name, tensor in fast.state_dict().items():
+        assert tensor.shape == reference.state_dict()[name].shape and tensor.dtype == reference.state_dict()[name].dtype
+        assert tensor.is_contiguous(), name  # replies keep the usual memory layout
+    with torch.no_grad(), torch.autocast("cpu", dtype=torch.bfloat16, enabled=autocast == "bf16"):
+        x = torch.rand(2, 3, 32, 32)
+        assert fast(x).shape == reference(x).shape == (2, 16)

@@ -1,0 +1,49 @@
+"""Resident memory of a simulation's whole process tree, sampled while it runs, per round.
+
+Rounds are told apart by the lines already in the run's ``metrics.jsonl``
+(round ``k`` runs while ``k`` lines are written), so a benchmark can show
+whether memory grows with the rounds.
+"""
+
+from __future__ import annotations
+
+import threading
+import time
+from pathlib import Path
+
+from experiments.common import tree_rss_mib
+
+
+class RoundMemory:
+    """Peak tree memory per round: rounds are told apart by the lines already in metrics.jsonl."""
+
+    def __init__(self, flwr_home: Path, runs: Path, interval: float = 0.5) -> None:
+        self.flwr_home, self.runs, self.interval = flwr_home, runs, interval
+        self.peaks: dict[int, float] = {}
+        self.first_line_at: dict[int, float] = {}
+        self.started = time.monotonic()
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._watch, daemon=True)
+
+    def _lines(self) -> int:
+        files = list(self.runs.glob("*/metrics.jsonl"))
+        return files[0].read_bytes().count(b"\n") if files else 0
+
+    def _watch(self) -> None:
+        while not self._stop.wait(self.interval):
+            done = self._lines()  # rounds 0..done-1 are written: round `done` is running
+            self.first_line_at.setdefault(done, time.monotonic() - self.started)
+            self.peaks[done] = max(self.peaks.get(done, 0.0), tree_rss_mib(self.flwr_home))
+
+    def __enter__(self) -> RoundMemory:
+        self._thread.start()
+        return self
+
+    def __exit__(self, *_exc) -> None:
+        self._stop.set()
+        self._thread.join()
+
+    @property
+    def peak(self) -> float:
+        """The peak over the whole run (MiB)."""
+        return max(self.peaks.values(), default=0.0)

@@ -1,0 +1,78 @@
+"""update-dtype='float16': half the bytes per reply, widened back on the server only when the run asks."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+import torch
+from flwr.app import Array, ConfigRecord
+
+from client_app.resources import record_bytes, reply_arrays
+from experiments.fake_grid import FakeGrid, arrays_of, numpy_of, task_identity, train_reply
+from server_app.compact_updates import widen_reply
+from server_app.round_loop import run_rounds
+from strategies.registry import make_strategy
+
+COMMON = {"fraction_train": 1.0, "fraction_evaluate": 0.0, "min_train_nodes": 2, "min_evaluate_nodes": 0,
+          "min_available_nodes": 2}
+
+
+@pytest.fixture(autouse=True)
+def _identity():
+    with task_identity():
+        yield
+
+
+def _global() -> dict[str, np.ndarray]:
+    rng = np.random.default_rng(0)
+    return {"w": rng.normal(size=(64, 32)).astype(np.float32), "n": np.array(3, dtype=np.int64)}
+
+
+def _half_client(msg):
+    """A client sending float16 weights moved by +0.25 (exact in float16 for these magnitudes: checked below)."""
+    weights = numpy_of(msg.content["arrays"])
+    return train_reply(msg, {"w": (weights["w"] + 0.25).astype(np.float16), "n": weights["n"]})
+
+
+def test_client_sends_float32_weights_as_float16_and_keeps_integer_buffers():
+    model = torch.nn.BatchNorm1d(256)
+    full, half = reply_arrays(model), reply_arrays(model, "float16")
+    assert full["weight"].dtype == "float32" and half["weight"].dtype == "float16"
+    assert half["num_batches_tracked"].dtype == "int64"
+    assert record_bytes(half) < 0.6 * record_bytes(full)
+
+
+def test_float16_replies_are_aggregated_only_when_the_run_asks_for_them():
+    start = arrays_of(_global())
+    want = _global()["w"].astype(np.float16).astype(np.float32)  # what the clients' float16 could carry
+    compact = run_rounds(make_strategy("fedavg", common=COMMON), FakeGrid([1, 2, 3], _half_client), start,
+                         num_rounds=1, compact_replies=True)
+    got = numpy_of(compact.arrays)["w"]
+    assert got.dtype == np.float32 and np.abs(got - (_global()["w"] + 0.25)).max() <= np.abs(want).max() * 2**-10
+    seen = []
+    plain = run_rounds(make_strategy("fedavg", common=COMMON), FakeGrid([1, 2, 3], _half_client), start,
+                       num_rounds=1, on_train=seen.append)
+    assert len(plain.arrays) == 0 and not seen[0].aggregated  # every float16 reply dropped: model kept
+    assert seen[0].metrics["replies-dropped-dtype"] == 3
+
+
+def test_only_float16_arrays_of_the_global_shape_are_widened():
+    start = arrays_of(_global())
+    msg = next(iter(make_strategy("fedavg", common=COMMON).configure_train(1, start, ConfigRecord({}),
+                                                                         FakeGrid([1, 2], None))))
+    wrong_shape = train_reply(msg, {"w": np.zeros((32, 64), np.float16), "n": np.array(3)})
+    assert widen_reply(wrong_shape, start).content["arrays"]["w"].dtype == "float16"  # left for the checks
+    inf = train_reply(msg, {"w": np.full((64, 32), np.inf, np.float16), "n": np.array(3)})
+    assert not np.isfinite(widen_reply(inf, start).content["arrays"]["w"].numpy()).any()  # then dropped as non-finite
+    padded = train_reply(msg, {"w": np.zeros((64, 32), np.float16), "n": np.array(3)})
+    padded.content["arrays"]["w"] = Array(dtype="float16", shape=(64, 32), stype="numpy.ndarray",
+                                          data=padded.content["arrays"]["w"].data + b"\0" * 10_000)
+    assert widen_reply(padded, start).content["arrays"]["w"].dtype == "float16"  # not decoded
+
+
+def test_float16_updates_and_client_side_clipping_are_refused_together():
+    from app_config.run_config import ConfigError, RunConfig
+
+    with pytest.raises(ConfigError, match="^update-dtype: 'float16' cannot be combined with dp='client-fixed'"):
+        RunConfig.from_mapping({"update-dtype": "float16", "dp": "client-fixed"})
+    assert RunConfig.from_mapping({"update-dtype": "float16", "dp": "server-fixed"}).update_dtype == "float16"

@@ -1,0 +1,24 @@
+"""The scale benchmark's memory watch: samples are attributed to the round running when taken."""
+
+from __future__ import annotations
+
+import time
+
+from experiments import tree_memory
+from experiments.tree_memory import RoundMemory
+
+
+def test_memory_samples_are_attributed_to_the_running_round(tmp_path, monkeypatch):
+    readings = iter(range(100, 10_000, 100))
+    monkeypatch.setattr(tree_memory, "tree_rss_mib", lambda _home: float(next(readings)))
+    metrics = tmp_path / "runs" / "run-1" / "metrics.jsonl"
+    metrics.parent.mkdir(parents=True)
+    with RoundMemory(tmp_path / "flwr", tmp_path / "runs", interval=0.02) as memory:
+        for line in range(3):  # rounds 0, 1 and 2 end one after another
+            time.sleep(0.15)
+            with metrics.open("a") as fh:
+                fh.write(f'{{"round": {line}}}\n')
+        time.sleep(0.15)
+    assert sorted(memory.peaks) == [0, 1, 2, 3]
+    assert memory.peaks[0] < memory.peaks[1] < memory.peaks[2] < memory.peaks[3] == memory.peak
+    assert 0 < memory.first_line_at[1] < memory.first_line_at[2] < memory.first_line_at[3]
