@@ -10,7 +10,7 @@ draws its own overlapping sample of the pool, so 1,000 clients fit), samples
 * each round's wall time and its server-side phases from ``metrics.jsonl``
   (``configure``: sampling and messages; ``wait``: ``send_and_receive``, i.e.
   Ray scheduling, message transfer and the clients' work; ``aggregate``: reply
-  checks and the strategy; ``eval``: central evaluation), the clients' own
+  checks and the strategy; ``eval``: central evaluation, after the round's wall time), the clients' own
   training seconds, and what is left (recording, checkpoint, TensorBoard);
 * the peak resident memory of the whole SuperLink process tree (SuperLink,
   simulation, Ray workers, ServerApp) during each round: it must not grow with
@@ -72,12 +72,12 @@ def one_scale(supernodes: int, sampled: int, rounds: int, overrides: str, cpus: 
 def report(result: dict) -> None:
     rounds = result["rounds"]
     print(f"\n== {result['supernodes']} supernodes: start -> round 1 {result['start_to_round_1']:.1f} s")
-    print(" round  wall s  configure  wait  (clients' train s)  aggregate  eval   other   peak tree MiB")
+    print(" round  wall s  configure  wait  (clients' train s)  aggregate  other  (+eval)  peak tree MiB")
     for r in rounds:
-        other = r["seconds"] - r["configure"] - r["wait"] - r["aggregate"] - r["eval"]
+        other = r["seconds"] - r["configure"] - r["wait"] - r["aggregate"]  # the wall time excludes eval
         print(f" {r['round']:>5}  {r['seconds']:6.1f}  {r['configure']:9.2f}  {r['wait']:5.1f}  "
-              f"({r['client-train']:5.1f}, {r['clients']} clients)  {r['aggregate']:9.2f}  {r['eval']:4.1f}  "
-              f"{other:5.2f}  {r['peak-mib']:8.0f}")
+              f"({r['client-train']:5.1f}, {r['clients']} clients)  {r['aggregate']:9.2f}  {other:5.2f}  "
+              f"({r['eval']:4.1f})  {r['peak-mib']:8.0f}")
     later = [r["seconds"] for r in rounds[1:]] or [rounds[0]["seconds"]]
     wait = sum(r["wait"] for r in rounds)
     train = sum(r["client-train"] for r in rounds)
