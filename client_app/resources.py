@@ -20,13 +20,12 @@ def record_bytes(arrays: ArrayRecord) -> int:
     return sum(len(array.data) for array in arrays.values())
 
 
-def resource_report(threads: int | None = None) -> dict[str, float]:
+def resource_report() -> dict[str, float]:
     """Peak resident memory of this process (MiB) and the torch threads it trains with."""
     return {
         "peak-rss-mb": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024,  # Linux: KiB
-        "threads": float(torch.get_num_threads() if threads is None else threads),
+        "threads": float(torch.get_num_threads()),
     }
-
 
 
 def reply_arrays(model: torch.nn.Module, update_dtype: str = "float32") -> ArrayRecord:

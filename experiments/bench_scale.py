@@ -32,25 +32,16 @@ import tempfile
 from pathlib import Path
 
 from app_config.log_setup import setup_logging
-from experiments.metrics_file import read_records
-from experiments.simulation import launch
-from experiments.tree_memory import RoundMemory
+from experiments.tree_memory import watched_simulation
 from server_app.round_record import client_value
 
 
 def one_scale(supernodes: int, sampled: int, rounds: int, overrides: str, cpus: int, gpus: float,
               workdir: Path) -> dict:
-    flwr_home, runs = workdir / "flwr", workdir / "runs"
-    runs.mkdir(parents=True)
     run_config = (f"partitioner='resample' num-server-rounds={rounds} fraction-train={sampled / supernodes:.6g} "
                   f"min-train-nodes={min(2, sampled)} eval-every=0 tensorboard=false checkpoint-every=0 "
-                  f"run-dir='{runs}' {overrides}").strip()
-    with RoundMemory(flwr_home, runs) as memory:
-        code = launch(supernodes, run_config, cpus, gpus, flwr_home, 39791, 39793, timeout=7200)
-    if code != 0:
-        raise SystemExit(f"error: the {supernodes}-supernode simulation failed (exit {code})")
-    (folder,) = runs.iterdir()
-    records = read_records(folder / "metrics.jsonl")
+                  f"{overrides}").strip()
+    records, memory = watched_simulation(workdir, supernodes, run_config, cpus, gpus, (39791, 39793))
     trained = [r for r in records if r["round"] > 0]
     # round 1 starts once round 0 (initial evaluation) is written
     start_to_round_1 = memory.first_line_at.get(1, float("nan"))

@@ -40,9 +40,7 @@ from app_config.run_config import RunConfig
 from client_app.trainer import train_locally, train_settings, training_seed
 from client_app.worker_cache import WorkerCache
 from experiments.common import check_config, parse_overrides
-from experiments.metrics_file import read_records
-from experiments.simulation import launch
-from experiments.tree_memory import RoundMemory
+from experiments.tree_memory import watched_simulation
 from models.factory import build_model
 from server_app.round_record import client_value
 
@@ -70,16 +68,8 @@ def centralized_local_work(config: RunConfig, clients: int, work: list[tuple[int
 
 def federated(overrides: str, clients: int, cpus: int, gpus: float, workdir: Path) -> dict:
     """(b): the same work as a ``flwr run`` simulation; numbers read from the run's metrics.jsonl."""
-    flwr_home = workdir / "flwr"
-    runs = workdir / "runs"
-    run_config = f"{overrides} run-dir='{runs}' eval-every=0 tensorboard=false"
-    runs.mkdir(parents=True, exist_ok=True)
-    with RoundMemory(flwr_home, runs) as memory:
-        code = launch(clients, run_config, cpus, gpus, flwr_home, 39391, 39393, timeout=7200)
-    if code != 0:
-        raise SystemExit(f"error: the simulation failed (exit {code})")
-    (folder,) = runs.iterdir()
-    records = read_records(folder / "metrics.jsonl")
+    records, memory = watched_simulation(workdir, clients, f"{overrides} eval-every=0 tensorboard=false", cpus, gpus,
+                                         (39391, 39393))
     rounds = [r for r in records if r["round"] > 0]
     samples = sum(client_value(c, "samples", 0.0) for r in rounds for c in r["clients"])
     train_seconds = sum(client_value(c, "train-seconds", 0.0) for r in rounds for c in r["clients"])

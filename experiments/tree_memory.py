@@ -2,7 +2,8 @@
 
 Rounds are told apart by the lines already in the run's ``metrics.jsonl``
 (round ``k`` runs while ``k`` lines are written), so a benchmark can show
-whether memory grows with the rounds.
+whether memory grows with the rounds. :func:`watched_simulation` runs one
+benchmark simulation under that watch and returns its round records.
 """
 
 from __future__ import annotations
@@ -12,6 +13,8 @@ import time
 from pathlib import Path
 
 from experiments.common import tree_rss_mib
+from experiments.metrics_file import read_records
+from experiments.simulation import launch
 
 
 class RoundMemory:
@@ -47,3 +50,20 @@ class RoundMemory:
     def peak(self) -> float:
         """The peak over the whole run (MiB)."""
         return max(self.peaks.values(), default=0.0)
+
+
+def watched_simulation(workdir: Path, supernodes: int, run_config: str, cpus: int, gpus: float,
+                       ports: tuple[int, int]) -> tuple[list[dict], RoundMemory]:
+    """One ``flwr run`` in ``workdir`` (its run folder under ``workdir/runs``) with its memory watched.
+
+    Returns the run's ``metrics.jsonl`` records and the watch; a failed run ends the benchmark.
+    """
+    flwr_home, runs = workdir / "flwr", workdir / "runs"
+    runs.mkdir(parents=True, exist_ok=True)
+    with RoundMemory(flwr_home, runs) as memory:
+        code = launch(supernodes, f"{run_config} run-dir='{runs}'".strip(), cpus, gpus, flwr_home, *ports,
+                      timeout=7200)
+    if code != 0:
+        raise SystemExit(f"error: the {supernodes}-supernode simulation failed (exit {code})")
+    (folder,) = runs.iterdir()
+    return read_records(folder / "metrics.jsonl"), memory
