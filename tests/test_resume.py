@@ -56,13 +56,6 @@ def _stop(proc: subprocess.Popen, flwr_home: Path) -> None:
     proc.wait(timeout=60)
 
 
-def _checkpoint_round(folder: Path) -> int:
-    try:
-        return load_checkpoint(folder).round
-    except ValueError:
-        return 0
-
-
 def test_killed_run_resumes_to_the_same_final_weights(tmp_path, small_root):  # noqa: F811
     data_root = small_root
     flwr_home = tmp_path / "flwr"
@@ -75,23 +68,32 @@ def test_killed_run_resumes_to_the_same_final_weights(tmp_path, small_root):  # 
 
     # 2. interrupted: kill the SuperLink's process tree (simulation, ServerApp, Ray) once round 1 is checkpointed
     runs = tmp_path / "interrupted"
-    proc = subprocess.Popen(_command(flwr_home, _config(data_root, runs)), cwd=PROJECT,
-                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-    killed_after = 0
+    log = tmp_path / "interrupted.log"
+    with log.open("w") as out:
+        proc = subprocess.Popen(_command(flwr_home, _config(data_root, runs)), cwd=PROJECT,
+                                stdout=out, stderr=subprocess.STDOUT)
+    killed_after, ended = 0, "deadline"
     try:
         deadline = time.monotonic() + 400
-        while time.monotonic() < deadline and proc.poll() is None:
+        while time.monotonic() < deadline:
+            if proc.poll() is not None:
+                ended = f"the launcher exited ({proc.returncode}) before a checkpoint was written"
+                break
             folders = list(runs.iterdir()) if runs.exists() else []
             if folders and (folders[0] / "checkpoint.pt").exists():  # the first one is written after round 1
                 stop_superlink(flwr_home)
-                killed_after = _checkpoint_round(folders[0])
+                try:
+                    killed_after, ended = load_checkpoint(folders[0]).round, "killed"
+                except ValueError as err:
+                    ended = f"unreadable checkpoint: {err}"
                 break
             time.sleep(0.1)
     finally:
         _stop(proc, flwr_home)
     assert superlink_pids(flwr_home) == []
     (folder,) = runs.iterdir()
-    assert 1 <= killed_after < ROUNDS, "the run should be killed after round 1 and before it finished"
+    assert 1 <= killed_after < ROUNDS, (f"the run should be killed after round 1 and before it finished; "
+                                        f"{ended}, checkpoint round {killed_after}\n{log.read_text()[-3000:]}")
     assert not (folder / "final_model.pt").exists()
 
     # 3. resume from the run folder
