@@ -57,7 +57,7 @@ def one_scale(supernodes: int, sampled: int, rounds: int, overrides: str, cpus: 
             "client-train": client_train, "peak-mib": memory.peaks.get(r["round"], float("nan")),
         })
     return {"supernodes": supernodes, "start_to_round_1": start_to_round_1, "rounds": per_round,
-            "config": run_config}
+            "roles": {r["round"]: memory.roles.get(r["round"], {}) for r in trained}, "config": run_config}
 
 
 def report(result: dict) -> None:
@@ -78,6 +78,18 @@ def report(result: dict) -> None:
     peaks = [r["peak-mib"] for r in rounds]
     print(f" peak tree memory: first round {peaks[0]:.0f} MiB, last round {peaks[-1]:.0f} MiB, "
           f"max {max(peaks):.0f} MiB")
+    role_growth(result["roles"])
+
+
+def role_growth(roles: dict[int, dict[str, float]]) -> None:
+    """Each process role's memory at the first and last round's peak: where a growth comes from."""
+    if len(roles) < 2:
+        return
+    first, last = min(roles), max(roles)
+    print(f" by process role (MiB at the round's peak): round {first} -> round {last}, change per round")
+    for role in sorted(set(roles[first]) | set(roles[last]), key=lambda k: -roles[last].get(k, 0.0)):
+        a, b = roles[first].get(role, 0.0), roles[last].get(role, 0.0)
+        print(f"   {role:<12} {a:7.0f} -> {b:7.0f}  {(b - a) / (last - first):+6.1f}")
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -200,17 +200,42 @@ def process_tree(roots: list[int]) -> list[int]:
     return seen
 
 
+def process_role(cmdline: list[str]) -> str:
+    """What a process of a simulation's tree is, from its command line (for memory per role)."""
+    if not cmdline:
+        return "other"
+    names = [Path(part).name for part in cmdline[:3]]
+    if cmdline[0].startswith("ray::"):
+        return "ray worker"  # client actors (setproctitle: ray::ClientAppActor, ray::IDLE)
+    for marker, role in (("flower-superlink", "superlink"), ("flwr-simulation", "simulation"),
+                         ("flwr-serverapp", "serverapp"), ("raylet", "raylet"), ("gcs_server", "gcs")):
+        if marker in names:
+            return role
+    return "ray other" if any("ray" in part for part in cmdline[:3]) else "other"
+
+
+def _rss_kib(pid: int) -> int:
+    try:
+        for line in Path(f"/proc/{pid}/status").read_text().splitlines():
+            if line.startswith("VmRSS:"):
+                return int(line.split()[1])
+    except OSError:
+        pass
+    return 0
+
+
+def tree_rss_by_role(flwr_home: Path) -> dict[str, float]:
+    """Resident memory (MiB) of the SuperLink of ``flwr_home`` and its descendants, summed per role."""
+    roles: dict[str, float] = {}
+    for pid in process_tree(superlink_pids(flwr_home)):
+        role = process_role(_cmdline(pid))
+        roles[role] = roles.get(role, 0.0) + _rss_kib(pid) / 1024
+    return roles
+
+
 def tree_rss_mib(flwr_home: Path) -> float:
     """Resident memory (MiB) of the SuperLink of ``flwr_home`` and every process it started."""
-    total = 0
-    for pid in process_tree(superlink_pids(flwr_home)):
-        try:
-            for line in Path(f"/proc/{pid}/status").read_text().splitlines():
-                if line.startswith("VmRSS:"):
-                    total += int(line.split()[1])
-        except OSError:
-            continue
-    return total / 1024
+    return sum(tree_rss_by_role(flwr_home).values())
 
 
 class _Pinned:

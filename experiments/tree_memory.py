@@ -12,17 +12,23 @@ import threading
 import time
 from pathlib import Path
 
-from experiments.common import tree_rss_mib
+from experiments.common import tree_rss_by_role
 from experiments.metrics_file import read_records
 from experiments.simulation import launch
 
 
 class RoundMemory:
-    """Peak tree memory per round: rounds are told apart by the lines already in metrics.jsonl."""
+    """Peak tree memory per round: rounds are told apart by the lines already in metrics.jsonl.
+
+    ``peaks[k]`` is the largest sum over the tree seen in round ``k``; ``roles[k]``
+    is that sample split by process role (SuperLink, simulation with the ServerApp,
+    Ray workers, raylet, ...), which tells where a growth comes from.
+    """
 
     def __init__(self, flwr_home: Path, runs: Path, interval: float = 0.5) -> None:
         self.flwr_home, self.runs, self.interval = flwr_home, runs, interval
         self.peaks: dict[int, float] = {}
+        self.roles: dict[int, dict[str, float]] = {}
         self.first_line_at: dict[int, float] = {}
         self.started = time.monotonic()
         self._stop = threading.Event()
@@ -36,7 +42,10 @@ class RoundMemory:
         while not self._stop.wait(self.interval):
             done = self._lines()  # rounds 0..done-1 are written: round `done` is running
             self.first_line_at.setdefault(done, time.monotonic() - self.started)
-            self.peaks[done] = max(self.peaks.get(done, 0.0), tree_rss_mib(self.flwr_home))
+            roles = tree_rss_by_role(self.flwr_home)
+            total = sum(roles.values())
+            if total >= self.peaks.get(done, 0.0):
+                self.peaks[done], self.roles[done] = total, roles
 
     def __enter__(self) -> RoundMemory:
         self._thread.start()
