@@ -167,7 +167,7 @@ class _RunConfigFields:
     optimizer: Optimizer = _key("auto", "'auto' (the encoder family's recipe: SGD for convnets, AdamW for vision "
                                   "transformers; models/recipes.py), 'sgd' (momentum) or 'adamw'.")
     learning_rate: PositiveOrAuto = _key("auto", "Base local learning rate, or 'auto' (convnets 0.1, transformers "
-                                              "1e-3); each round's rate follows lr-schedule.")
+                                              "2e-4 x sqrt(batch-size / 16)); each round's rate follows lr-schedule.")
     lr_schedule: LRSchedule = _key("cosine", "Learning rate across rounds, sent by the server each round: 'cosine' "
                                       "(decay after the warm-up) or 'constant'.")
     lr_warmup_rounds: int = _key(1, "Rounds of linear learning-rate warm-up before the schedule (0 = none).",

@@ -40,7 +40,8 @@ def eval_transforms(config: RunConfig, device: torch.device) -> dict[str, nn.Mod
 
 def recipe(config: RunConfig, model: SSLModel) -> Recipe:
     """The encoder family's optimiser recipe with the config's non-"auto" values."""
-    return resolve_recipe(model.encoder, config.optimizer, config.learning_rate, config.weight_decay)
+    return resolve_recipe(model.encoder, config.optimizer, config.learning_rate, config.weight_decay,
+                          config.batch_size)
 
 
 def scheduled_learning_rate(config: RunConfig, model: SSLModel, server_round: int) -> float:

@@ -5,7 +5,7 @@ import math
 import pytest
 
 from models.encoders import create_encoder
-from models.recipes import RECIPES, encoder_family, resolve_recipe, round_learning_rate
+from models.recipes import RECIPES, Recipe, encoder_family, resolve_recipe, round_learning_rate
 
 
 @pytest.mark.parametrize("name, family", [("resnet18_half_cifar", "convnet"), ("vit_tiny_cifar", "transformer")])
@@ -15,9 +15,17 @@ def test_family_follows_the_network(name, family):
 
 def test_auto_takes_the_family_recipe_and_numbers_override_it():
     vit = create_encoder("vit_tiny_cifar")
-    assert resolve_recipe(vit, "auto", "auto", "auto") == RECIPES["transformer"]
-    custom = resolve_recipe(vit, "sgd", 0.3, 0.0)
+    assert resolve_recipe(vit, "auto", "auto", "auto", 16) == Recipe("adamw", 2e-4, 0.05)
+    custom = resolve_recipe(vit, "sgd", 0.3, 0.0, 64)  # a given rate is not scaled
     assert (custom.optimizer, custom.learning_rate, custom.weight_decay) == ("sgd", 0.3, 0.0)
+
+
+def test_the_transformer_rate_scales_with_the_batch_and_the_convnet_rate_does_not():
+    vit, cnn = create_encoder("vit_tiny_cifar"), create_encoder("resnet18_half_cifar")
+    assert resolve_recipe(vit, "auto", "auto", "auto", 256).learning_rate == pytest.approx(8e-4)  # x sqrt(16)
+    assert resolve_recipe(vit, "auto", "auto", "auto", 4).learning_rate == pytest.approx(1e-4)  # x sqrt(1/4)
+    assert resolve_recipe(cnn, "auto", "auto", "auto", 256) == RECIPES["convnet"]
+    assert resolve_recipe(cnn, "auto", "auto", "auto", 8) == RECIPES["convnet"]
 
 
 def test_warm_up_then_cosine_never_reaching_zero():
