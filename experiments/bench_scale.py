@@ -78,15 +78,17 @@ def report(result: dict) -> None:
     peaks = [r["peak-mib"] for r in rounds]
     print(f" peak tree memory: first round {peaks[0]:.0f} MiB, last round {peaks[-1]:.0f} MiB, "
           f"max {max(peaks):.0f} MiB")
-    role_growth(result["roles"])
+    steady = [r["round"] for r in rounds[1:] if not r["eval"]]  # past round 1's set-up, no central evaluation
+    role_growth({k: v for k, v in result["roles"].items() if k in steady})
 
 
 def role_growth(roles: dict[int, dict[str, float]]) -> None:
-    """Each process role's memory at the first and last round's peak: where a growth comes from."""
+    """Each process role's memory at the first and last given round's peak: where a growth comes from."""
     if len(roles) < 2:
         return
     first, last = min(roles), max(roles)
-    print(f" by process role (MiB at the round's peak): round {first} -> round {last}, change per round")
+    print(f" by process role (MiB at the round's peak, rounds without central evaluation): round {first} -> "
+          f"round {last}, change per round")
     for role in sorted(set(roles[first]) | set(roles[last]), key=lambda k: -roles[last].get(k, 0.0)):
         a, b = roles[first].get(role, 0.0), roles[last].get(role, 0.0)
         print(f"   {role:<12} {a:7.0f} -> {b:7.0f}  {(b - a) / (last - first):+6.1f}")
