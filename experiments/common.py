@@ -233,11 +233,6 @@ def tree_rss_by_role(flwr_home: Path) -> dict[str, float]:
     return roles
 
 
-def tree_rss_mib(flwr_home: Path) -> float:
-    """Resident memory (MiB) of the SuperLink of ``flwr_home`` and every process it started."""
-    return sum(tree_rss_by_role(flwr_home).values())
-
-
 class _Pinned:
     """One process held by a pidfd: signals reach it or nothing, even after its PID is reused."""
 

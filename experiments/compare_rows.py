@@ -19,7 +19,10 @@ import sys
 from pathlib import Path
 
 from app_config.log_setup import setup_logging
+from experiments.suite_eval import Row
 from experiments.suite_stats import paired_difference, summarize
+
+ACCURACY = ("knn", "probe", "ood-", "fusion-knn", "fusion-probe", "paired-")  # per-seed keys that are accuracies
 
 
 def row_label(row: dict) -> str:
@@ -36,13 +39,11 @@ def pick_row(rows: list[dict], text: str) -> dict:
 
 
 def per_metric(row: dict) -> dict[str, dict[int, float]]:
-    """metric -> {seed: value} for the accuracy metrics of one row."""
-    out: dict[str, dict[int, float]] = {}
-    for seed, values in row.get("per_seed", {}).items():
-        for metric, value in values.items():
-            if metric.startswith(("knn", "probe", "ood-", "fusion-knn", "fusion-probe", "paired-")):
-                out.setdefault(metric, {})[int(seed)] = float(value)
-    return out
+    """metric -> {seed: value} for the accuracy metrics of one row (read as the suite reads its rows)."""
+    table_row = Row(row.get("method", ""), row.get("encoder", ""), row.get("strategy", ""),
+                    per_seed={int(seed): values for seed, values in row.get("per_seed", {}).items()})
+    metrics = {metric for values in table_row.per_seed.values() for metric in values if metric.startswith(ACCURACY)}
+    return {metric: table_row.values(metric) for metric in metrics}
 
 
 def compare(first: dict, second: dict) -> list[str]:
