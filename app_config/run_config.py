@@ -190,9 +190,11 @@ class _RunConfigFields:
     run_dir: str = _key("runs", "Where each run's folder (metrics, model) is written; relative = to the working dir.")
     tensorboard: bool = _key(True, "Also write per-round scalars as TensorBoard event files to "
                                    "<run folder>/tensorboard/.")
-    update_dtype: UpdateDtype = _key("float32", "How clients send their weights: 'float16' halves the bytes of every "
-                                               "reply (the server casts them back to float32 before its checks; "
-                                               "float16 replies are refused unless the run sets this).")
+    update_dtype: UpdateDtype = _key("float32", "How model weights travel: 'float16' halves the bytes both ways (the "
+                                               "server sends the global model as float16 and casts the clients' "
+                                               "float16 replies back to float32 before its checks; float16 replies "
+                                               "are refused unless the run sets this; values beyond float16's range "
+                                               "travel as float32).")
     autocast: Autocast = _key("off", "Local training's forward passes in bfloat16 autocast ('bf16', on CUDA and "
                                      "CPU; the loss and the weights stay float32) or 'off'.")
     channels_last: bool = _key(False, "Local training with the encoder and image batches in channels-last memory "

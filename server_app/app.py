@@ -64,7 +64,7 @@ def main(grid: Grid, context: Context) -> None:
     result = run_rounds(
         strategy, grid, start.arrays(initial), num_rounds=config.num_server_rounds, start_round=start.start_round,
         timeout=config.round_timeout, seed=config.seed, min_replies=config.min_train_nodes,
-        compact_replies=config.update_dtype == "float16",
+        compact_updates=config.update_dtype == "float16",
         train_config=lambda server_round: ConfigRecord(
             {"learning-rate": scheduled_learning_rate(config, model, server_round)}),
         evaluate_fn=recorder.end_round, on_train=recorder.record_train, on_round_end=recorder.checkpoint,

@@ -1,6 +1,13 @@
-"""Replies sent in float16 (``update-dtype='float16'``) widened back to the global model's dtypes.
+"""Model updates in float16 both ways (``update-dtype='float16'``): half the bytes of a round.
 
-A client that sends its float32 weights as float16 halves the bytes of every
+Downlink: :func:`narrow_messages` sends the global model's float32 arrays as
+float16 to the sampled clients (one copy per round, shared by their
+messages); the strategy itself configured the round with the float32 model,
+so its own state (FedOpt's current weights, L-DAWA's reference, the reply
+checks' expected dtypes) stays float32. An array whose values do not fit
+float16 (a finite value beyond 65504) is sent as float32 instead.
+
+Uplink: a client that sends its float32 weights as float16 halves the bytes of every
 reply. Only when the run asks for it does the server cast such arrays back,
 before the reply checks (which then see the usual dtypes and still check
 shapes, sizes and finiteness); an array is widened only when its metadata
@@ -15,6 +22,43 @@ import numpy as np
 from flwr.app import Array, ArrayRecord, Message
 
 NPY_HEADER_MAX = 4096  # an .npy header of a plain array is far smaller
+
+
+def narrow_arrays(arrays: ArrayRecord) -> ArrayRecord:
+    """``arrays`` with each float32 array as float16 where its values fit (others as they are)."""
+    narrowed = {}
+    for name, array in arrays.items():
+        if array.dtype == "float32":
+            values = array.numpy()
+            with np.errstate(over="ignore"):  # an overflow is what the next line looks for
+                half = values.astype(np.float16)
+            if np.isfinite(half).all() or not np.isfinite(values).all():
+                array = Array(half)
+        narrowed[name] = array
+    return ArrayRecord(narrowed)
+
+
+def narrow_messages(messages: list[Message], global_arrays: ArrayRecord, key: str = "arrays") -> list[Message]:
+    """Instructions whose copy of ``global_arrays`` goes out as float16 (in place; returns them).
+
+    Only a record holding the global model's arrays (same names and shapes) is narrowed:
+    a strategy sending anything else under ``key`` sends it as it is. Messages sharing
+    one record (Flower's strategies send the same one to every node) share one copy.
+    """
+    layout = {name: tuple(a.shape) for name, a in global_arrays.items()}
+    done: dict[int, tuple[ArrayRecord, ArrayRecord]] = {}  # id -> (record kept alive, its float16 copy)
+    for message in messages:
+        if message.has_error() or key not in message.content.array_records:
+            continue
+        record = message.content.array_records[key]
+        if id(record) not in done:
+            if {name: tuple(a.shape) for name, a in record.items()} != layout:
+                continue
+            narrowed = narrow_arrays(record)
+            done[id(record)] = (record, narrowed)
+            done[id(narrowed)] = (narrowed, narrowed)  # a record shared by several messages: already narrowed
+        message.content.array_records[key] = done[id(record)][1]
+    return messages
 
 
 def widen_reply(reply: Message, global_arrays: ArrayRecord, key: str = "arrays") -> Message:

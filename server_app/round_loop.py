@@ -48,7 +48,7 @@ from flwr.serverapp.strategy import Result
 from flwr.serverapp.strategy.strategy_utils import log_strategy_start_info
 from flwr.supercore import log
 
-from server_app.compact_updates import widen_reply
+from server_app.compact_updates import narrow_messages, widen_reply
 from strategies.seeded_sampling import seed_node_sampling
 
 NO_REPLY = "no reply within round-timeout (client hung, crashed or disconnected)"
@@ -117,7 +117,7 @@ def arrays_bytes(message: Message, key: str = "arrays") -> int:
 
 def train_round(strategy, grid: Grid, server_round: int, arrays: ArrayRecord, config: ConfigRecord,
                 timeout: float, min_replies: int,
-                compact_replies: bool = False) -> tuple[RoundTrain, ArrayRecord | None]:
+                compact_updates: bool = False) -> tuple[RoundTrain, ArrayRecord | None]:
     """One round's training phase: send, collect (in partition order), count failures, aggregate.
 
     Returns what happened and the new global arrays (None: the previous model is kept).
@@ -125,11 +125,13 @@ def train_round(strategy, grid: Grid, server_round: int, arrays: ArrayRecord, co
     clock = time.perf_counter
     started = clock()
     messages = list(strategy.configure_train(server_round, arrays, config, grid))
+    if compact_updates:  # update-dtype='float16': the global model goes out as float16
+        messages = narrow_messages(messages, arrays)
     configured = clock()
     replies = list(grid.send_and_receive(messages=messages, timeout=timeout)) if messages else []
     received = clock()
     bytes_received = sum(map(arrays_bytes, replies))  # as they travelled
-    if compact_replies:  # update-dtype='float16': back to the global dtypes before any check
+    if compact_updates:  # and the replies come back to the global dtypes before any check
         replies = [widen_reply(reply, arrays) for reply in replies]
     replies.sort(key=reply_order)
     missing = unanswered_nodes(messages, replies)
@@ -202,7 +204,7 @@ def run_rounds(
     timeout: float = 3600.0,
     seed: int = 0,
     min_replies: int = 1,
-    compact_replies: bool = False,
+    compact_updates: bool = False,
     train_config: ConfigRecord | Callable[[int], ConfigRecord] | None = None,
     evaluate_config: ConfigRecord | None = None,
     evaluate_fn: Callable[[int, ArrayRecord], MetricRecord | None] | None = None,
@@ -245,7 +247,7 @@ def run_rounds(
             round_config = config_of_round(current_round)
             train, aggregated = train_round(strategy, grid, current_round, arrays,
                                             ConfigRecord() if round_config is None else round_config,
-                                            timeout, min_replies, compact_replies)
+                                            timeout, min_replies, compact_updates)
             if aggregated is not None:
                 result.arrays = arrays = aggregated
             if train.metrics is not None:

@@ -9,7 +9,7 @@ from flwr.app import Array, ConfigRecord
 
 from client_app.resources import record_bytes, reply_arrays
 from experiments.fake_grid import FakeGrid, arrays_of, numpy_of, task_identity, train_reply
-from server_app.compact_updates import widen_reply
+from server_app.compact_updates import narrow_arrays, widen_reply
 from server_app.round_loop import run_rounds
 from strategies.registry import make_strategy
 
@@ -40,13 +40,16 @@ def test_client_sends_float32_weights_as_float16_and_keeps_integer_buffers():
     assert full["weight"].dtype == "float32" and half["weight"].dtype == "float16"
     assert half["num_batches_tracked"].dtype == "int64"
     assert record_bytes(half) < 0.6 * record_bytes(full)
+    with torch.no_grad():
+        model.running_var.fill_(1e6)  # finite, beyond float16: sent as float32 rather than as inf
+    assert reply_arrays(model, "float16")["running_var"].dtype == "float32"
 
 
 def test_float16_replies_are_aggregated_only_when_the_run_asks_for_them():
     start = arrays_of(_global())
     want = _global()["w"].astype(np.float16).astype(np.float32)  # what the clients' float16 could carry
     compact = run_rounds(make_strategy("fedavg", common=COMMON), FakeGrid([1, 2, 3], _half_client), start,
-                         num_rounds=1, compact_replies=True)
+                         num_rounds=1, compact_updates=True)
     got = numpy_of(compact.arrays)["w"]
     assert got.dtype == np.float32 and np.abs(got - (_global()["w"] + 0.25)).max() <= np.abs(want).max() * 2**-10
     seen = []
@@ -76,3 +79,25 @@ def test_float16_updates_and_client_side_clipping_are_refused_together():
     with pytest.raises(ConfigError, match="^update-dtype: 'float16' cannot be combined with dp='client-fixed'"):
         RunConfig.from_mapping({"update-dtype": "float16", "dp": "client-fixed"})
     assert RunConfig.from_mapping({"update-dtype": "float16", "dp": "server-fixed"}).update_dtype == "float16"
+
+
+def test_the_global_model_goes_out_as_float16_only_when_the_run_asks():
+    start = arrays_of(_global())
+    grids = {mode: FakeGrid([1, 2, 3], _half_client) for mode in (True, False)}
+    seen: dict[bool, list] = {True: [], False: []}
+    for mode, grid in grids.items():
+        run_rounds(make_strategy("fedavg", common=COMMON), grid, start, num_rounds=1, compact_updates=mode,
+                   on_train=seen[mode].append)
+    sent = [m.content["arrays"] for m in grids[True].sent]
+    assert {a["w"].dtype for a in sent} == {"float16"} and {a["n"].dtype for a in sent} == {"int64"}
+    assert np.array_equal(sent[0]["w"].numpy(), _global()["w"].astype(np.float16))
+    assert {m.content["arrays"]["w"].dtype for m in grids[False].sent} == {"float32"}
+    assert start["w"].dtype == "float32"  # the server's own global model is not narrowed
+    assert seen[True][0].bytes_sent < 0.55 * seen[False][0].bytes_sent
+
+
+def test_an_array_beyond_float16_range_goes_out_as_float32():
+    big = {"w": np.full((4, 4), 1e6, np.float32), "v": np.ones(3, np.float32)}
+    narrowed = narrow_arrays(arrays_of(big))
+    assert narrowed["w"].dtype == "float32" and narrowed["v"].dtype == "float16"
+    assert np.array_equal(narrowed["w"].numpy(), big["w"])
