@@ -143,11 +143,17 @@ def evaluate_suite(suite: Suite, runs: dict[str, Path]) -> tuple[list[Row], dict
     series: dict[str, list] = {}
     steps = len(suite.seeds) * (len(suite.entries) + len(references))
     with tqdm(total=steps, desc="evaluating", unit="model", disable=None) as bar:
+        def show(text: str) -> None:
+            if bar.disable:  # not a terminal (a log file): a line per model instead of the bar
+                log.info("evaluating %d/%d: %s", bar.n + 1, steps, text)
+            else:
+                bar.set_postfix_str(text)
+
         for seed in suite.seeds:
             cache, encoders = FeatureCache(), {}
             needed = [[runs.get(j.id) for j in entry_jobs(suite, e, seed)] for e in suite.entries]
             for i, (entry, row) in enumerate(zip(suite.entries, rows)):
-                bar.set_postfix_str(f"seed {seed}: {row.method} {entry.encoder} {entry.strategy}")
+                show(f"seed {seed}: {row.method} {entry.encoder} {entry.strategy}")
                 evaluate_seed(suite, entry, seed, row, runs, cache, encoders)
                 last = entry_jobs(suite, entry, seed)[-1]
                 if entry.method != "separate" and last.id in runs:
@@ -156,7 +162,7 @@ def evaluate_suite(suite: Suite, runs: dict[str, Path]) -> tuple[list[Row], dict
                     _release(cache, encoders, run)
                 bar.update()
             for entry, row in zip(references, ref_rows):
-                bar.set_postfix_str(f"seed {seed}: untrained {entry.encoder}")
+                show(f"seed {seed}: untrained {entry.encoder}")
                 evaluate_untrained(suite, entry, seed, row, cache)
                 bar.update()
     for row in rows:
