@@ -143,9 +143,13 @@ def evaluate_suite(suite: Suite, runs: dict[str, Path]) -> tuple[list[Row], dict
     series: dict[str, list] = {}
     steps = len(suite.seeds) * (len(suite.entries) + len(references))
     with tqdm(total=steps, desc="evaluating", unit="model", disable=None) as bar:
+        shown = 0
+
         def show(text: str) -> None:
+            nonlocal shown
+            shown += 1
             if bar.disable:  # not a terminal (a log file): a line per model instead of the bar
-                log.info("evaluating %d/%d: %s", bar.n + 1, steps, text)
+                log.info("evaluating %d/%d: %s", shown, steps, text)
             else:
                 bar.set_postfix_str(text)
 
