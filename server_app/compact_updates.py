@@ -2,10 +2,11 @@
 
 Downlink: :func:`narrow_messages` sends the global model's float32 arrays as
 float16 to the clients sampled for training (one copy per round, shared by
-their messages; client-side evaluation, off by default, gets float32); the strategy itself configured the round with the float32 model,
-so its own state (FedOpt's current weights, L-DAWA's reference, the reply
-checks' expected dtypes) stays float32. An array whose values do not fit
-float16 (a finite value beyond 65504) is sent as float32 instead.
+their messages; client-side evaluation, off by default, gets float32). The
+strategy itself configured the round with the float32 model, so its own state
+(FedOpt's current weights, L-DAWA's reference, the reply checks' expected
+dtypes) stays float32. An array whose values do not fit float16 (a finite
+value beyond 65504) is sent as float32 instead.
 
 Uplink: a client that sends its float32 weights as float16 halves the bytes of every
 reply. Only when the run asks for it does the server cast such arrays back,
