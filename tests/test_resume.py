@@ -56,25 +56,14 @@ def _stop(proc: subprocess.Popen, flwr_home: Path) -> None:
     proc.wait(timeout=60)
 
 
-def test_killed_run_resumes_to_the_same_final_weights(tmp_path, small_root):  # noqa: F811
-    data_root = small_root
-    flwr_home = tmp_path / "flwr"
-
-    # 1. uninterrupted
-    whole_runs = tmp_path / "whole"
-    done = _launch(flwr_home, _config(data_root, whole_runs))
-    assert done.returncode == 0, done.stdout[-3000:] + done.stderr[-2000:]
-    (whole,) = whole_runs.iterdir()
-
-    # 2. interrupted: kill the SuperLink's process tree (simulation, ServerApp, Ray) once round 1 is checkpointed
-    runs = tmp_path / "interrupted"
-    log = tmp_path / "interrupted.log"
+def _interrupt_after_round_1(flwr_home: Path, data_root: Path, runs: Path, log: Path) -> tuple[int, str]:
+    """Start a run, kill its SuperLink tree once round 1 is checkpointed; (checkpoint round, how it ended)."""
     with log.open("w") as out:
         proc = subprocess.Popen(_command(flwr_home, _config(data_root, runs)), cwd=PROJECT,
                                 stdout=out, stderr=subprocess.STDOUT)
     killed_after, ended = 0, "deadline"
     try:
-        deadline = time.monotonic() + 400
+        deadline = time.monotonic() + 240
         while time.monotonic() < deadline:
             if proc.poll() is not None:
                 ended = f"the launcher exited ({proc.returncode}) before a checkpoint was written"
@@ -90,10 +79,34 @@ def test_killed_run_resumes_to_the_same_final_weights(tmp_path, small_root):  # 
             time.sleep(0.1)
     finally:
         _stop(proc, flwr_home)
+    return killed_after, ended
+
+
+def test_killed_run_resumes_to_the_same_final_weights(tmp_path, small_root):  # noqa: F811
+    data_root = small_root
+    flwr_home = tmp_path / "flwr"
+
+    # 1. uninterrupted
+    whole_runs = tmp_path / "whole"
+    done = _launch(flwr_home, _config(data_root, whole_runs))
+    assert done.returncode == 0, done.stdout[-3000:] + done.stderr[-2000:]
+    (whole,) = whole_runs.iterdir()
+
+    # 2. interrupted: kill the SuperLink's process tree (simulation, ServerApp, Ray) once round 1 is checkpointed.
+    # A simulation whose Ray start stalls (seen once on a loaded 2-core CI machine: no round 1 in 400 s) is
+    # not what this test is about: it gets one fresh attempt, and both reasons are reported if that fails too.
+    reasons = []
+    for attempt in range(2):
+        runs = tmp_path / f"interrupted-{attempt}"
+        log = tmp_path / f"interrupted-{attempt}.log"
+        killed_after, ended = _interrupt_after_round_1(flwr_home, data_root, runs, log)
+        reasons.append(f"attempt {attempt + 1}: {ended}, checkpoint round {killed_after}\n{log.read_text()[-3000:]}")
+        if ended != "deadline":
+            break
     assert superlink_pids(flwr_home) == []
     (folder,) = runs.iterdir()
-    assert 1 <= killed_after < ROUNDS, (f"the run should be killed after round 1 and before it finished; "
-                                        f"{ended}, checkpoint round {killed_after}\n{log.read_text()[-3000:]}")
+    assert 1 <= killed_after < ROUNDS, ("the run should be killed after round 1 and before it finished; "
+                                        + "\n".join(reasons))
     assert not (folder / "final_model.pt").exists()
 
     # 3. resume from the run folder
