@@ -186,6 +186,9 @@ class _RunConfigFields:
                                          "0 = the whole split); the held-out split is scored whole.",
                                    ge=0, le=100_000_000)
     knn_k: int = _key(10, "Neighbours for kNN accuracy.", ge=1, le=100_000)
+    eval_timeout: float = _key(1800.0, "Seconds one central evaluation may take; past it the round is recorded "
+                                       "with eval-skipped and why, the run goes on and later evaluations are "
+                                       "skipped (0 = unbounded).", ge=0, le=MAX_TIMEOUT)
     seed: int = _key(42, "Seed of partitions, initial weights and local training.", ge=0, lt=2**32)
     run_dir: str = _key("runs", "Where each run's folder (metrics, model) is written; relative = to the working dir.")
     tensorboard: bool = _key(True, "Also write per-round scalars as TensorBoard event files to "

@@ -13,6 +13,7 @@ from __future__ import annotations
 import torch
 from flwr.app import ArrayRecord, ConfigRecord, Context
 from flwr.serverapp import Grid, ServerApp
+from threadpoolctl import threadpool_limits
 
 from app_config.log_setup import setup_logging
 from app_config.modalities import AUDIO, IMAGE
@@ -55,19 +56,20 @@ def main(grid: Grid, context: Context) -> None:
     model = build_model(config)
     initial = ArrayRecord(model.state_dict())
     evaluator = CentralEvaluator(build_model(config).to(device), eval_transforms(config, device), datasets, device,
-                                 config.knn_k, config.seed, config.eval_train_samples)
+                                 config.knn_k, config.seed, config.eval_train_samples, config.eval_timeout)
     strategy = build_strategy(config)
     start = resume_or_create(config, context.run_id, checkpoint, strategy)
     recorder = RunRecorder(config, start.output, strategy, evaluator, start.history, start.resumed_after,
                            context.run_id)
     print(f"[fssuavl] run folder: {start.output.folder}", flush=True)
-    result = run_rounds(
-        strategy, grid, start.arrays(initial), num_rounds=config.num_server_rounds, start_round=start.start_round,
-        timeout=config.round_timeout, seed=config.seed, min_replies=config.min_train_nodes,
-        compact_updates=config.update_dtype == "float16",
-        train_config=lambda server_round: ConfigRecord(
-            {"learning-rate": scheduled_learning_rate(config, model, server_round)}),
-        evaluate_fn=recorder.end_round, on_train=recorder.record_train, on_round_end=recorder.checkpoint,
-        result=start.result(),
-    )
+    with threadpool_limits(limits=1, user_api="blas"):  # numpy's OpenBLAS, threaded, can hang here: central_eval
+        result = run_rounds(
+            strategy, grid, start.arrays(initial), num_rounds=config.num_server_rounds,
+            start_round=start.start_round, timeout=config.round_timeout, seed=config.seed,
+            min_replies=config.min_train_nodes, compact_updates=config.update_dtype == "float16",
+            train_config=lambda server_round: ConfigRecord(
+                {"learning-rate": scheduled_learning_rate(config, model, server_round)}),
+            evaluate_fn=recorder.end_round, on_train=recorder.record_train, on_round_end=recorder.checkpoint,
+            result=start.result(),
+        )
     recorder.finish(result, start.arrays(initial))

@@ -110,6 +110,12 @@ def format_round(record: dict) -> str:
         cells = [f"{m} {_number(ev[f'{metric}-{m}']):.3f}" for m in ("image", "audio") if f"{metric}-{m}" in ev]
         if cells:
             parts.append(f"{metric} " + " ".join(cells))
+    floors = [f"{metric} {m} {_number(ev[f'floor-{metric}-{m}']):.3f}" for metric in ("knn", "probe")
+              for m in ("image", "audio") if f"floor-{metric}-{m}" in ev]
+    if floors:
+        parts.append("raw input " + " ".join(floors))
+    if "eval-skipped" in record:
+        parts.append(f"eval skipped: {record['eval-skipped']}")
     sampled = [f"{int(ev[f'eval-train-samples-{m}'])} of {int(ev[f'eval-train-total-{m}'])} {m}"
                for m in ("image", "audio")
                if _number(ev.get(f"eval-train-samples-{m}"), 0) < _number(ev.get(f"eval-train-total-{m}"), 0)]

@@ -25,7 +25,7 @@ from flwr.app import ArrayRecord, MetricRecord
 from flwr.serverapp.strategy import Result
 
 from app_config.run_config import RunConfig
-from server_app.central_eval import as_metric_record
+from server_app.central_eval import EvaluationSkipped, as_metric_record
 from server_app.checkpoint import Checkpoint, capture_rng, capture_strategy_state, save_checkpoint
 from server_app.round_loop import RoundTrain
 from server_app.round_record import client_entries
@@ -91,7 +91,12 @@ class RunRecorder:
             record.update({key: train[key] for key in ROUND_KEYS if key in train})
         if self.config.save_every and server_round % self.config.save_every == 0:
             self.output.save_model(arrays.to_torch_state_dict(), f"round-{server_round:04d}.pt")
-        scores = self.evaluator(arrays) if self.eval_due(server_round) else None
+        scores = None
+        if self.eval_due(server_round):
+            try:
+                scores = self.evaluator(arrays)
+            except EvaluationSkipped as skipped:
+                record["eval-skipped"] = str(skipped)
         if scores is not None:
             record["eval"] = scores
         self.output.append_round(record)
@@ -123,8 +128,9 @@ class RunRecorder:
         evals = result.evaluate_metrics_serverapp
         if evals:
             first, latest = evals[min(evals)], evals[max(evals)]
-            summary.update({f"initial-{k}": v for k, v in first.items()})
-            summary.update({f"final-{k}": v for k, v in latest.items()})
+            summary.update({k: v for k, v in first.items() if k.startswith("floor-")})  # the raw input's scores
+            summary.update({f"initial-{k}": v for k, v in first.items() if not k.startswith("floor-")})
+            summary.update({f"final-{k}": v for k, v in latest.items() if not k.startswith("floor-")})
         totals = self.reply_totals()
         rounds_run = sum(1 for r in self.history if r.get("round", 0) > 0)
         summary.update(totals)

@@ -1,4 +1,5 @@
 import numpy as np
+import pytest
 import torch
 
 from data_partition.modality_data import IMAGE, DatasetSplits, ModalityData
@@ -79,3 +80,85 @@ def test_central_evaluation_fits_on_the_sample_scores_all_and_skips_unchanged_we
     assert model.seen == 600  # changed weights are evaluated again
     line = format_round({"round": 0, "eval": first})
     assert line.endswith("| fit on 100 of 1000 image train samples")
+
+
+def test_central_evaluation_runs_blas_on_one_thread(monkeypatch):
+    """Regression: numpy's threaded OpenBLAS hung for 15 minutes in the ServerApp's evaluation (exec_blas
+    spinning under cosine_distances); with one BLAS thread it computes in the calling thread."""
+    from flwr.app import ArrayRecord
+    from threadpoolctl import threadpool_info
+
+    import server_app.central_eval as central_eval
+
+    seen: list[int] = []
+
+    def knn_recording_threads(*args, **kwargs):
+        seen.extend(pool["num_threads"] for pool in threadpool_info() if pool["user_api"] == "blas")
+        return knn_accuracy(*args, **kwargs)
+
+    monkeypatch.setattr(central_eval, "knn_accuracy", knn_recording_threads)
+    model = _CountingEncoder(6)
+    evaluator = CentralEvaluator(model, {IMAGE: torch.nn.Identity()}, {IMAGE: _splits(200, 40)},
+                                 torch.device("cpu"), knn_k=5, seed=0, timeout=60.0)
+    evaluator(ArrayRecord(model.state_dict()))
+    assert seen and set(seen) == {1}
+
+
+def test_the_first_evaluation_scores_the_raw_input_floor_on_the_same_samples():
+    from flwr.app import ArrayRecord
+
+    model = _CountingEncoder(6)
+    evaluator = CentralEvaluator(model, {IMAGE: torch.nn.Identity()}, {IMAGE: _splits(400, 100)},
+                                 torch.device("cpu"), knn_k=5, seed=0, max_train_samples=80)
+    first = evaluator(ArrayRecord(model.state_dict()))
+    # the toy inputs are one-hot class codes plus noise: the raw input separates them perfectly
+    assert first["floor-knn-image"] == 1.0 and first["floor-probe-image"] == 1.0
+    assert model.seen == 80 + 100  # the floor costs no encoder pass
+    with torch.no_grad():
+        model.proj.weight.mul_(-1.0)
+    later = evaluator(ArrayRecord(model.state_dict()))
+    assert not any(key.startswith("floor-") for key in later)  # computed once, reported at round 0
+    line = format_round({"round": 0, "eval": first})
+    assert "| raw input knn image 1.000 probe image 1.000 |" in line
+
+
+def test_an_evaluation_past_its_time_is_skipped_with_the_reason_and_so_are_later_ones(monkeypatch):
+    import threading
+
+    from flwr.app import ArrayRecord
+
+    import server_app.central_eval as central_eval
+
+    release = threading.Event()
+
+    def stuck(*args, **kwargs):
+        release.wait(30)
+        return 0.0
+
+    monkeypatch.setattr(central_eval, "knn_accuracy", stuck)
+    model = _CountingEncoder(6)
+    evaluator = CentralEvaluator(model, {IMAGE: torch.nn.Identity()}, {IMAGE: _splits(40, 20)},
+                                 torch.device("cpu"), knn_k=5, seed=0, timeout=0.5)
+    try:
+        with pytest.raises(central_eval.EvaluationSkipped, match="within eval-timeout=0.5s"):
+            evaluator(ArrayRecord(model.state_dict()))
+        with pytest.raises(central_eval.EvaluationSkipped, match="later evaluations are skipped"):
+            evaluator(ArrayRecord(model.state_dict()))
+    finally:
+        release.set()
+
+
+def test_an_error_inside_a_bounded_evaluation_reaches_the_caller(monkeypatch):
+    from flwr.app import ArrayRecord
+
+    import server_app.central_eval as central_eval
+
+    def broken(*args, **kwargs):
+        raise ValueError("probe failed")
+
+    monkeypatch.setattr(central_eval, "linear_probe_accuracy", broken)
+    model = _CountingEncoder(6)
+    evaluator = CentralEvaluator(model, {IMAGE: torch.nn.Identity()}, {IMAGE: _splits(40, 20)},
+                                 torch.device("cpu"), knn_k=5, seed=0, timeout=30.0)
+    with pytest.raises(ValueError, match="probe failed"):
+        evaluator(ArrayRecord(model.state_dict()))

@@ -71,11 +71,30 @@ def test_finish_writes_the_final_model_and_summary(tmp_path):
 
     rec = recorder(tmp_path, [])
     result = Result()
-    result.evaluate_metrics_serverapp.update({0: {"knn-image": 0.1}, 3: {"knn-image": 0.9}})
+    result.evaluate_metrics_serverapp.update({0: {"knn-image": 0.1, "floor-knn-image": 0.7},
+                                              3: {"knn-image": 0.9}})
     summary = rec.finish(result, arrays_of(weights(4.0)))
     assert summary["initial-knn-image"] == 0.1 and summary["final-knn-image"] == 0.9
+    assert summary["floor-knn-image"] == 0.7 and "initial-floor-knn-image" not in summary
     assert json.loads((rec.output.folder / "summary.json").read_text()) == summary
     assert (rec.output.folder / "final_model.pt").exists()
+
+
+def test_a_skipped_evaluation_is_recorded_with_its_reason_and_the_run_goes_on(tmp_path, capsys):
+    from server_app.central_eval import EvaluationSkipped
+
+    config = RunConfig(num_server_rounds=1, tensorboard=False)
+
+    def stalled(arrays):
+        raise EvaluationSkipped("did not finish within eval-timeout=5s; the run goes on without central evaluation")
+
+    rec = RunRecorder(config, RunOutput.create(str(tmp_path), config, run_id=7), make_strategy("fedavg"), stalled)
+    assert rec.end_round(0, arrays_of(weights(1.0))) is None
+    record = json.loads(rec.output.metrics_file.read_text().splitlines()[0])
+    assert "eval" not in record and record["eval-skipped"].startswith("did not finish within eval-timeout=5s")
+    line = [ln for ln in capsys.readouterr().out.splitlines() if ln.startswith("[fssuavl] round")][0]
+    assert line.endswith("| eval skipped: did not finish within eval-timeout=5s; the run goes on without central "
+                         "evaluation")
 
 
 def test_a_run_that_aggregated_nothing_fails_loudly(tmp_path, capsys):
