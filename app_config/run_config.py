@@ -32,8 +32,8 @@ from pydantic.fields import FieldInfo
 StrategyName = Literal["bulyan", "fedadagrad", "fedadam", "fedavg", "fedavgm", "fedmedian", "fedprox",
                        "fedtrimmedavg", "fedyogi", "krum", "ldawa", "multikrum"]
 DPMode = Literal["none", "server-fixed", "client-fixed", "server-adaptive", "client-adaptive"]
-ImageDataset = Literal["", "cifar10", "cifar100", "digits", "tiny-imagenet", "vggsound-frames"]
-AudioDataset = Literal["", "esc50", "speech-commands", "spoken-digits", "vggsound-audio"]
+ImageDataset = Literal["", "cifar10", "cifar100", "cluttered-digits", "digits", "tiny-imagenet", "vggsound-frames"]
+AudioDataset = Literal["", "esc50", "noisy-spoken-digits", "speech-commands", "spoken-digits", "vggsound-audio"]
 Partitioner = Literal["iid", "dirichlet", "pathological", "resample"]
 Optimizer = Literal["auto", "sgd", "adamw"]
 LRSchedule = Literal["cosine", "constant"]

@@ -15,7 +15,7 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
-from data_partition import embedded
+from data_partition import cluttered_digits, embedded, noisy_spoken_digits
 from data_partition.array_cache import cache_ready, cache_summary, cached_splits
 from data_partition.modality_data import AUDIO, IMAGE, DatasetSplits
 from data_partition.readers import cifar, esc50, speech_commands, tiny_imagenet, vggsound
@@ -37,6 +37,8 @@ class DatasetSpec:
 DATASETS: dict[str, DatasetSpec] = {
     "digits": DatasetSpec(IMAGE, embedded.build_digit_images, needs_source=False),
     "spoken-digits": DatasetSpec(AUDIO, embedded.build_spoken_digits, needs_source=False),
+    "cluttered-digits": DatasetSpec(IMAGE, cluttered_digits.build, needs_source=False),
+    "noisy-spoken-digits": DatasetSpec(AUDIO, noisy_spoken_digits.build, needs_source=False),
     "cifar10": DatasetSpec(IMAGE, cifar.build_cifar10, True, cifar.check_cifar10),
     "cifar100": DatasetSpec(IMAGE, cifar.build_cifar100, True, cifar.check_cifar100),
     "tiny-imagenet": DatasetSpec(IMAGE, tiny_imagenet.build, True, tiny_imagenet.check_layout),

@@ -88,18 +88,17 @@ class EspeakSynth:
         return np.concatenate(self._chunks) if self._chunks else np.zeros(0, np.int16)
 
 
-def utterances(voices: tuple[str, ...]) -> list[Utterance]:
+def utterances(voices: tuple[str, ...], rates: tuple[int, ...] = RATES_WPM,
+               pitches: tuple[int, ...] = PITCHES) -> list[Utterance]:
     return [
         Utterance(w, v, r, p)
-        for v in voices for w in range(len(DIGIT_WORDS)) for r in RATES_WPM for p in PITCHES
+        for v in voices for w in range(len(DIGIT_WORDS)) for r in rates for p in pitches
     ]
 
 
 def _fit_to_clip(wave: np.ndarray) -> np.ndarray:
     """Trim silence edges, then centre-pad (or centre-cut) to one second."""
-    loud = np.flatnonzero(np.abs(wave) > 0.01)
-    if loud.size:
-        wave = wave[loud[0]: loud[-1] + 1]
+    wave = trim_silence(wave)
     out = np.zeros(CLIP_SAMPLES, np.float32)
     if wave.size >= CLIP_SAMPLES:
         start = (wave.size - CLIP_SAMPLES) // 2
@@ -110,8 +109,9 @@ def _fit_to_clip(wave: np.ndarray) -> np.ndarray:
     return out
 
 
-def synthesise(voices: tuple[str, ...], seed: int = 0) -> tuple[np.ndarray, np.ndarray]:
-    """Return (int16 waveforms (N, 16000) at 16 kHz, int64 labels (N,))."""
+def synthesise(voices: tuple[str, ...], seed: int = 0, rates: tuple[int, ...] = RATES_WPM,
+               pitches: tuple[int, ...] = PITCHES) -> tuple[np.ndarray, np.ndarray]:
+    """Return (int16 waveforms (N, 16000) at 16 kHz, int64 labels (N,)), in :func:`utterances` order."""
     import torch
     import torchaudio.functional as AF
 
@@ -119,9 +119,9 @@ def synthesise(voices: tuple[str, ...], seed: int = 0) -> tuple[np.ndarray, np.n
         synth = EspeakSynth()
         raw = [
             synth.say(DIGIT_WORDS[u.word_index], u.voice, u.rate, u.pitch, seed + i)
-            for i, u in enumerate(utterances(voices))
+            for i, u in enumerate(utterances(voices, rates, pitches))
         ]
-    items = utterances(voices)
+    items = utterances(voices, rates, pitches)
     waves = np.zeros((len(items), CLIP_SAMPLES), np.int16)
     for i, samples in enumerate(raw):
         if samples.size == 0:
@@ -133,7 +133,14 @@ def synthesise(voices: tuple[str, ...], seed: int = 0) -> tuple[np.ndarray, np.n
     return waves, labels
 
 
-def synthesise_isolated(voices: tuple[str, ...], out_file: str, seed: int = 0) -> None:
+def trim_silence(wave: np.ndarray) -> np.ndarray:
+    """The utterance without its silent edges (float waveform)."""
+    loud = np.flatnonzero(np.abs(wave) > 0.01)
+    return wave[loud[0]: loud[-1] + 1] if loud.size else wave
+
+
+def synthesise_isolated(voices: tuple[str, ...], out_file: str, seed: int = 0, rates: tuple[int, ...] = RATES_WPM,
+                        pitches: tuple[int, ...] = PITCHES) -> None:
     """Synthesise in a fresh interpreter and write ``x``/``y`` to ``out_file`` (.npz)."""
     import os
     import subprocess
@@ -142,7 +149,8 @@ def synthesise_isolated(voices: tuple[str, ...], out_file: str, seed: int = 0) -
 
     package_parent = str(Path(__file__).resolve().parents[1])
     env = dict(os.environ, PYTHONPATH=os.pathsep.join(filter(None, [package_parent, os.environ.get("PYTHONPATH")])))
-    cmd = [sys.executable, "-m", "data_partition.spoken_digits", out_file, str(seed), *voices]
+    cmd = [sys.executable, "-m", "data_partition.spoken_digits", out_file, str(seed),
+           ",".join(map(str, rates)), ",".join(map(str, pitches)), *voices]
     done = subprocess.run(cmd, env=env, capture_output=True, text=True)
     if done.returncode != 0:
         last = (done.stderr.strip().splitlines() or ["unknown error"])[-1]
@@ -152,7 +160,8 @@ def synthesise_isolated(voices: tuple[str, ...], out_file: str, seed: int = 0) -
 if __name__ == "__main__":
     import sys
 
-    _out, _seed, *_voices = sys.argv[1:]
-    _x, _y = synthesise(tuple(_voices), int(_seed))
+    _out, _seed, _rates, _pitches, *_voices = sys.argv[1:]
+    _x, _y = synthesise(tuple(_voices), int(_seed), tuple(map(int, _rates.split(","))),
+                        tuple(map(int, _pitches.split(","))))
     with open(_out, "wb") as fh:
         np.savez(fh, x=_x, y=_y)
