@@ -62,7 +62,7 @@ def make_optimizer(model: nn.Module, settings: TrainSettings) -> torch.optim.Opt
     raise ValueError(f"optimizer {settings.optimizer!r} is unknown: use 'sgd' or 'adamw'")
 
 
-class _Batches:
+class Batches:
     """Endless shuffled mini-batches of one modality (reshuffled when exhausted)."""
 
     def __init__(self, data: torch.Tensor, batch_size: int, generator: torch.Generator) -> None:
@@ -74,13 +74,16 @@ class _Batches:
     def steps_per_epoch(self) -> int:
         return max(1, len(self.data) // self.batch_size)
 
-    def next(self) -> torch.Tensor:
+    def next_indices(self) -> torch.Tensor:
         if self._pos + self.batch_size > len(self._order):
             self._order = torch.randperm(len(self.data), generator=self.generator)
             self._pos = 0
         idx = self._order[self._pos: self._pos + self.batch_size]
         self._pos += self.batch_size
-        return self.data[idx]
+        return idx
+
+    def next(self) -> torch.Tensor:
+        return self.data[self.next_indices()]
 
 
 def train_locally(
@@ -101,7 +104,7 @@ def train_locally(
         raise ValueError("client holds fewer than 2 samples of every modality: nothing to contrast")
     generator = torch.Generator().manual_seed(seed)
     torch.manual_seed(seed)  # augmentation draws
-    batches = {m: _Batches(data.tensors[m], settings.batch_size, generator) for m in modalities}
+    batches = {m: Batches(data.tensors[m], settings.batch_size, generator) for m in modalities}
     steps = settings.local_epochs * max(b.steps_per_epoch() for b in batches.values())
     if settings.max_local_steps > 0:
         steps = min(steps, settings.max_local_steps)

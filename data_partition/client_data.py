@@ -16,6 +16,8 @@ class LocalData:
     """A client's samples per modality, as tensors ready for batching (uint8 / int16)."""
 
     tensors: dict[str, torch.Tensor] = field(default_factory=dict)
+    # class labels per modality, for the supervised ceiling only (clients never read them)
+    labels: dict[str, torch.Tensor] = field(default_factory=dict)
 
     @property
     def modalities(self) -> tuple[str, ...]:

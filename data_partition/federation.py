@@ -51,12 +51,13 @@ class Federation:
         if not 0 <= partition_id < len(plan):
             raise ValueError(f"partition-id {partition_id} is outside 0..{len(plan) - 1}")
         part = plan[partition_id]
-        tensors = {}
+        tensors, labels = {}, {}
         for modality, indices in ((IMAGE, part.image_indices), (AUDIO, part.audio_indices)):
             split = self.train_split(modality)
             if len(indices) and split is not None:
                 tensors[modality] = torch.from_numpy(np.ascontiguousarray(split.x[np.sort(indices)]))
-        return part, LocalData(tensors)
+                labels[modality] = torch.from_numpy(np.asarray(split.y)[np.sort(indices)].astype(np.int64))
+        return part, LocalData(tensors, labels)
 
 
 def federation_part(config: RunConfig, partition_id: int, num_partitions: int) -> tuple[ClientPart, LocalData]:

@@ -20,6 +20,7 @@ budget).
 
     python -m experiments.centralized --match-run runs/<federated run>
     python -m experiments.centralized --num-partitions 6 --run-config "num-server-rounds=3 max-local-steps=4"
+    python -m experiments.centralized --match-run runs/<federated run> --method supervised   # the ceiling
 
 The run holds the machine-wide CPU lock (``experiments.cpu_lock``) so runs
 started by different people on one machine do not overlap.
@@ -34,6 +35,7 @@ from pathlib import Path
 
 from app_config.log_setup import setup_logging
 from experiments.centralized_training import (
+    METHODS,
     budget_from_metrics,
     config_from,
     planned_budget,
@@ -55,6 +57,9 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--run-config", default="",
                         help="overrides, e.g. \"num-server-rounds=3 encoder='vit_tiny_cifar'\"")
     parser.add_argument("--run-dir", type=Path, default=None, help="where the run folder goes (default: run-dir key)")
+    parser.add_argument("--method", choices=METHODS, default="centralized",
+                        help="'centralized': the clients' contrastive trainer; 'supervised': the same with labels "
+                             "(cross-entropy), the ceiling of a comparison table")
     args = parser.parse_args(argv)
     if not args.match_run and not args.num_partitions:
         parser.error("give --match-run or --num-partitions")
@@ -79,8 +84,9 @@ def main(argv: list[str] | None = None) -> int:
         return 2
     with run_lock():
         pooled = pooled_data(config, num_partitions)
-        folder = train_centralized(config, budget, pooled, args.run_dir or Path(config.run_dir), source_text)
-    print(f"[fssuavl] centralized run written to {folder}")
+        folder = train_centralized(config, budget, pooled, args.run_dir or Path(config.run_dir), source_text,
+                                   method=args.method)
+    print(f"[fssuavl] {args.method} run written to {folder}")
     return 0
 
 

@@ -136,22 +136,32 @@ def pooled_data(config, num_partitions: int):
     from data_partition.federation import Federation
 
     federation = Federation(config, num_partitions)
-    parts = {m: [] for m in MODALITIES}
+    parts: dict[str, list] = {m: [] for m in MODALITIES}
+    labels: dict[str, list] = {m: [] for m in MODALITIES}
     for pid in range(num_partitions):
         _, data = federation.part(pid)
         for m in MODALITIES:
             if data.count(m):
                 parts[m].append(data.tensors[m])
-    return LocalData({m: torch.cat(chunks) for m, chunks in parts.items() if chunks})
+                labels[m].append(data.labels[m])
+    return LocalData({m: torch.cat(chunks) for m, chunks in parts.items() if chunks},
+                     {m: torch.cat(chunks) for m, chunks in labels.items() if chunks})
 
 
 def _call_seed(seed: int, server_round: int, index: int) -> int:
     return (seed * 1_000_003 + server_round * 10_007 + 7_919 * (index + 1)) % (2**31)
 
 
+METHODS = ("centralized", "supervised")
+
+
 def train_centralized(config, budget: list[dict[str, int]], pooled, run_dir: Path,
-                      budget_source: str = "plan") -> Path:
-    """Train on ``pooled`` data round by round to the given budget; write a run folder; return it."""
+                      budget_source: str = "plan", method: str = "centralized") -> Path:
+    """Train on ``pooled`` data round by round to the given budget; write a run folder; return it.
+
+    ``method`` 'centralized' trains with the clients' contrastive trainer; 'supervised' with labels
+    (:mod:`experiments.supervised_ceiling`), everything else the same: the ceiling of a table.
+    """
     from dataclasses import replace
 
     from flwr.app import ArrayRecord
@@ -159,11 +169,14 @@ def train_centralized(config, budget: list[dict[str, int]], pooled, run_dir: Pat
     from client_app.trainer import train_locally, train_settings
     from data_partition.client_data import LocalData
     from data_partition.datasets import load_splits, resolve_data_root
+    from experiments.supervised_ceiling import classifiers, train_supervised
     from models import factory
     from models.device import resolve_device
     from server_app.central_eval import CentralEvaluator
     from server_app.run_output import RunOutput, format_round
 
+    if method not in METHODS:
+        raise ValueError(f"method {method!r} is unknown: use one of {', '.join(METHODS)}")
     if len(budget) != config.num_server_rounds:
         raise ValueError(f"budget has {len(budget)} rounds, config has num-server-rounds={config.num_server_rounds}")
     root = resolve_data_root(config.data_root)
@@ -180,8 +193,9 @@ def train_centralized(config, budget: list[dict[str, int]], pooled, run_dir: Pat
                                  config.seed, config.eval_train_samples)
     views = factory.training_views(config, device)
     base = train_settings(config, model)
+    heads = classifiers(model, {m: len(s.train.classes) for m, s in datasets.items()}).to(device)
 
-    folder = Path(run_dir).expanduser().resolve() / f"{time.strftime('%Y%m%d-%H%M%S')}-centralized-{config.seed}"
+    folder = Path(run_dir).expanduser().resolve() / f"{time.strftime('%Y%m%d-%H%M%S')}-{method}-{config.seed}"
     folder.mkdir(parents=True, exist_ok=False)
     output = RunOutput(folder)
     output.write_json("config.json", config.as_mapping())
@@ -202,7 +216,10 @@ def train_centralized(config, budget: list[dict[str, int]], pooled, run_dir: Pat
                 settings = replace(base, batch_size=call.batch_size, max_local_steps=call.steps,
                                    local_epochs=math.ceil(call.steps / per_epoch),
                                    learning_rate=factory.scheduled_learning_rate(config, model, server_round))
-                out = train_locally(model, data, views, settings, device, _call_seed(config.seed, server_round, index))
+                data.labels = {m: pooled.labels[m] for m in call.modalities if m in pooled.labels}
+                seed = _call_seed(config.seed, server_round, index)
+                out = train_supervised(model, heads, data, views, settings, device, seed) if method == "supervised" \
+                    else train_locally(model, data, views, settings, device, seed)
                 steps += int(out["steps"])
                 for m in call.modalities:
                     losses[m].append((out[f"loss-{m}"], int(out["steps"])))
@@ -224,10 +241,10 @@ def train_centralized(config, budget: list[dict[str, int]], pooled, run_dir: Pat
             record["eval"] = evaluator(ArrayRecord(state))
             evals[server_round] = record["eval"]
         output.append_round(record)
-        print("[fssuavl] centralized " + format_round(record), flush=True)
+        print(f"[fssuavl] {method} " + format_round(record), flush=True)
         clock = time.perf_counter()
     path = output.save_model({k: v.detach().cpu() for k, v in model.state_dict().items()})
-    summary = {"final-model": str(path), "rounds": last, "method": "centralized",
+    summary = {"final-model": str(path), "rounds": last, "method": method,
                "budget-source": budget_source,
                "sample-budget": {m: sum(b.get(m, 0) for b in budget) for m in MODALITIES},
                "samples-processed": spent_total}

@@ -33,7 +33,7 @@ class Encoder:
 
     @property
     def device(self) -> torch.device:
-        return next(self.model.parameters()).device
+        return next(iter([*self.model.parameters(), *self.model.buffers()])).device
 
 
 def run_config_of(folder: Path):

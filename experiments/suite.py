@@ -13,6 +13,12 @@ per seed; identical jobs are run once and reused. Methods:
 - ``separate``: the FVSSL and FASSL encoders used together; parameters = both encoders;
 - ``centralized``: ``experiments.centralized`` on the pooled data of the FSSUAVL federation with the
   sample budget its clients really spent (same seed).
+- ``supervised``: the ceiling: the same encoder trained with labels (cross-entropy, linear classifier
+  per modality) on the same pooled data, views and sample budget (``experiments.supervised_ceiling``).
+
+Every table also has reference rows per seed: the untrained initial weights and the raw-input floor
+(the evaluation transform's output flattened), and a section with every trained row's paired
+difference to both.
 
 Seeds: every training job runs once per seed of the top-level ``seeds`` list
 (default: the run config's ``seed``); each table cell is ``mean ± std (n=K)`` over
@@ -61,7 +67,7 @@ YAML keys (anything else is an error naming the key; schema in ``experiments/sui
       tsne-methods: [fssuavl]
       tsne-max-points: 200         # per modality
     entries:
-      - method: fssuavl            # fssuavl | fvssl | fassl | separate | centralized
+      - method: fssuavl            # fssuavl | fvssl | fassl | separate | centralized | supervised
         encoder: [resnet18_cifar, vit_tiny_cifar]   # a name or a list (cartesian product)
         strategy: [fedavg, ldawa]
         overrides: {run-config key: value}          # this entry only (not seed)

@@ -3,8 +3,9 @@
 Every entry's global encoder of every seed is evaluated by
 ``experiments.frozen_eval`` (kNN and linear probe per modality, out-of-domain
 sets, class-paired fusion) with that seed's evaluation draws. The untrained
-reference (the seeded initial weights each run starts from) is evaluated per seed
-too. Seed by seed, features are cached while later entries still need the same
+reference (the seeded initial weights each run starts from) and the raw-input
+floor (the evaluation transform's output flattened, scored the same way) are
+evaluated per seed too. Seed by seed, features are cached while later entries still need the same
 encoder and dropped afterwards, so memory stays at one seed's encoders at most.
 """
 
@@ -20,6 +21,7 @@ from experiments.suite_plan import METHOD_NAMES, Entry, Suite, entry_jobs, fssua
 
 log = logging.getLogger("fssuavl.suite")
 UNTRAINED_METHOD, UNTRAINED_STRATEGY = "Untrained (initial weights)", "- (no training)"
+FLOOR_METHOD, FLOOR_ENCODER, FLOOR_STRATEGY = "Raw input (floor)", "- (none)", "- (raw input)"
 
 
 @dataclass
@@ -37,6 +39,11 @@ class Row:
     status: str = "ok"
     label: str = ""
     missing: dict[int, str] = field(default_factory=dict)  # seed -> why it has no numbers
+
+    @property
+    def reference(self) -> bool:
+        """An untrained or raw-input row (what every trained row is measured against)."""
+        return self.strategy in (UNTRAINED_STRATEGY, FLOOR_STRATEGY)
 
     @property
     def ours(self) -> bool:
@@ -65,7 +72,7 @@ def eval_settings(suite: Suite, config):
 
 def empty_row(entry: Entry) -> Row:
     return Row(METHOD_NAMES[entry.method] + (f" ({entry.label})" if entry.label else ""), entry.encoder,
-               f"- ({entry.strategy} budget)" if entry.method == "centralized" else entry.strategy,
+               f"- ({entry.strategy} budget)" if entry.method in ("centralized", "supervised") else entry.strategy,
                entry.setting_text, label=entry.label)
 
 
@@ -123,6 +130,28 @@ def evaluate_untrained(suite: Suite, entry: Entry, seed: int, row: Row, cache) -
     row.params, row.flops_image, row.flops_audio = cost["params"], cost["flops-image"], cost["flops-audio"]
 
 
+def floor_entries(suite: Suite) -> list[Entry]:
+    """One FSSUAVL entry per setting: whose evaluation transform the raw-input floor rows use."""
+    out, done = [], set()
+    for entry in untrained_entries(suite):
+        if entry.setting_text not in done:
+            done.add(entry.setting_text)
+            out.append(entry)
+    return out
+
+
+def evaluate_floor(suite: Suite, entry: Entry, seed: int, row: Row, cache) -> None:
+    """The raw input (the evaluation transform's output flattened) under the same kNN, probe and draws."""
+    from experiments.frozen_eval import Encoder, evaluate
+    from models.device import resolve_device
+    from server_app.evaluation import RawInput
+
+    config = fssuavl_job(suite, entry, seed).config()
+    encoder = Encoder(config, RawInput().to(resolve_device(config.device)),
+                      key=f"raw-input:{config.image_size}:{config.audio_n_mels}:{entry.setting_text}")
+    row.per_seed[seed] = evaluate(encoder, encoder, eval_settings(suite, config), cache)
+
+
 def _release(cache, encoders: dict, run: Path) -> None:
     """Forget a run's encoder and features once no later entry of this seed needs them."""
     encoder = encoders.pop(run, None)
@@ -140,8 +169,10 @@ def evaluate_suite(suite: Suite, runs: dict[str, Path]) -> tuple[list[Row], dict
     rows = [empty_row(e) for e in suite.entries]
     references = untrained_entries(suite) if suite.evaluation.untrained_reference else []
     ref_rows = [Row(UNTRAINED_METHOD, e.encoder, UNTRAINED_STRATEGY, e.setting_text) for e in references]
+    floors = floor_entries(suite) if suite.evaluation.untrained_reference else []
+    floor_rows = [Row(FLOOR_METHOD, FLOOR_ENCODER, FLOOR_STRATEGY, e.setting_text) for e in floors]
     series: dict[str, list] = {}
-    steps = len(suite.seeds) * (len(suite.entries) + len(references))
+    steps = len(suite.seeds) * (len(suite.entries) + len(references) + len(floors))
     with tqdm(total=steps, desc="evaluating", unit="model", disable=None) as bar:
         shown = 0
 
@@ -169,10 +200,14 @@ def evaluate_suite(suite: Suite, runs: dict[str, Path]) -> tuple[list[Row], dict
                 show(f"seed {seed}: untrained {entry.encoder}")
                 evaluate_untrained(suite, entry, seed, row, cache)
                 bar.update()
+            for entry, row in zip(floors, floor_rows):
+                show(f"seed {seed}: raw input ({entry.setting_text})")
+                evaluate_floor(suite, entry, seed, row, cache)
+                bar.update()
     for row in rows:
         if not row.per_seed:
             row.status = f"not trained ({next(iter(row.missing.values()), 'no run')})"
-    return rows + ref_rows, series
+    return rows + ref_rows + floor_rows, series
 
 
 def series_label(entry: Entry, row: Row) -> str:

@@ -157,7 +157,7 @@ def run_job(suite: Suite, job: Job, work_dir: Path, runs: dict[str, Path], fresh
         if job.kind == "federated":
             _launch(suite, job, overrides, job_dir)
         else:
-            _centralized(job, overrides, runs[job.budget_job.id], runs_dir)
+            _centralized(job, overrides, runs[job.budget_job.id], runs_dir, method=job.kind)
         new = sorted(set(runs_dir.iterdir()) - before)
         seconds = time.perf_counter() - started
     if len(new) != 1 or not (new[0] / "final_model.pt").exists():
@@ -185,10 +185,10 @@ def _launch(suite: Suite, job: Job, overrides: dict, job_dir: Path) -> None:
         raise RuntimeError(f"{job.id}: experiments.launch exited {code}; see {log_file}")
 
 
-def _centralized(job: Job, overrides: dict, budget_run: Path, runs_dir: Path) -> None:
+def _centralized(job: Job, overrides: dict, budget_run: Path, runs_dir: Path, method: str = "centralized") -> None:
     from experiments.centralized_training import budget_from_metrics, config_from, pooled_data, train_centralized
 
     config = config_from(overrides)
     budget = budget_from_metrics(budget_run / "metrics.jsonl", config.batch_size)
     pooled = pooled_data(config, job.num_supernodes)
-    train_centralized(config, budget, pooled, runs_dir, f"clients of {budget_run.name}")
+    train_centralized(config, budget, pooled, runs_dir, f"clients of {budget_run.name}", method=method)

@@ -30,7 +30,8 @@ from experiments.suite_spec import (
 )
 
 METHOD_NAMES = {"fssuavl": "FSSUAVL", "fvssl": "FVSSL", "fassl": "FASSL",
-                "separate": "Separate (FVSSL+FASSL)", "centralized": "Centralized"}
+                "separate": "Separate (FVSSL+FASSL)", "centralized": "Centralized",
+                "supervised": "Supervised (ceiling)"}
 
 
 def literal(value) -> str:
@@ -110,11 +111,11 @@ def expand_entries(spec: SuiteSpec) -> list[Entry]:
 # --------------------------------------------------------------------------- jobs
 @dataclass(frozen=True)
 class Job:
-    kind: str  # "federated" or "centralized"
-    role: str  # fssuavl / fvssl / fassl / centralized (for names)
+    kind: str  # "federated", "centralized" or "supervised" (the last two train on one machine)
+    role: str  # fssuavl / fvssl / fassl / centralized / supervised (for names)
     overrides: tuple[tuple[str, object], ...]  # includes the seed
     num_supernodes: int
-    budget_job: Job | None = None  # centralized: the FSSUAVL job whose clients set the budget
+    budget_job: Job | None = None  # centralized / supervised: the FSSUAVL job whose clients set the budget
 
     @property
     def seed(self) -> int:
@@ -192,8 +193,8 @@ def entry_jobs(suite: Suite, entry: Entry, seed: int) -> list[Job]:
     fssuavl = fssuavl_job(suite, entry, seed)
     if entry.method == "fssuavl":
         return [fssuavl]
-    if entry.method == "centralized":
-        return [fssuavl, Job("centralized", "centralized", fssuavl.overrides, entry.num_supernodes, fssuavl)]
+    if entry.method in ("centralized", "supervised"):
+        return [fssuavl, Job(entry.method, entry.method, fssuavl.overrides, entry.num_supernodes, fssuavl)]
     jobs = []
     for modality, role in (("image", "fvssl"), ("audio", "fassl")):
         if entry.method in (role, "separate"):
@@ -203,7 +204,7 @@ def entry_jobs(suite: Suite, entry: Entry, seed: int) -> list[Job]:
 
 
 def all_jobs(suite: Suite) -> list[Job]:
-    """Every distinct job, seed by seed, federated ones first within a seed (centralized jobs need
+    """Every distinct job, seed by seed, federated ones first within a seed (centralized and supervised jobs need
     their budget run)."""
     seen: dict[str, Job] = {}
     for seed in suite.seeds:
@@ -211,7 +212,7 @@ def all_jobs(suite: Suite) -> list[Job]:
             for job in entry_jobs(suite, entry, seed):
                 seen.setdefault(job.id, job)
     order = {seed: i for i, seed in enumerate(suite.seeds)}
-    return sorted(seen.values(), key=lambda j: (order[j.seed], j.kind == "centralized"))
+    return sorted(seen.values(), key=lambda j: (order[j.seed], j.kind != "federated"))
 
 
 # --------------------------------------------------------------------------- checks before running

@@ -14,7 +14,7 @@ import re
 from pathlib import Path
 
 from experiments.common import write_text
-from experiments.suite_eval import UNTRAINED_STRATEGY, Row
+from experiments.suite_eval import FLOOR_STRATEGY, UNTRAINED_STRATEGY, Row
 from experiments.suite_plan import Job, Suite, holders
 from experiments.suite_stats import Paired, paired_difference, summarize
 
@@ -40,9 +40,44 @@ def references(rows: list[Row], row: Row) -> list[int]:
     """Indices of the FSSUAVL rows a baseline row is compared with."""
     if row.ours or row.status != "ok":
         return []
-    return [i for i, r in enumerate(rows) if r.ours and r.status == "ok" and r.encoder == row.encoder
-            and r.setting == row.setting and (row.strategy == UNTRAINED_STRATEGY
-                                              or r.strategy == _base_strategy(row.strategy))]
+    return [i for i, r in enumerate(rows) if r.ours and r.status == "ok" and r.setting == row.setting
+            and (row.strategy == FLOOR_STRATEGY or r.encoder == row.encoder)
+            and (row.strategy in (UNTRAINED_STRATEGY, FLOOR_STRATEGY) or r.strategy == _base_strategy(row.strategy))]
+
+
+def measured_against(rows: list[Row], row: Row, strategy: str) -> Row | None:
+    """The reference row (``UNTRAINED_STRATEGY`` or ``FLOOR_STRATEGY``) a trained row is measured against."""
+    for r in rows:
+        if r.strategy == strategy and r.status == "ok" and r.setting == row.setting and (
+                strategy == FLOOR_STRATEGY or r.encoder == row.encoder):
+            return r
+    return None
+
+
+def reference_lines(rows: list[Row], ood: list[str]) -> list[str]:
+    """Every trained row's difference to the raw-input floor and to its initial weights, per column
+    (trained - reference, paired by seed), as Markdown table lines; a row clearly below its floor says so."""
+    head = ["method", "encoder", "strategy", "vs", *[t for _, t in accuracy_columns(ood)]]
+    lines = ["| " + " | ".join(head) + " |", "|" + "|".join("---" for _ in head) + "|"]
+    for row in rows:
+        if row.reference or row.status != "ok":
+            continue
+        strategy = row.strategy + (f", {row.setting}" if row.setting != "-" else "")
+        for label, ref_strategy in (("raw input", FLOOR_STRATEGY), ("initial weights", UNTRAINED_STRATEGY)):
+            ref = measured_against(rows, row, ref_strategy)
+            if ref is None:
+                continue
+            cells = []
+            for key, _ in accuracy_columns(ood):
+                diff = paired_difference(row.values(key), ref.values(key))
+                if diff is None:
+                    cells.append("n/a")
+                    continue
+                text = _interval(diff) if diff.n >= 2 else f"{100 * diff.mean:+.1f} (n=1)"
+                below = diff.clear and diff.mean < 0 and ref_strategy == FLOOR_STRATEGY
+                cells.append(f"**{text}** below" if below else text)
+            lines.append(f"| {row.method} | {row.encoder} | {strategy} | {label} | " + " | ".join(cells) + " |")
+    return lines
 
 
 def comparisons(rows: list[Row], ood: list[str]) -> dict[int, dict]:
@@ -191,6 +226,13 @@ def write_report(suite: Suite, rows: list[Row], out_dir: Path, plots: list[Path]
                   "and likewise for the probe's training pairs; the two recordings are **not** co-recorded, only "
                   "class-paired. Features: each modality's L2-normalised encoder output, concatenated.", ""]
         lines += fusion
+    against = reference_lines(rows, ood)
+    if len(against) > 2:
+        lines += ["", "## Against the raw input and the initial weights", "",
+                  "Trained row − reference, percentage points, mean [95 % interval] over paired seeds. The raw "
+                  "input is the evaluation transform's output flattened, under the same kNN, probe and samples; "
+                  "**bold ... below**: the trained encoder is clearly below its raw input on that column and has "
+                  "learned nothing worth reporting there.", ""] + against
     lines += ["", "## Where FSSUAVL loses", "", "Baseline − FSSUAVL, mean [95 % interval] over paired seeds; only "
               "differences whose interval excludes 0.", ""] + loss_summary(rows, ood)
     lines += ["", "## Where FSSUAVL wins", "", "FSSUAVL − baseline, mean [95 % interval] over paired seeds; only "
@@ -240,6 +282,9 @@ def suite_notes(suite: Suite, train_seconds: dict, eval_seconds: float, wall: fl
         + f", evaluation and plots {eval_seconds / 60:.1f} min.",
     ]
     if suite.evaluation.untrained_reference:
+        notes.append("Raw input (floor): the evaluation transform's output flattened (pixels after resizing and "
+                     "normalisation; the log-mel spectrogram), scored by the same kNN and probe on the same samples "
+                     "and draws; compared with the FSSUAVL rows of every encoder and strategy of that setting.")
         notes.append("Untrained: the seeded initial weights every run of that seed starts from (round 0), evaluated "
                      "the same way; compared with the FSSUAVL rows of every strategy. A random network already gives "
                      "useful features on small sets, so a trained model's gain is measured against it.")

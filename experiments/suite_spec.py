@@ -18,8 +18,8 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_valida
 
 from experiments.suite_errors import SuiteError, describe_error
 
-METHODS = ("fssuavl", "fvssl", "fassl", "separate", "centralized")
-Method = Literal["fssuavl", "fvssl", "fassl", "separate", "centralized"]
+METHODS = ("fssuavl", "fvssl", "fassl", "separate", "centralized", "supervised")
+Method = Literal["fssuavl", "fvssl", "fassl", "separate", "centralized", "supervised"]
 assert get_args(Method) == METHODS
 SUITE_SET_KEYS = ("run-dir", "save-every")  # the suite sets these per job
 SEED_KEY = "seed"  # set per job from the top-level 'seeds' list

@@ -41,7 +41,7 @@ from flwr.app import ArrayRecord, MetricRecord
 from threadpoolctl import threadpool_limits
 
 from data_partition.modality_data import DatasetSplits, ModalityData
-from server_app.evaluation import extract_features, knn_accuracy, linear_probe_accuracy, raw_input_features
+from server_app.evaluation import RawInput, extract_features, knn_accuracy, linear_probe_accuracy
 
 
 class EvaluationSkipped(RuntimeError):
@@ -142,10 +142,11 @@ class CentralEvaluator:
     def raw_input_floor(self) -> dict[str, float]:
         """kNN and probe on the evaluation transform's output flattened, the same samples as the encoder's."""
         out: dict[str, float] = {}
+        raw = RawInput().to(self.device)
         for modality, splits in self.datasets.items():
             fit, preprocess = self.fit_data[modality], self.transforms[modality]
-            train = raw_input_features(preprocess, fit, self.device)
-            test = raw_input_features(preprocess, splits.test, self.device)
+            train = extract_features(raw, preprocess, fit, self.device)
+            test = extract_features(raw, preprocess, splits.test, self.device)
             scores = self._scores(modality, train, fit.y, test, splits.test.y)
             out.update({f"floor-{key}": value for key, value in scores.items()})
         return out

@@ -110,8 +110,9 @@ def format_round(record: dict) -> str:
         cells = [f"{m} {_number(ev[f'{metric}-{m}']):.3f}" for m in ("image", "audio") if f"{metric}-{m}" in ev]
         if cells:
             parts.append(f"{metric} " + " ".join(cells))
-    floors = [f"{metric} {m} {_number(ev[f'floor-{metric}-{m}']):.3f}" for metric in ("knn", "probe")
-              for m in ("image", "audio") if f"floor-{metric}-{m}" in ev]
+    floors = [f"{metric} " + " ".join(f"{m} {_number(ev[f'floor-{metric}-{m}']):.3f}" for m in ("image", "audio")
+                                      if f"floor-{metric}-{m}" in ev)
+              for metric in ("knn", "probe") if any(f"floor-{metric}-{m}" in ev for m in ("image", "audio"))]
     if floors:
         parts.append("raw input " + " ".join(floors))
     if "eval-skipped" in record:

@@ -93,7 +93,8 @@ def test_budget_from_a_federated_runs_metrics(config, federated_rounds, tmp_path
     assert central.recorded_partitions(tmp_path / "metrics.jsonl") == NUM_CLIENTS
 
 
-def test_centralized_run_processes_the_federated_budget(config, tmp_path, monkeypatch):
+@pytest.mark.parametrize("method", ["centralized", "supervised"])
+def test_centralized_run_processes_the_federated_budget(config, tmp_path, monkeypatch, method):
     from server_app.central_eval import CentralEvaluator
 
     # the central evaluation is the ServerApp's own (tested elsewhere); a stub keeps this test fast
@@ -106,12 +107,12 @@ def test_centralized_run_processes_the_federated_budget(config, tmp_path, monkey
     pooled = central.pooled_data(config, NUM_CLIENTS)
     sizes = [federation_part(config, pid, NUM_CLIENTS)[1] for pid in range(NUM_CLIENTS)]
     for m in ("image", "audio"):
-        assert pooled.count(m) == sum(d.count(m) for d in sizes)
-    folder = central.train_centralized(config, budget, pooled, tmp_path / "runs", "plan")
+        assert pooled.count(m) == sum(d.count(m) for d in sizes) == len(pooled.labels[m])
+    folder = central.train_centralized(config, budget, pooled, tmp_path / "runs", "plan", method=method)
     for m in ("image", "audio"):
         assert seen[m] == sum(r[m] for r in budget)
     summary = json.loads((folder / "summary.json").read_text())
-    assert summary["method"] == "centralized"
+    assert summary["method"] == method
     assert summary["samples-processed"] == summary["sample-budget"] == {m: sum(r[m] for r in budget)
                                                                         for m in ("image", "audio")}
     records = [json.loads(line) for line in (folder / "metrics.jsonl").read_text().splitlines()]
@@ -139,3 +140,30 @@ def test_run_lock_excludes_others_and_is_reentrant(tmp_path, monkeypatch):
     monkeypatch.setenv("FSSUAVL_RUN_LOCK", "")
     with cpu_lock.run_lock():  # disabled
         pass
+
+
+def test_the_supervised_ceiling_learns_the_labels_with_the_trainers_views_and_steps(config):
+    """Two classes of images told apart only by their labels' pattern (dark vs bright): cross-entropy on both
+    views learns them; the same settings give as many steps and samples as the contrastive trainer."""
+    from dataclasses import replace
+
+    from data_partition.client_data import LocalData
+    from experiments.supervised_ceiling import classifiers, train_supervised
+
+    torch.manual_seed(0)
+    labels = torch.arange(64) % 2
+    images = (labels[:, None, None, None] * 200 + torch.randint(0, 40, (64, 32, 32, 3))).to(torch.uint8)
+    data = LocalData({"image": images}, {"image": labels})
+    model = factory.build_model(config)
+    heads = classifiers(model, {"image": 2})
+    views = factory.training_views(config, torch.device("cpu"))
+    settings = replace(train_settings(config, model), max_local_steps=20, local_epochs=10, learning_rate=0.05)
+    first = train_supervised(model, heads, data, views, replace(settings, max_local_steps=1), torch.device("cpu"), 0)
+    out = train_supervised(model, heads, data, views, settings, torch.device("cpu"), 1)
+    assert out["loss-image"] < 0.5 * first["loss-image"] and out["loss-audio"] == 0.0
+    ssl = train_locally(factory.build_model(config), LocalData({"image": images}), views, settings,
+                        torch.device("cpu"), 1)
+    assert out["steps"] == ssl["steps"] == 20 and out["samples"] == ssl["samples"]
+    with pytest.raises(ValueError, match="nothing to train on"):
+        train_supervised(model, heads, LocalData({"image": images[:1]}, {"image": labels[:1]}), views, settings,
+                         torch.device("cpu"), 0)

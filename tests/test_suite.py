@@ -242,6 +242,35 @@ def test_untrained_reference_is_compared_with_every_strategy():
                                            "audio probe +19.5 [+13.1, +25.9] points, n=2.")
 
 
+def test_every_trained_row_is_measured_against_the_raw_input_and_its_initial_weights():
+    from experiments.suite_eval import FLOOR_ENCODER, FLOOR_METHOD, FLOOR_STRATEGY
+
+    seeds = (1, 2, 3)
+
+    def row(method, encoder, strategy, image):
+        return Row(method, encoder, strategy, per_seed={s: {"knn-image": v} for s, v in zip(seeds, image)}, **COST)
+    table = [
+        row("FSSUAVL", "resnet18_cifar", "fedavg", (.80, .82, .81)),
+        row("FSSUAVL", "vit_tiny_cifar", "fedavg", (.60, .62, .61)),
+        row("Centralized", "resnet18_cifar", "- (fedavg budget)", (.90, .91, .93)),
+        row(UNTRAINED_METHOD, "resnet18_cifar", UNTRAINED_STRATEGY, (.70, .71, .70)),
+        row(FLOOR_METHOD, FLOOR_ENCODER, FLOOR_STRATEGY, (.97, .97, .96)),
+    ]
+    lines = R.reference_lines(table, [])
+    body = [line for line in lines[2:]]
+    # every trained row against the floor; the ViT has no untrained row of its own encoder here
+    assert [line.split(" | ")[:4] for line in body] == [
+        ["| FSSUAVL", "resnet18_cifar", "fedavg", "raw input"], ["| FSSUAVL", "resnet18_cifar", "fedavg",
+                                                               "initial weights"],
+        ["| FSSUAVL", "vit_tiny_cifar", "fedavg", "raw input"],
+        ["| Centralized", "resnet18_cifar", "- (fedavg budget)", "raw input"],
+        ["| Centralized", "resnet18_cifar", "- (fedavg budget)", "initial weights"]]
+    assert "| **-15.7 [-18.5, -12.8]** below |" in body[0]  # clearly below the raw input
+    assert "| +10.7 [+9.2, +12.1] |" in body[1] and "below" not in body[1]
+    # the floor is a baseline of the FSSUAVL rows of every encoder of the setting
+    assert R.references(table, table[4]) == [0, 1] and R.references(table, table[3]) == [0]
+
+
 def test_real_out_of_domain_set_must_be_present_under_the_data_root(tmp_path):
     text = (f"defaults: {{data-root: '{tmp_path}'}}\nevaluation: {{out-of-domain: [cifar10]}}\n"
             "entries:\n  - {method: fssuavl}\n")

@@ -121,8 +121,10 @@ def test_every_seed_is_evaluated_and_the_untrained_reference_uses_each_seeds_wei
     missing = entry_jobs(tiny_suite, tiny_suite.entries[1], 2)[0].id
     del runs[missing]  # FVSSL's seed-2 run failed
     rows, series = suite_eval.evaluate_suite(tiny_suite, runs)
-    ours, fvssl, untrained = rows
-    assert untrained.method == suite_eval.UNTRAINED_METHOD
+    ours, fvssl, untrained, floor = rows
+    assert untrained.method == suite_eval.UNTRAINED_METHOD and floor.method == suite_eval.FLOOR_METHOD
+    assert sorted(floor.per_seed) == [1, 2] and "ood-probe-digits:invert" in floor.per_seed[1]  # OOD floors too
+    assert floor.per_seed[1]["probe-image"] != untrained.per_seed[1]["probe-image"]
     assert sorted(ours.per_seed) == sorted(untrained.per_seed) == [1, 2] and sorted(fvssl.per_seed) == [1]
     assert fvssl.missing == {2: f"{missing} failed"} and fvssl.status == "ok"
     for seed in (1, 2):  # the fake run of a seed holds that seed's initial weights: the same numbers
