@@ -101,3 +101,66 @@ def test_an_array_beyond_float16_range_goes_out_as_float32():
     narrowed = narrow_arrays(arrays_of(big))
     assert narrowed["w"].dtype == "float32" and narrowed["v"].dtype == "float16"
     assert np.array_equal(narrowed["w"].numpy(), big["w"])
+
+
+def _payload(values: np.ndarray, version: tuple[int, int] | None = None) -> bytes:
+    import io
+
+    from numpy.lib import format as npy_format
+
+    stream = io.BytesIO()
+    if version is None:
+        np.save(stream, values, allow_pickle=False)
+    else:
+        npy_format.write_array(stream, values, version=version, allow_pickle=False)
+    return stream.getvalue()
+
+
+def _huge_header() -> bytes:
+    import io
+
+    from numpy.lib import format as npy_format
+
+    stream = io.BytesIO()
+    npy_format.write_array_header_1_0(stream, {"descr": "<f2", "fortran_order": False, "shape": (10**9,)})
+    return stream.getvalue() + b"\0" * 64
+
+
+CRAFTED = {
+    "unicode": _payload(np.full((64, 32), "a", dtype="U1")),
+    "bytes": _payload(np.full((64, 32), b"a", dtype="S1")),
+    "void": _payload(np.zeros((64, 32), dtype="V2")),
+    "structured": _payload(np.zeros((64, 32), dtype=[("a", "u1"), ("b", "u1")])),
+    "float64": _payload(np.zeros((64, 32), np.float64)),
+    "big-endian": _payload(np.zeros((64, 32), ">f2")),
+    "fortran": _payload(np.asfortranarray(np.zeros((64, 32), np.float16))),
+    "npy-3.0": _payload(np.zeros((64, 32), np.float16), version=(3, 0)),
+    "complex": _payload(np.zeros((64, 32), np.complex64)),
+    "datetime": _payload(np.zeros((64, 32), "datetime64[s]")),
+    "huge-header": _huge_header(),
+    "not-npy": b"\x93NUMPY garbage",
+}
+
+
+@pytest.mark.parametrize("kind", sorted(CRAFTED))
+def test_a_crafted_float16_payload_is_left_for_the_checks_and_never_crashes_the_round(kind):
+    """float16 metadata over another payload (string, void, structured, float64, big-endian, npy 3.0, a header
+    claiming 10**9 values, ...): nothing is decoded or allocated, the reply is dropped and counted, and the
+    honest replies are aggregated."""
+    start = arrays_of(_global())
+
+    def client(msg):
+        reply = _half_client(msg)
+        if msg.metadata.dst_node_id == 3:
+            arrays = reply.content["arrays"]
+            arrays["w"] = Array(dtype="float16", shape=(64, 32), stype="numpy.ndarray", data=CRAFTED[kind])
+        return reply
+
+    seen = []
+    result = run_rounds(make_strategy("fedavg", common=COMMON), FakeGrid([1, 2, 3], client), start, num_rounds=1,
+                        compact_updates=True, on_train=seen.append)
+    dropped = {k: v for k, v in seen[0].metrics.items() if k.startswith("replies-dropped-") and v}
+    assert seen[0].aggregated and sum(dropped.values()) == 1, dropped
+    honest = run_rounds(make_strategy("fedavg", common=COMMON), FakeGrid([1, 2], _half_client), start, num_rounds=1,
+                        compact_updates=True)
+    assert np.array_equal(numpy_of(result.arrays)["w"], numpy_of(honest.arrays)["w"])
