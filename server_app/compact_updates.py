@@ -14,8 +14,9 @@ before the reply checks (which then see the usual dtypes and still check
 shapes, sizes and finiteness); an array is widened only when its metadata
 says float16 with the global array's exact shape and its buffer is an .npy
 1.0 / 2.0 payload whose own header says little-endian float16, C order, that
-same shape and exactly the bytes it needs (:func:`float16_values`: read with
-numpy's header reader, the values viewed in place), so nothing is decoded or
+same shape and exactly the bytes it needs (the reply checks' own
+:func:`strategies.reply_check.decode_checked`: numpy's header reader, the
+values viewed in place), so nothing is decoded or
 allocated that the checks would not have refused. Anything else (a string,
 void or structured payload under float16 metadata, float64, big-endian,
 npy 3.0, a header claiming 10**9 values) is left as sent, for the checks to
@@ -24,11 +25,10 @@ drop and count.
 
 from __future__ import annotations
 
-import io
-
 import numpy as np
 from flwr.app import Array, ArrayRecord, Message
-from numpy.lib import format as npy_format
+
+from strategies.reply_check import decode_checked
 
 NPY_HEADER_MAX = 4096  # an .npy header of a plain array is far smaller
 
@@ -70,28 +70,6 @@ def narrow_messages(messages: list[Message], global_arrays: ArrayRecord, key: st
     return messages
 
 
-def float16_values(data: bytes, shape: tuple[int, ...]) -> np.ndarray | None:
-    """The float16 values of an .npy payload of exactly ``shape``, or None for anything else."""
-    stream = io.BytesIO(data)
-    try:
-        version = npy_format.read_magic(stream)
-        if version == (1, 0):
-            header = npy_format.read_array_header_1_0(stream)
-        elif version == (2, 0):
-            header = npy_format.read_array_header_2_0(stream)
-        else:
-            return None
-    except (ValueError, TypeError, SyntaxError, EOFError):
-        return None
-    stored_shape, fortran_order, dtype = header
-    if tuple(stored_shape) != tuple(shape) or fortran_order or dtype != np.dtype("<f2"):
-        return None
-    offset = stream.tell()
-    if len(data) - offset != 2 * int(np.prod(shape, dtype=np.int64)):
-        return None
-    return np.frombuffer(data, dtype="<f2", offset=offset).reshape(shape)
-
-
 def widen_reply(reply: Message, global_arrays: ArrayRecord, key: str = "arrays") -> Message:
     """``reply`` with its float16 arrays cast to the global model's float32 (in place; returns it)."""
     if reply.has_error() or key not in reply.content.array_records:
@@ -103,8 +81,8 @@ def widen_reply(reply: Message, global_arrays: ArrayRecord, key: str = "arrays")
         if (target is not None and array.dtype == "float16" and target.dtype == "float32"
                 and tuple(array.shape) == tuple(target.shape)
                 and len(array.data) <= 2 * int(np.prod(target.shape)) + NPY_HEADER_MAX):
-            values = float16_values(bytes(array.data), tuple(target.shape))
-            if values is None:  # not a plain float16 array of that shape: left as sent, the checks drop it
+            values, refused = decode_checked(array, tuple(target.shape), "float16", name)
+            if values is None or refused is not None:  # not a plain float16 array of that shape: left as sent
                 return reply
             widened[name] = Array(values.astype(np.float32))
     if widened:

@@ -53,6 +53,7 @@ MAX_METRICS = 64
 MAX_KEY_LENGTH = 64
 INT_ABS_MAX = 2**53
 NUMPY_STYPE = "numpy.ndarray"
+ARRAYS_KEY = "arrays"  # the name Flower's strategies give the model's ArrayRecord (arrayrecord_key)
 
 INFO_KEY = "client-info"
 KINDS = ("visual", "audio", "audiovisual")  # data_partition.partition.KINDS (a test keeps them equal)
@@ -183,7 +184,9 @@ def check_arrays(msg: Message, spec: Spec | None) -> Verdict:
     records = msg.content.array_records
     if len(records) != 1:
         return SHAPE, f"expected one ArrayRecord, got {len(records)}"
-    arrays = next(iter(records.values()))
+    if ARRAYS_KEY not in records:  # Flower's strategies read the reply's record by this name
+        return SHAPE, f"the ArrayRecord is named {_short(next(iter(records.keys())))}, not {ARRAYS_KEY!r}"
+    arrays = records[ARRAYS_KEY]
     if spec is None:
         spec = array_spec(arrays)
     if set(arrays.keys()) != set(spec):

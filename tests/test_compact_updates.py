@@ -133,7 +133,6 @@ CRAFTED = {
     "structured": _payload(np.zeros((64, 32), dtype=[("a", "u1"), ("b", "u1")])),
     "float64": _payload(np.zeros((64, 32), np.float64)),
     "big-endian": _payload(np.zeros((64, 32), ">f2")),
-    "fortran": _payload(np.asfortranarray(np.zeros((64, 32), np.float16))),
     "npy-3.0": _payload(np.zeros((64, 32), np.float16), version=(3, 0)),
     "complex": _payload(np.zeros((64, 32), np.complex64)),
     "datetime": _payload(np.zeros((64, 32), "datetime64[s]")),

@@ -254,3 +254,14 @@ def test_weight_cap_can_be_turned_off():
 def test_client_metric_cannot_replace_the_server_counts():
     (result, _), _ = run("fedavg", lambda msg: train_reply(msg, honest(BAD_NODE), {"clients": 1e6}, 10.0))
     assert result.train_metrics_clientapp[1]["clients"] == 4
+
+
+@pytest.mark.parametrize("name", ALL)
+def test_an_array_record_under_another_name_is_dropped_and_cannot_veto_the_round(name):
+    """Once passed the filter, then Flower's selection code raised KeyError: 'arrays' and the robust strategies
+    kept the previous model every round that client was sampled."""
+    def renamed(msg):
+        return train_reply(msg, None, {"loss": 1.0}, 10.0,
+                           extra={"weights": arrays_of(honest(BAD_NODE)), "client-info": info(BAD_NODE)})
+
+    assert_dropped(name, renamed, "replies-dropped-shape")
