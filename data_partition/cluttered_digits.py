@@ -46,6 +46,7 @@ DISTRACTOR_ALPHA = (0.35, 0.7)
 NOISE_STD = 8.0  # grey levels
 INVERT_P = 0.5  # share of digits drawn MNIST-M style (the photograph inverted under the stroke)
 BACKGROUND_CONTRAST = 1.0  # the photograph's deviations from its mean colour are scaled by this
+BACKGROUND_BRIGHTNESS = 1.0  # the photograph's grey levels are scaled by this (below 1: dimmer backgrounds)
 LUMINANCE_CONTRAST = (100.0, 180.0)  # the stroke's luminance differs this much from the background's mean
 LUMA = (0.299, 0.587, 0.114)
 LIGHTER_P = 0.5  # share of strokes lighter than their background (where both fit)
@@ -142,7 +143,7 @@ def render(images_8x8: np.ndarray, labels: np.ndarray, seed: int) -> np.ndarray:
 
     digit = _place(glyphs(images_8x8), rng, "inside")
     distractor = _place(glyphs(images_8x8[other_class_indices(labels, rng)]), rng, "edge")
-    background = _backgrounds(rng, n)
+    background = _backgrounds(rng, n) * BACKGROUND_BRIGHTNESS
     mean = background.mean(dim=(2, 3))  # (N, 3)
     background = mean[:, :, None, None] + BACKGROUND_CONTRAST * (background - mean[:, :, None, None])
     colour = stroke_colours(mean, rng)

@@ -16,6 +16,8 @@ from experiments.deploy_local import Deployment, processes_of, split_embedded_da
 from experiments.tls_material import make_supernode_keys
 from server_app.round_record import client_value
 
+pytestmark = pytest.mark.integration  # starts processes: Flower's runtime, Ray, deployments
+
 SUPERLINK_PORT, SUPERNODE_PORT = 39691, 39701
 TINY = "encoder='test_resnet' projection-hidden-dim=64 projection-dim=32"  # a 0.4M-parameter CNN: fast rounds
 

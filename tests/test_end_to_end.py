@@ -13,6 +13,8 @@ from experiments.common import superlink_pids
 from models.ssl_model import SSLModel
 from tests.conftest import PROJECT
 
+pytestmark = pytest.mark.integration  # starts processes: Flower's runtime, Ray, deployments
+
 PORTS = ["--superlink-port", "39291", "--control-port", "39293"]
 
 

@@ -14,6 +14,8 @@ from server_app.round_record import client_value
 from tests.conftest import PROJECT
 from tests.test_deployment import small_root  # noqa: F401  (fixture: small data root, fast central evaluation)
 
+pytestmark = pytest.mark.integration  # starts processes: Flower's runtime, Ray, deployments
+
 PORTS = ["--superlink-port", "39591", "--control-port", "39593"]
 SUPERNODES, ROUNDS, RATE, SEED = 10, 2, 0.2, 42
 TINY = "encoder='test_resnet' projection-hidden-dim=64 projection-dim=32"  # a 0.4M-parameter CNN: fast rounds

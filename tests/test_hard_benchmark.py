@@ -1,6 +1,7 @@
 """The embedded benchmark where the raw input fails: cluttered digits and noisy spoken digits."""
 
 import numpy as np
+import pytest
 import torch
 
 from app_config.run_config import RunConfig
@@ -66,6 +67,7 @@ def test_voices_of_the_held_out_split_are_a_family_never_heard_in_training():
     assert np.bincount(noisy_spoken_digits.voice_of_each("test")).tolist() == [per_voice] * 4
 
 
+@pytest.mark.integration  # builds both sets (about 20 s)
 def test_the_raw_input_fails_on_both_sets_where_it_passed_the_clean_ones(data_root):
     """The benchmark's point: raw-input kNN at most 0.50 on both held-out splits (clean sets: 0.97 / 0.94)."""
     config = RunConfig(image_dataset="cluttered-digits", audio_dataset="noisy-spoken-digits")

@@ -28,6 +28,8 @@ from experiments.common import superlink_pids
 from server_app.round_record import client_value
 from tests.conftest import PROJECT
 
+pytestmark = pytest.mark.integration  # starts processes: Flower's runtime, Ray, deployments
+
 RAY = str(Path(sys.executable).parent / "ray")
 PORTS = ["--superlink-port", "39391", "--control-port", "39393"]
 MARKER = "FSSUAVL_RAY_CLUSTER_TEST"

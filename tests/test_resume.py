@@ -15,12 +15,15 @@ import sys
 import time
 from pathlib import Path
 
+import pytest
 import torch
 
 from experiments.common import process_tree, stop_superlink, superlink_pids
 from server_app.checkpoint import load_checkpoint
 from tests.conftest import PROJECT
 from tests.test_deployment import small_root  # noqa: F401  (fixture: small data root, fast central evaluation)
+
+pytestmark = pytest.mark.integration  # starts processes: Flower's runtime, Ray, deployments
 
 PORTS = ["--superlink-port", "39891", "--control-port", "39893"]
 ROUNDS = 3

@@ -15,6 +15,8 @@ from experiments.suite_plan import all_jobs, parse_suite
 from tests.conftest import PROJECT
 from tests.process_helpers import gone, wait_for
 
+pytestmark = pytest.mark.integration  # starts processes: Flower's runtime, Ray, deployments
+
 PYTHON = sys.executable
 
 
