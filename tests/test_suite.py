@@ -276,3 +276,22 @@ def test_real_out_of_domain_set_must_be_present_under_the_data_root(tmp_path):
             "entries:\n  - {method: fssuavl}\n")
     message = error_of(text)
     assert "evaluation.out-of-domain: cifar10" in message
+
+
+def test_a_finished_suites_rows_are_read_back_and_measured_against_a_floor():
+    import json
+    from dataclasses import asdict
+
+    from experiments.suite_eval import FLOOR_ENCODER, FLOOR_METHOD, FLOOR_STRATEGY
+    from experiments.suite_references import report, stored_rows
+
+    suite = P.parse_suite(MINIMAL + "seeds: [1, 2]\n", "s.yaml")
+    trained = Row("FSSUAVL", "resnet18_cifar", "fedavg", per_seed={1: {"knn-image": .80}, 2: {"knn-image": .82}},
+                  **COST)
+    results = json.loads(json.dumps({"rows": [asdict(trained)]}))  # seeds become strings, as in results.json
+    rows = stored_rows(results)
+    assert rows[0].values("knn-image") == {1: .80, 2: .82} and rows[0].params == COST["params"]
+    floor = Row(FLOOR_METHOD, FLOOR_ENCODER, FLOOR_STRATEGY, per_seed={1: {"knn-image": .97}, 2: {"knn-image": .96}})
+    text = "\n".join(report(suite, rows, [floor]))
+    assert "| Raw input (floor) | - | n/a | 96.5 ± 0.7 (n=2) |" in text
+    assert "| FSSUAVL | resnet18_cifar | fedavg | raw input | n/a | -15.5 [-34.6, +3.6] |" in text  # 2 seeds: wide
