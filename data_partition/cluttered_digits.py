@@ -5,14 +5,13 @@ so an encoder can only lose to its input and no comparison means anything.
 Real image sets fail raw pixels for reasons this set reproduces, every one
 seeded:
 
-* the digit at a random position, scale (16-26 px on a 32 px canvas) and
+* the digit at a random position, scale (18-28 px on a 32 px canvas) and
   small rotation (+-15 degrees), so no pixel means the same thing twice;
 * backgrounds cut at a random place and size from the two real photographs
-  scikit-learn ships (``load_sample_images``), with sensor-like noise;
-* a random foreground colour 100-180 grey levels lighter or darker than the
-  background (shape shows through luminance, as in photographs), either
-  blended over the photograph or, as in MNIST-M, the photograph's colours
-  inverted under the stroke;
+  scikit-learn ships (``load_sample_images``), dimmed (grey levels x 0.4, their
+  contrast halved), with sensor-like noise;
+* a random foreground colour 100-180 grey levels lighter than the background
+  (shape shows through luminance, as in photographs);
 * a partial distractor digit of another class cut by the canvas edge.
 
 The split is that of the clean set (stratified 80/20, the same source digits);
@@ -22,13 +21,14 @@ label: what an encoder must learn is the shape, invariant to where, how big,
 what colour and on what.
 
 Measured on this set (2-core CPU, the default run's 16 px evaluation): raw-input
-kNN / probe 0.10 / 0.09 and the untrained encoder 0.10 / 0.11, i.e. chance; but
-within the CPU budget of the default run neither FSSUAVL nor the supervised
-ceiling (the same ResNet trained with labels) learns it either (ceiling kNN
-0.09; 300 supervised steps at 16 px: about 0.2 for every milder variant with
-coloured strokes tried, 0.91 for grey digits placed the same way on a flat
-background). It is a benchmark for longer budgets (``image-size=32``, more
-rounds), not for the CPU default.
+kNN / probe 0.46 / 0.26 (the clean digits: 0.97 / 0.96); the supervised ceiling
+(the same ResNet trained with labels on the default run's pooled data and
+sample budget) reaches 0.68 / 0.73, so the set is learnable in that budget.
+Why the stroke is always lighter and the photograph dimmed: with either
+polarity (MNIST-M's inverted strokes, or strokes darker than bright sky) even
+the supervised ResNet stayed at chance for 300 steps at 16 px (kNN about 0.2
+for every such variant tried), while grey digits placed the same way learned
+(0.91): the benchmark is sized to what a CPU budget can learn, not harder.
 """
 
 from __future__ import annotations
@@ -40,16 +40,16 @@ import numpy as np
 from data_partition.modality_data import IMAGE, DatasetSplits, ModalityData
 
 CANVAS = 32
-SCALE_PX = (16.0, 26.0)  # the digit's side on the canvas
+SCALE_PX = (18.0, 28.0)  # the digit's side on the canvas
 ROTATION_DEG = 15.0
-DISTRACTOR_ALPHA = (0.35, 0.7)
+DISTRACTOR_ALPHA = (0.3, 0.6)
 NOISE_STD = 8.0  # grey levels
-INVERT_P = 0.5  # share of digits drawn MNIST-M style (the photograph inverted under the stroke)
-BACKGROUND_CONTRAST = 1.0  # the photograph's deviations from its mean colour are scaled by this
-BACKGROUND_BRIGHTNESS = 1.0  # the photograph's grey levels are scaled by this (below 1: dimmer backgrounds)
+INVERT_P = 0.0  # share of digits drawn MNIST-M style (the photograph inverted under the stroke)
+BACKGROUND_CONTRAST = 0.5  # the photograph's deviations from its mean colour are scaled by this
+BACKGROUND_BRIGHTNESS = 0.4  # the photograph's grey levels are scaled by this (below 1: dimmer backgrounds)
 LUMINANCE_CONTRAST = (100.0, 180.0)  # the stroke's luminance differs this much from the background's mean
 LUMA = (0.299, 0.587, 0.114)
-LIGHTER_P = 0.5  # share of strokes lighter than their background (where both fit)
+LIGHTER_P = 1.0  # share of strokes lighter than their background (where both fit)
 TEST_RENDERS = 2
 SEED = 0
 

@@ -6,10 +6,10 @@ input. Real keyword-spotting audio fails the raw input for reasons this set
 reproduces, every one seeded:
 
 * the word at a random onset in the 1 s clip;
-* another word of another class mixed underneath, 6-14 dB quieter;
-* background noise of a random colour (white, pink, brown) at 0-20 dB SNR;
+* another word of another class mixed underneath, 10-18 dB quieter;
+* background noise of a random colour (white, pink, brown) at 5-25 dB SNR;
 * a random room (an exponentially decaying noise reverberation tail,
-  RT60 0.1-0.5 s, on half the clips) and a random band limit (high-pass
+  RT60 0.1-0.4 s, on 30 % of the clips) and a random band limit (high-pass
   50-500 Hz, low-pass 2.5-7.5 kHz: phones, cheap microphones);
 * a random level (peak -30 to -1 dBFS);
 * more voices, and a wider pitch and rate range than the clean set.
@@ -19,7 +19,10 @@ is 16 voices of eSpeak NG's formant synthesiser (several accents, male,
 female and character variants) at middle pitches and rates; the test split
 is the Klatt-synthesiser family (4 voices, a different way of making the
 sound) at pitches and rates never heard in training (5 and 95; 110 and 250
-words per minute) as well as the middle ones. :func:`voice_of_each` gives the
+words per minute) as well as the middle ones. Measured (2-core CPU, the
+default run's 32 mels): raw log-mel kNN / probe 0.40 / 0.44 on the held-out
+voices (the clean set: 0.94 / 0.94); the supervised ceiling in the default
+run's budget 0.63 / 0.74. :func:`voice_of_each` gives the
 voice of every clip (the order is that of
 :func:`data_partition.spoken_digits.utterances`), so a probe can ask how much
 of a feature space tells the voice rather than the word.
@@ -42,10 +45,10 @@ TRAIN_VOICES = (
 HELDOUT_VOICES = ("en+klatt3", "en-us+klatt4", "en-gb-x-rp+klatt5", "en-029+klatt6")
 TRAIN_RATES, TRAIN_PITCHES = (140, 175, 210), (25, 50, 75)
 TEST_RATES, TEST_PITCHES = (110, 175, 250), (5, 50, 95)
-OTHER_WORD_DB = (6.0, 14.0)  # how much quieter the word underneath is
-SNR_DB = (0.0, 20.0)
+OTHER_WORD_DB = (10.0, 18.0)  # how much quieter the word underneath is
+SNR_DB = (5.0, 25.0)
 NOISE_EXPONENTS = (0.0, 1.0, 2.0)  # white, pink, brown: power ~ 1 / f**exponent
-ROOM_P, RT60_S = 0.5, (0.1, 0.5)
+ROOM_P, RT60_S = 0.3, (0.1, 0.4)
 HIGHPASS_HZ, LOWPASS_HZ = (50.0, 500.0), (2500.0, 7500.0)
 PEAK_DBFS = (-30.0, -1.0)
 SEED = 0
