@@ -85,6 +85,13 @@ def client_entries(replies: Iterable[Message], missing_nodes: Iterable[int] = ()
     return entries
 
 
+def accepted_clients(record: Mapping) -> list[Mapping]:
+    """The round's client entries whose reply was aggregated: what a client reports counts only then
+    (a dropped or failed reply's ``train-seconds`` or memory could be anything it chose)."""
+    return [c for c in record.get("clients") or [] if isinstance(c, Mapping) and "error" not in c
+            and "dropped" not in c]
+
+
 def client_value(entry: Mapping, key: str, default=None):
     """``key`` from a client entry's namespaces (or, for records written before them, the entry itself)."""
     for namespace in NAMESPACES:

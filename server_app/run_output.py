@@ -127,9 +127,9 @@ def format_round(record: dict) -> str:
 
 def slowest_client(record: dict) -> str:
     """"slowest: partition 7 (node 12) 9.8s" from the clients' own train seconds ('' with fewer than 2)."""
-    from server_app.round_record import client_value  # round_record imports this module
+    from server_app.round_record import accepted_clients, client_value  # round_record imports this module
 
-    timed = [(_number(client_value(c, "train-seconds")), c) for c in record.get("clients", []) if isinstance(c, dict)]
+    timed = [(_number(client_value(c, "train-seconds")), c) for c in accepted_clients(record)]
     timed = [(t, c) for t, c in timed if t == t]  # drops NaN: clients that reported no time
     if len(timed) < 2:
         return ""

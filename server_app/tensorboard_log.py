@@ -29,7 +29,7 @@ import json
 import sys
 from pathlib import Path
 
-from server_app.round_record import client_value
+from server_app.round_record import accepted_clients, client_value
 
 SUBFOLDER = "tensorboard"
 
@@ -68,9 +68,9 @@ def round_scalars(record: dict) -> dict[str, float]:
     number = _number(record.get("round-seconds"))
     if number is not None:
         out["round/seconds"] = number
-    clients = record.get("clients") or []
-    for field in CLIENT_RESOURCES:  # the device report: the worst client of the round
-        values = [v for c in clients if isinstance(c, dict) and (v := _number(client_value(c, field))) is not None]
+    clients = accepted_clients(record)
+    for field in CLIENT_RESOURCES:  # the device report: the worst aggregated client of the round
+        values = [v for c in clients if (v := _number(client_value(c, field))) is not None]
         if values:
             out[f"clients/{field}-max"] = max(values)
     for field, tag in (("host", "round/hosts"), ("ray-node-id", "round/ray-nodes")):

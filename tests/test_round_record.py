@@ -109,3 +109,20 @@ def test_round_line_names_the_slowest_client():
     line = format_round({"round": 1, "round-seconds": 12.0, "clients": clients})
     assert line == "round   1 | 12.0s | slowest: partition 7 (node 12) 9.8s"
     assert "slowest" not in format_round({"round": 1, "clients": clients[:1]})
+
+
+def test_a_dropped_replys_own_numbers_name_no_slowest_client_and_no_device_maximum():
+    """Reports can be spoofed: a reply the filter dropped said train-seconds 1e15 and 1e12 MB of memory."""
+    from server_app.run_output import format_round
+    from server_app.tensorboard_log import round_scalars
+
+    clients = [{"node-id": 11, "client-info": {"partition-id": 3}, "metrics": {"train-seconds": 2.0,
+                                                                            "peak-rss-mb": 900.0}},
+               {"node-id": 12, "client-info": {"partition-id": 7}, "metrics": {"train-seconds": 3.0,
+                                                                            "peak-rss-mb": 800.0}},
+               {"node-id": 66, "client-info": {"partition-id": 1}, "dropped": "nonfinite",
+                "metrics": {"train-seconds": 1e15, "peak-rss-mb": 1e12}}]
+    record = {"round": 1, "clients": clients}
+    assert format_round(record).endswith("| slowest: partition 7 (node 12) 3.0s")
+    scalars = round_scalars(record)
+    assert scalars.get("clients/peak-rss-mb-max") == 900.0
