@@ -324,3 +324,44 @@ def test_crafted_batch_is_skipped_and_counted_beside_real_ones(tmp_path):
     assert len(splits.train) == 12
     summary = skipped_files("cifar10", tmp_path)
     assert summary["skipped"] == {"unreadable": 1} and "PickleRefused" in summary["skipped-examples"]["unreadable"][0]
+
+
+def test_shared_references_cannot_blow_a_small_file_up_into_billions_of_items(tmp_path):
+    """One 3,000-item list referenced by 3,000 keys through the memo: a file of about 40 kB describing 9M items."""
+    inner = list(range(3000))
+    path = tmp_path / "data_batch_1"
+    path.write_bytes(pickle.dumps({f"k{i}": inner for i in range(3000)}, protocol=2))
+    assert path.stat().st_size < 60_000
+    with pytest.raises(cifar.PickleRefused, match="through shared references"):
+        cifar.read_pickle(path)
+    # a value the memo shares a few times is still read, and converted once
+    path.write_bytes(pickle.dumps({"labels": inner, "fine_labels": inner}, protocol=2))
+    back = cifar.read_pickle(path)
+    assert back["labels"] == inner and back["labels"] is back["fine_labels"]
+
+
+def test_a_file_of_more_opcodes_than_any_cifar_file_is_refused(tmp_path, monkeypatch):
+    monkeypatch.setattr(cifar, "MAX_OPCODES", 100)
+    path = tmp_path / "data_batch_1"
+    path.write_bytes(b"\x80\x02N" + b"q\x00" * 200 + b".")  # NONE, then BINPUT 0 over and over
+    with pytest.raises(cifar.PickleRefused, match="more than 100 opcodes"):
+        cifar.read_pickle(path)
+
+
+def test_a_float_data_batch_is_skipped_and_counted_not_read_as_black_images(tmp_path):
+    folder = fx.write_cifar10(tmp_path, per_batch=3, test=4)
+    rows = np.random.default_rng(0).random((3, 3072))  # floats in [0, 1): uint8 of them is all zeros
+    (folder / "data_batch_2").write_bytes(pickle.dumps({"data": rows, "labels": [0, 1, 2]}, protocol=2))
+    splits = load_splits("cifar10", tmp_path)
+    assert len(splits.train) == 12
+    summary = skipped_files("cifar10", tmp_path)
+    assert summary["skipped"] == {"unreadable": 1} and "uint8" in summary["skipped-examples"]["unreadable"][0]
+
+
+@pytest.mark.parametrize("meta", [{"num_vis": 3072}, {"label_names": "airplane"}, {"label_names": [1, 2, 3]}])
+def test_a_meta_file_without_class_names_is_a_one_line_error(tmp_path, meta):
+    folder = fx.write_cifar10(tmp_path, per_batch=3, test=4)
+    (folder / "batches.meta").write_bytes(pickle.dumps(meta, protocol=2))
+    with pytest.raises(LayoutError, match="no 'label_names' list of class names") as err:
+        load_splits("cifar10", tmp_path)
+    assert "\n" not in str(err.value)

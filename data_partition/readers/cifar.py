@@ -24,7 +24,7 @@ from pathlib import Path
 import numpy as np
 
 from data_partition.modality_data import IMAGE, DatasetSplits, ModalityData
-from data_partition.readers.common import Skips, dataset_folder, require_samples
+from data_partition.readers.common import LayoutError, Skips, dataset_folder, require_samples
 
 IMAGE_SIDE = 32
 
@@ -71,6 +71,8 @@ CIFAR100 = CifarLayout(
 
 MAX_FILE_BYTES = 512 * 2**20  # CIFAR-100's train file, the largest, is 158 MB
 MAX_ITEMS = 1_000_000  # per list, and on the stack and memo (CIFAR-100 train: 50,000 per list)
+MAX_OPCODES = 2_000_000  # CIFAR-100's train file has about 300,000 (three 50,000-item lists)
+MAX_REFERENCED = 4 * MAX_ITEMS  # items reachable through every reference of the parsed value, repeats counted
 _DTYPES = frozenset({"u1", "i1", "u2", "i2", "u4", "i4", "u8", "i8", "f4", "f8", "b1"})
 _DATA_OPCODES = frozenset({
     "PROTO", "FRAME", "STOP", "MARK", "EMPTY_DICT", "DICT", "EMPTY_LIST", "LIST", "APPEND", "APPENDS",
@@ -178,23 +180,39 @@ def _build(obj, state) -> None:
     raise PickleRefused(f"BUILD on {type(obj).__name__}")
 
 
-def _plain(value, depth: int = 0):
-    """The parsed value with arrays in place of their placeholders; anything still a placeholder is refused."""
+def _plain(value, depth: int = 0, done: dict | None = None, budget: list[int] | None = None):
+    """The parsed value with arrays in place of their placeholders; anything still a placeholder is refused.
+
+    A container the memo shares between places is converted once (``done``, by identity), and every
+    reference spends its length from ``budget``: a small file whose lists refer to one large list many
+    times is refused at once instead of being copied into a value of billions of items.
+    """
+    done = {} if done is None else done
+    budget = [MAX_REFERENCED] if budget is None else budget
     if isinstance(value, _Array):
         if value.array is None:
             raise PickleRefused("an array without data")
         return value.array
     if isinstance(value, (_Global, _Dtype, _Mark)):
         raise PickleRefused(f"a {type(value).__name__.strip('_').lower()} is not data")
+    if isinstance(value, (list, tuple, dict)):
+        budget[0] -= len(value)
+        if budget[0] < 0:
+            raise PickleRefused(f"more than {MAX_REFERENCED} items through shared references: not a CIFAR file")
+        if id(value) in done:
+            return done[id(value)]
     if isinstance(value, (list, tuple)):
         if depth > 1:
             raise PickleRefused("containers nested deeper than CIFAR's")
-        return type(value)(_plain(v, depth + 1) for v in value)
-    if isinstance(value, dict):
+        out: object = type(value)(_plain(v, depth + 1, done, budget) for v in value)
+    elif isinstance(value, dict):
         if depth > 0:
             raise PickleRefused("a dict inside the batch dict")
-        return {k: _plain(v, depth + 1) for k, v in value.items()}
-    return value
+        out = {k: _plain(v, depth + 1, done, budget) for k, v in value.items()}
+    else:
+        return value
+    done[id(value)] = out
+    return out
 
 
 def _key(value):
@@ -224,8 +242,10 @@ def parse_pickle(data: bytes):
 
     try:
         ops = pickletools.genops(io.BytesIO(data))
-        for opcode, arg, _pos in ops:
+        for count, (opcode, arg, _pos) in enumerate(ops):
             name = opcode.name
+            if count >= MAX_OPCODES:
+                raise PickleRefused(f"more than {MAX_OPCODES} opcodes: not a CIFAR file")
             if name not in _DATA_OPCODES:
                 raise PickleRefused(f"opcode {name} is not used by CIFAR files")
             if len(stack) > MAX_ITEMS or len(memo) > MAX_ITEMS:
@@ -334,7 +354,9 @@ def read_pickle(path: Path) -> dict:
 
 def rows_to_images(rows) -> np.ndarray:
     """``(N, 3072)`` rows (R, G, B planes) -> uint8 ``(N, 32, 32, 3)``."""
-    rows = np.asarray(rows)
+    if not isinstance(rows, np.ndarray) or rows.dtype != np.uint8:
+        kind = rows.dtype if isinstance(rows, np.ndarray) else type(rows).__name__
+        raise ValueError(f"data rows must be a uint8 array (CIFAR's pixels), got {kind}")
     if rows.ndim != 2 or rows.shape[1] != 3 * 32 * 32:
         raise ValueError(f"expected (N, 3072) rows, got shape {rows.shape}")
     return np.ascontiguousarray(rows.astype(np.uint8).reshape(-1, 3, 32, 32).transpose(0, 2, 3, 1))
@@ -377,10 +399,23 @@ def _read_batches(folder: Path, files: tuple[str, ...], label_key: str, num_clas
     return np.concatenate(images), np.concatenate(labels)
 
 
+def class_names(path: Path, key: str) -> tuple[str, ...]:
+    """The class names of a CIFAR meta file; a one-line LayoutError when they cannot be read (nothing can be
+    labelled without them)."""
+    try:
+        meta = read_pickle(path)
+    except (OSError, ValueError) as err:
+        raise LayoutError(f"{path}: cannot be read: {' '.join(str(err).split())[:160]}") from err
+    names = meta.get(key)
+    if not isinstance(names, list) or not 2 <= len(names) <= 100_000 or \
+            not all(isinstance(n, (str, bytes)) for n in names):
+        raise LayoutError(f"{path}: no {key!r} list of class names (keys: {[str(k) for k in list(meta)[:5]]})")
+    return tuple(n.decode("latin1") if isinstance(n, bytes) else n for n in names)
+
+
 def build_layout(layout: CifarLayout, data_root: Path, scratch: Path, side: int = IMAGE_SIDE) -> DatasetSplits:
     folder = check_layout(layout, data_root)
-    meta = read_pickle(folder / layout.meta_file)  # without class names nothing can be labelled: let it raise
-    classes = tuple(str(c) for c in meta[layout.names_key])
+    classes = class_names(folder / layout.meta_file, layout.names_key)
     skips = Skips()
     parts = {}
     for split, files in (("train", layout.train_files), ("test", (layout.test_file,))):
