@@ -111,6 +111,10 @@ class _RunConfigFields:
                                  ge=1, le=MAX_CLIENTS)
     weight_cap_factor: float = _key(4.0, "No reply weighs more than this many times the round's lower-median "
                                          "num-examples (0 = off; otherwise >= 1).", ge=0, le=1e6)
+    update_norm_cap_factor: float = _key(10.0, "No reply's update (its float weights minus the global model, L2 "
+                                               "norm) is larger than this many times the round's lower-median "
+                                               "update norm; larger ones are scaled down to it (0 = off; "
+                                               "otherwise >= 1).", ge=0, le=1e6)
     dp: DPMode = _key("none", "Differential privacy around the strategy: none, server-fixed, client-fixed, "
                            "server-adaptive or client-adaptive (Flower's wrappers; the client modes clip on the "
                            "ClientApp with client_app.dp_clipping).")
@@ -238,6 +242,8 @@ class _RunConfigFields:
             raise ValueError(f"audio-dataset: unknown value ''; valid: {_choice_text(AudioDataset, False)}")
         if self.weight_cap_factor != 0 and self.weight_cap_factor < 1:
             raise ValueError(f"weight-cap-factor: must be 0 (off) or >= 1, got {self.weight_cap_factor!r}")
+        if self.update_norm_cap_factor != 0 and self.update_norm_cap_factor < 1:
+            raise ValueError(f"update-norm-cap-factor: must be 0 (off) or >= 1, got {self.update_norm_cap_factor!r}")
         if self.audio_hop_ms > self.audio_win_ms:
             raise ValueError(f"audio-hop-ms: must be > 0 and <= audio-win-ms ({self.audio_win_ms:g}), "
                              f"got {self.audio_hop_ms!r}")

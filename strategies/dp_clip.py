@@ -13,15 +13,18 @@ Flower's DP helpers (``flwr.supercore.differential_privacy``) clip and noise
 Here only float arrays are clipped and noised; integer buffers pass through
 as the clients sent them (they are averaged like any other array). The
 clipping is Flower's FlatClip (``min(1, C / ||update||)`` over all float arrays
-together, McMahan et al. 2018) with Flower's ``get_norm``; the noise is
-Flower's ``add_gaussian_noise_inplace`` with Flower's ``compute_stdv``.
+together, McMahan et al. 2018); the norm is accumulated in float64
+(:func:`update_norm`: Flower's ``get_norm`` squares float32 values in float32,
+so a finite update of 3e38 has norm inf there and would be clipped to zero
+rather than to C); the noise is Flower's ``add_gaussian_noise_inplace`` with
+Flower's ``compute_stdv``.
 """
 
 from __future__ import annotations
 
 import numpy as np
 from flwr.app import Array, ArrayRecord
-from flwr.supercore.differential_privacy import add_gaussian_noise_inplace, get_norm
+from flwr.supercore.differential_privacy import add_gaussian_noise_inplace
 
 
 def float_names(record: ArrayRecord) -> list[str]:
@@ -29,23 +32,33 @@ def float_names(record: ArrayRecord) -> list[str]:
     return [name for name, array in record.items() if np.dtype(array.dtype).kind == "f"]
 
 
-def clip_update(record: ArrayRecord, reference: ArrayRecord, clipping_norm: float) -> tuple[ArrayRecord, bool]:
+def update_norm(record: ArrayRecord, reference: ArrayRecord) -> float:
+    """L2 norm of ``record - reference`` over the float arrays, accumulated in float64."""
+    total = 0.0
+    for name in float_names(record):
+        delta = np.subtract(record[name].numpy(), reference[name].numpy(), dtype=np.float64)
+        total += float(np.dot(delta.ravel(), delta.ravel()))
+    return float(np.sqrt(total))
+
+
+def clip_update(record: ArrayRecord, reference: ArrayRecord, clipping_norm: float,
+                norm: float | None = None) -> tuple[ArrayRecord, bool]:
     """``record`` with its float arrays moved to ``reference + clip(record - reference)``, and whether it was clipped.
 
-    Arrays that are not floats are kept as they are; names keep their order.
+    Arrays that are not floats are kept as they are; names keep their order. ``norm``: the update's
+    norm when the caller has it already.
     """
     names = float_names(record)
-    update = [np.subtract(record[n].numpy(), reference[n].numpy()) for n in names]
-    norm = get_norm(update) if update else 0.0
+    norm = update_norm(record, reference) if norm is None else norm
     if not norm > clipping_norm:  # within the bound (a zero update included): unchanged
         return record, False
     factor = clipping_norm / norm
     out = ArrayRecord()
-    clipped = dict(zip(names, update))
+    floats = set(names)
     for name, array in record.items():
-        if name in clipped:
+        if name in floats:
             reference_values = reference[name].numpy()
-            delta = clipped[name] * factor
+            delta = np.subtract(array.numpy(), reference_values, dtype=np.float64) * factor
             array = Array(np.asarray((reference_values + delta).astype(reference_values.dtype)))
         out[name] = array
     return out, True

@@ -30,6 +30,9 @@ Keys every strategy takes:
 * ``weight-cap-factor`` (float, default 4.0; 0 = off, else >= 1): no reply
   weighs more than this many times the round's lower median ``num-examples``
   (:mod:`strategies.weight_cap`);
+* ``update-norm-cap-factor`` (float, default 10.0; 0 = off, else >= 1): no
+  reply's update is larger than this many times the round's lower-median
+  update norm (:mod:`strategies.update_bound`);
 * ``dp`` (``none``, ``server-fixed``, ``client-fixed``, ``server-adaptive``,
   ``client-adaptive``) wraps the chosen strategy in Flower's differential-
   privacy wrapper, with ``dp-noise-multiplier`` (sigma >= 0, default 1.0),
@@ -78,7 +81,7 @@ from strategies.robust import (
     RobustMultiKrum,
 )
 from strategies.train_metrics import aggregate_train_metrics
-from strategies.weight_cap import DEFAULT_FACTOR, check_factor
+from strategies.weight_cap import DEFAULT_FACTOR, DEFAULT_NORM_FACTOR, check_factor
 
 
 def config_value(config, key: str):
@@ -108,6 +111,8 @@ class StrategySpec:
         kwargs = {kw: config_value(config, key) for kw, key in self.params.items()}
         strategy = self.cls(**_common(config), **kwargs)
         strategy.weight_cap_factor = check_factor(config_value(config, "weight-cap-factor"))
+        strategy.update_norm_cap_factor = check_factor(config_value(config, "update-norm-cap-factor"),
+                                                       "update-norm-cap-factor")
         return strategy
 
 
@@ -142,7 +147,7 @@ def _spec(name: str) -> StrategySpec:
 
 
 def make_strategy(name: str, *, common: Mapping | None = None, weight_cap_factor: float = DEFAULT_FACTOR,
-                  **params) -> Strategy:
+                  update_norm_cap_factor: float = DEFAULT_NORM_FACTOR, **params) -> Strategy:
     """Strategy ``name`` with its own keyword parameters (e.g. ``proximal_mu=0.1``).
 
     ``common`` holds FedAvg's sampling arguments (``fraction_train``, ...).
@@ -157,6 +162,7 @@ def make_strategy(name: str, *, common: Mapping | None = None, weight_cap_factor
     common = {"train_metrics_aggr_fn": aggregate_train_metrics, **dict(common or {})}
     strategy = spec.cls(**common, **params)
     strategy.weight_cap_factor = check_factor(weight_cap_factor)
+    strategy.update_norm_cap_factor = check_factor(update_norm_cap_factor, "update-norm-cap-factor")
     return strategy
 
 

@@ -15,6 +15,9 @@ the rules live here only:
   ``replies-dropped-size``, ``replies-dropped-nonfinite``) beside
   ``replies-received``, ``replies-aggregated``, ``replies-weight-capped``,
   ``aggregation-skipped`` and ``aggregation-nonfinite``;
+* each good reply's update is scaled down to at most ``update_norm_cap_factor``
+  x the round's lower-median update norm (:mod:`strategies.update_bound`;
+  ``replies-norm-bounded`` counts them), on the copies described next;
 * the good replies' weights are capped (:mod:`strategies.weight_cap`,
   ``weight_cap_factor``; the differential-privacy modes use equal weights
   instead, ``uniform_weights``), and the wrapped strategy receives *copies*
@@ -68,7 +71,8 @@ from strategies.reply_check import (
     classify_reply,
 )
 from strategies.streaming import cast_like
-from strategies.weight_cap import DEFAULT_FACTOR, cap_weights
+from strategies.update_bound import bound_updates
+from strategies.weight_cap import DEFAULT_FACTOR, DEFAULT_NORM_FACTOR, cap_weights
 
 COUNT_KEYS = {category: ("replies-failed" if category == FAILED else f"replies-dropped-{category}")
               for category in CATEGORIES}
@@ -142,7 +146,9 @@ class ReplyFilter:
     """Mixin: drop bad train replies, count them, cap weights, keep the previous model if none is left."""
 
     _reply_spec: Spec | None = None
+    _reference: ArrayRecord | None = None
     weight_cap_factor: float = DEFAULT_FACTOR
+    update_norm_cap_factor: float = DEFAULT_NORM_FACTOR
     uniform_weights: bool = False
     trusted_replies: bool = False
     required_metrics: tuple[str, ...] = ()
@@ -151,6 +157,7 @@ class ReplyFilter:
     def configure_train(self, server_round: int, arrays: ArrayRecord, config: ConfigRecord,
                         grid: Grid) -> Iterable[Message]:
         self._reply_spec = array_spec(arrays)
+        self._reference = arrays  # the global model the updates are measured from (not copied)
         return super().configure_train(server_round, arrays, config, grid)
 
     def _check_and_log_replies(self, replies: Iterable[Message], is_train: bool, validate: bool = True):
@@ -178,7 +185,8 @@ class ReplyFilter:
         if len(notes) > MAX_LOGGED:
             log(WARNING, "aggregate_train (round %d): %d more replies excluded", server_round, len(notes) - MAX_LOGGED)
         weights, capped = self._weights(good, weighted_by_key) if good else ([], 0)
-        summary = {"replies-received": len(replies), "replies-aggregated": len(good), "replies-weight-capped": capped}
+        summary = {"replies-received": len(replies), "replies-aggregated": len(good), "replies-weight-capped": capped,
+                   "replies-norm-bounded": 0}
         summary.update({key: counts.get(cat, 0) for cat, key in COUNT_KEYS.items()})
         if not good:
             log(WARNING, "aggregate_train (round %d): none of %d replies can be aggregated; "
@@ -190,6 +198,8 @@ class ReplyFilter:
             return None, MetricRecord({**summary, "aggregation-skipped": 1, "aggregation-nonfinite": 0})
 
         copies = [for_aggregation(m, weighted_by_key, w) for m, w in zip(good, weights)]
+        if not self.trusted_replies and self._reference is not None:  # a trusted strategy's wrapper bounded them
+            summary["replies-norm-bounded"] = bound_updates(copies, self._reference, self.update_norm_cap_factor)
         try:
             arrays, metrics = super().aggregate_train(server_round, copies)
         except FloatingPointError as err:  # the streaming sum refused a non-finite aggregate
@@ -215,10 +225,12 @@ class ReplyFilter:
             metrics["aggregation-skipped"] = 1
             metrics["aggregation-nonfinite"] = 1
             return None, metrics
-        if sum(counts.values()) or capped:
+        if sum(counts.values()) or capped or summary["replies-norm-bounded"]:
             log(INFO, "aggregate_train (round %d): aggregated %d of %d replies (%s)", server_round,
                 len(good), len(replies), ", ".join(f"{COUNT_KEYS[c]}={n}" for c, n in sorted(counts.items()) if n)
-                + (f", replies-weight-capped={capped}" if capped else ""))
+                + (f", replies-weight-capped={capped}" if capped else "")
+                + (f", replies-norm-bounded={summary['replies-norm-bounded']}" if summary["replies-norm-bounded"]
+                   else ""))
         return arrays, metrics
 
     def aggregate_evaluate(self, server_round: int, replies: Iterable[Message]) -> MetricRecord | None:

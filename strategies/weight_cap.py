@@ -19,6 +19,7 @@ from collections.abc import Sequence
 from app_config.run_config import RunConfig
 
 DEFAULT_FACTOR = RunConfig().weight_cap_factor
+DEFAULT_NORM_FACTOR = RunConfig().update_norm_cap_factor
 
 
 def lower_median(values: Sequence[float]) -> float:
@@ -35,8 +36,8 @@ def cap_weights(weights: Sequence[float], factor: float = DEFAULT_FACTOR) -> tup
     return [min(w, cap) for w in weights], sum(1 for w in weights if w > cap)
 
 
-def check_factor(factor: float) -> float:
+def check_factor(factor: float, key: str = "weight-cap-factor") -> float:
     """``factor`` if it is 0 (off) or >= 1, else a one-line ValueError naming the run-config key."""
     if not (factor == 0 or factor >= 1):
-        raise ValueError(f"weight-cap-factor: must be 0 (off) or >= 1, got {factor!r}")
+        raise ValueError(f"{key}: must be 0 (off) or >= 1, got {factor!r}")
     return float(factor)

@@ -265,3 +265,44 @@ def test_an_array_record_under_another_name_is_dropped_and_cannot_veto_the_round
                            extra={"weights": arrays_of(honest(BAD_NODE)), "client-info": info(BAD_NODE)})
 
     assert_dropped(name, renamed, "replies-dropped-shape")
+
+
+def _extreme(kind: str) -> dict[str, np.ndarray]:
+    g, h = global_weights(), honest(BAD_NODE)
+    if kind == "replacement":  # model replacement: the client's own update scaled 1000x
+        return {k: (g[k] + 1000 * (h[k] - g[k])).astype(g[k].dtype) if k != "n" else h[k] for k in g}
+    value = {"3e38": 3e38, "-1e19": -1e19}[kind]
+    return {k: np.full_like(g[k], value) if k != "n" else h[k] for k in g}
+
+
+def _distance(a: dict, b: dict) -> float:
+    return float(np.sqrt(sum(np.sum((a[k].astype(np.float64) - b[k]) ** 2) for k in ("w", "b"))))
+
+
+@pytest.mark.parametrize("kind", ["3e38", "-1e19", "replacement"])
+@pytest.mark.parametrize("name", ALL)
+def test_a_well_formed_extreme_update_has_bounded_influence(name, kind):
+    """Finite float32 replies once moved the mean-based strategies by up to 2.4e37 from the honest aggregate and
+    froze FedAdam for the rest of the run; now every update is at most 10x the round's lower-median update norm."""
+    bad = lambda msg: train_reply(msg, _extreme(kind), {"loss": 1.0}, 10.0,  # noqa: E731
+                                  extra={"client-info": info(BAD_NODE)})
+    (result, seen), (_, clean) = run(name, bad, rounds=3)
+    honest_norm = max(_distance(honest(n), global_weights()) for n in HONEST)
+    for r in (1, 2, 3):
+        assert all(np.isfinite(seen[r][k]).all() for k in ("w", "b")), (name, kind, r)
+        assert _distance(seen[r], clean[r]) <= 10 * honest_norm * r, (name, kind, r, _distance(seen[r], clean[r]))
+    assert result.train_metrics_clientapp[1]["replies-norm-bounded"] == 1
+
+
+def test_the_update_bound_can_be_turned_off_and_honest_rounds_are_untouched():
+    bad = lambda msg: train_reply(msg, _extreme("replacement"), {"loss": 1.0}, 10.0,  # noqa: E731
+                                  extra={"client-info": info(BAD_NODE)})
+    (result, seen), _ = run("fedavg", bad, update_norm_cap_factor=0)
+    assert result.train_metrics_clientapp[1]["replies-norm-bounded"] == 0
+    (_, honest_seen), (_, clean) = run("fedavg", honest_reply_of_node)
+    assert _distance(honest_seen[1], clean[1]) < 1.0  # 4 honest clients vs 3: the mean moves a little
+    assert _distance(seen[1], clean[1]) > 100  # unbounded, the replacement is most of the mean
+
+
+def honest_reply_of_node(msg):
+    return honest_reply(msg, msg.metadata.dst_node_id)
