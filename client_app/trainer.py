@@ -86,6 +86,18 @@ class Batches:
         return self.data[self.next_indices()]
 
 
+def seeded_batches(data: LocalData, settings: TrainSettings, seed: int) -> tuple[dict[str, Batches], int]:
+    """Each held modality's batches and the number of local steps (the epochs of the largest modality,
+    capped by ``max_local_steps``); seeds the batch order and the augmentation draws."""
+    generator = torch.Generator().manual_seed(seed)
+    torch.manual_seed(seed)  # augmentation draws
+    batches = {m: Batches(data.tensors[m], settings.batch_size, generator) for m in data.modalities}
+    steps = settings.local_epochs * max(b.steps_per_epoch() for b in batches.values())
+    if settings.max_local_steps > 0:
+        steps = min(steps, settings.max_local_steps)
+    return batches, steps
+
+
 def train_locally(
     model: nn.Module,
     data: LocalData,
@@ -102,12 +114,7 @@ def train_locally(
     modalities = data.modalities
     if not modalities:
         raise ValueError("client holds fewer than 2 samples of every modality: nothing to contrast")
-    generator = torch.Generator().manual_seed(seed)
-    torch.manual_seed(seed)  # augmentation draws
-    batches = {m: Batches(data.tensors[m], settings.batch_size, generator) for m in modalities}
-    steps = settings.local_epochs * max(b.steps_per_epoch() for b in batches.values())
-    if settings.max_local_steps > 0:
-        steps = min(steps, settings.max_local_steps)
+    batches, steps = seeded_batches(data, settings, seed)
 
     model.train()
     layout = torch.channels_last if settings.channels_last else None

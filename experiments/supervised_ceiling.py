@@ -21,7 +21,7 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
-from client_app.trainer import Batches, TrainSettings, make_optimizer
+from client_app.trainer import TrainSettings, make_optimizer, seeded_batches
 from data_partition.client_data import MODALITY_ORDER, LocalData
 
 
@@ -37,12 +37,7 @@ def train_supervised(model: nn.Module, heads: nn.ModuleDict, data: LocalData, vi
     modalities = data.modalities
     if not modalities:
         raise ValueError("fewer than 2 samples of every modality: nothing to train on")
-    generator = torch.Generator().manual_seed(seed)
-    torch.manual_seed(seed)
-    batches = {m: Batches(data.tensors[m], settings.batch_size, generator) for m in modalities}
-    steps = settings.local_epochs * max(b.steps_per_epoch() for b in batches.values())
-    if settings.max_local_steps > 0:
-        steps = min(steps, settings.max_local_steps)
+    batches, steps = seeded_batches(data, settings, seed)  # the contrastive trainer's batches and steps
     model.train()
     heads.train()
     optimizer = make_optimizer(nn.ModuleList([model, heads]), settings)
