@@ -66,13 +66,14 @@ def test_cli_reports_bad_suite_in_one_line(tmp_path, capsys):
     assert S.main([str(tmp_path / "missing.yaml")]) == 2
 
 
-def test_default_suite_plans_six_jobs_per_seed_with_shared_baseline_runs(capsys):
+def test_default_suite_plans_seven_jobs_per_seed_with_shared_baseline_runs(capsys):
     suite = P.load_suite(PROJECT / "experiments" / "suites" / "default.yaml")
     methods = [(e.method, e.encoder, e.strategy) for e in suite.entries]
-    assert len(methods) == 7 and methods.count(("fssuavl", "vit_tiny_cifar", "fedavg")) == 1
+    assert len(methods) == 8 and methods.count(("fssuavl", "vit_tiny_cifar", "fedavg")) == 1
     assert suite.seeds == [0, 1, 2]
     jobs = P.all_jobs(suite)
-    assert len(jobs) == 3 * 6 and jobs[5].kind == "centralized"  # separate reuses FVSSL + FASSL runs
+    assert len(jobs) == 3 * 7 and {jobs[5].kind, jobs[6].kind} == {"centralized", "supervised"}  # separate
+    # reuses the FVSSL + FASSL runs
     by_role = {j.role: j for j in jobs if j.role != "fssuavl" and j.seed == 0}
     fvssl = dict(by_role["fvssl"].overrides)
     assert by_role["fvssl"].num_supernodes == 4 and by_role["fassl"].num_supernodes == 4  # 2 + 2 audio-visual
@@ -81,9 +82,10 @@ def test_default_suite_plans_six_jobs_per_seed_with_shared_baseline_runs(capsys)
     central = by_role["centralized"]
     assert central.budget_job.role == "fssuavl" and dict(central.budget_job.overrides)["strategy"] == "fedavg"
     assert central.budget_job.id in {j.id for j in jobs}
+    assert by_role["supervised"].budget_job.id == central.budget_job.id  # the ceiling spends the same budget
     assert all(dict(j.overrides)["save-every"] == 6 for j in jobs)  # t-SNE at rounds 0 and 6
     assert S.main([str(PROJECT / "experiments" / "suites" / "default.yaml"), "--dry-run"]) == 0
-    assert "18 training jobs" in capsys.readouterr().out
+    assert "21 training jobs" in capsys.readouterr().out
 
 
 def test_ablation_sweeps_expand_and_identical_jobs_run_once():
