@@ -40,8 +40,7 @@ def pick_row(rows: list[dict], text: str) -> dict:
 
 def per_metric(row: dict) -> dict[str, dict[int, float]]:
     """metric -> {seed: value} for the accuracy metrics of one row (read as the suite reads its rows)."""
-    table_row = Row(row.get("method", ""), row.get("encoder", ""), row.get("strategy", ""),
-                    per_seed={int(seed): values for seed, values in row.get("per_seed", {}).items()})
+    table_row = Row.from_json(row)
     metrics = {metric for values in table_row.per_seed.values() for metric in values if metric.startswith(ACCURACY)}
     return {metric: table_row.values(metric) for metric in metrics}
 

@@ -9,6 +9,7 @@ central evaluation does (``server_app.evaluation``).
 
 from __future__ import annotations
 
+import itertools
 import json
 import time
 from dataclasses import dataclass, field
@@ -33,7 +34,7 @@ class Encoder:
 
     @property
     def device(self) -> torch.device:
-        return next(iter([*self.model.parameters(), *self.model.buffers()])).device
+        return next(itertools.chain(self.model.parameters(), self.model.buffers())).device
 
 
 def run_config_of(folder: Path):

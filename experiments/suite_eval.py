@@ -40,6 +40,14 @@ class Row:
     label: str = ""
     missing: dict[int, str] = field(default_factory=dict)  # seed -> why it has no numbers
 
+    @classmethod
+    def from_json(cls, row: dict) -> Row:
+        """A row as ``results.json`` stores it (seeds as strings), read back as the suite holds it."""
+        keep = ("setting", "params", "flops_image", "flops_audio", "status", "label")
+        return cls(str(row.get("method", "")), str(row.get("encoder", "")), str(row.get("strategy", "")),
+                   **{k: row[k] for k in keep if k in row},
+                   per_seed={int(seed): values for seed, values in row.get("per_seed", {}).items()})
+
     @property
     def reference(self) -> bool:
         """An untrained or raw-input row (what every trained row is measured against)."""

@@ -26,10 +26,7 @@ from experiments.suite_report import accuracy_columns, cell, reference_lines
 
 def stored_rows(results: dict) -> list[Row]:
     """The rows of a suite's results.json, as the suite holds them."""
-    keep = ("method", "encoder", "strategy", "setting", "params", "flops_image", "flops_audio", "status", "label")
-    return [Row(**{k: row[k] for k in keep if k in row},
-                per_seed={int(seed): values for seed, values in row.get("per_seed", {}).items()})
-            for row in results["rows"]]
+    return [Row.from_json(row) for row in results["rows"]]
 
 
 def floor_rows(suite) -> list[Row]:

@@ -27,8 +27,6 @@ import numpy as np
 
 from app_config.log_setup import setup_logging
 
-CLIPS_PER_VOICE = 90  # 10 words x 3 rates x 3 pitches, in both embedded sets
-
 
 def held_out_voices(dataset: str) -> np.ndarray:
     """The voice index of every held-out clip (clips are laid out voice by voice)."""
@@ -37,20 +35,19 @@ def held_out_voices(dataset: str) -> np.ndarray:
     if dataset == "noisy-spoken-digits":
         return noisy_spoken_digits.voice_of_each("test")
     if dataset == "spoken-digits":
-        return np.repeat(np.arange(len(spoken_digits.HELDOUT_VOICES)), CLIPS_PER_VOICE)
+        per_voice = len(spoken_digits.utterances(spoken_digits.HELDOUT_VOICES[:1]))
+        return np.repeat(np.arange(len(spoken_digits.HELDOUT_VOICES)), per_voice)
     raise ValueError(f"audio-dataset {dataset!r}: voices are known only for spoken-digits and noisy-spoken-digits")
 
 
 def cv_probe(x: np.ndarray, y: np.ndarray, seed: int) -> float:
     """Mean 5-fold stratified cross-validated accuracy of the evaluation's probe (scaler + logistic regression)."""
-    from sklearn.linear_model import LogisticRegression
     from sklearn.model_selection import StratifiedKFold, cross_val_score
-    from sklearn.pipeline import make_pipeline
-    from sklearn.preprocessing import StandardScaler
 
-    probe = make_pipeline(StandardScaler(), LogisticRegression(max_iter=1000, random_state=seed))
+    from server_app.evaluation import linear_probe
+
     folds = StratifiedKFold(5, shuffle=True, random_state=seed)
-    return float(cross_val_score(probe, x, y, cv=folds).mean())
+    return float(cross_val_score(linear_probe(seed), x, y, cv=folds).mean())
 
 
 def voice_and_word(encoder, seed: int = 0) -> dict[str, float]:

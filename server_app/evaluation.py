@@ -47,8 +47,13 @@ def knn_accuracy(train_x: np.ndarray, train_y: np.ndarray, test_x: np.ndarray, t
     return float((knn.predict(unit(test_x)) == test_y).mean())
 
 
+def linear_probe(seed: int = 0):
+    """The evaluation's linear probe: standardised features, then logistic regression (unfitted)."""
+    return make_pipeline(StandardScaler(), LogisticRegression(max_iter=1000, C=1.0, random_state=seed))
+
+
 def linear_probe_accuracy(train_x: np.ndarray, train_y: np.ndarray, test_x: np.ndarray, test_y: np.ndarray,
                           seed: int = 0) -> float:
-    probe = make_pipeline(StandardScaler(), LogisticRegression(max_iter=1000, C=1.0, random_state=seed))
+    probe = linear_probe(seed)
     probe.fit(train_x, train_y)
     return float((probe.predict(test_x) == test_y).mean())
