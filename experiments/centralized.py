@@ -21,9 +21,6 @@ budget).
     python -m experiments.centralized --match-run runs/<federated run>
     python -m experiments.centralized --num-partitions 6 --run-config "num-server-rounds=3 max-local-steps=4"
     python -m experiments.centralized --match-run runs/<federated run> --method supervised   # the ceiling
-
-The run holds the machine-wide CPU lock (``experiments.cpu_lock``) so runs
-started by different people on one machine do not overlap.
 """
 
 from __future__ import annotations
@@ -44,7 +41,6 @@ from experiments.centralized_training import (
     train_centralized,
 )
 from experiments.common import parse_overrides
-from experiments.cpu_lock import run_lock
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -82,10 +78,9 @@ def main(argv: list[str] | None = None) -> int:
     except (ValueError, OSError) as err:
         print(f"error: {err}", file=sys.stderr)
         return 2
-    with run_lock():
-        pooled = pooled_data(config, num_partitions)
-        folder = train_centralized(config, budget, pooled, args.run_dir or Path(config.run_dir), source_text,
-                                   method=args.method)
+    pooled = pooled_data(config, num_partitions)
+    folder = train_centralized(config, budget, pooled, args.run_dir or Path(config.run_dir), source_text,
+                               method=args.method)
     print(f"[fssuavl] {args.method} run written to {folder}")
     return 0
 

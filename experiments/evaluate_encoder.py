@@ -74,8 +74,6 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--audio-dataset", default=None, help="default: the run's audio-dataset")
     parser.add_argument("--json", type=Path, default=None, help="also write the results here")
     args = parser.parse_args(argv)
-    from experiments.cpu_lock import run_lock
-
     try:
         for text in args.ood:
             parse_eval_set(text)
@@ -93,8 +91,7 @@ def main(argv: list[str] | None = None) -> int:
         max_train_samples=args.max_train, max_test_samples=args.max_test,
         image_dataset=args.image_dataset, audio_dataset=args.audio_dataset, seed=image_encoder.config.seed,
     )
-    with run_lock():
-        results = evaluate(image_encoder, audio_encoder, settings)
+    results = evaluate(image_encoder, audio_encoder, settings)
     print(format_results(results))
     if args.json:
         args.json.write_text(json.dumps(results, indent=2, sort_keys=True))

@@ -33,8 +33,8 @@ later call unless ``--fresh``.
 
 ``--dry-run`` builds and validates every job's full run config (dataset layouts
 under the data root included) and the evaluation datasets, then lists entries
-and jobs. The suite holds the machine-wide CPU lock (``experiments.cpu_lock``)
-from start to end. SIGTERM / SIGINT are passed on to the running job, which
+and jobs.
+SIGTERM / SIGINT are passed on to the running job, which
 stops its SuperLink; the suite then exits with 128 + the signal number.
 
 YAML keys (anything else is an error naming the key; schema in ``experiments/suite_spec.py``):
@@ -91,7 +91,6 @@ from tqdm.contrib.logging import logging_redirect_tqdm
 
 from app_config.log_setup import setup_logging
 from experiments.common import PROJECT, write_text
-from experiments.cpu_lock import run_lock
 from experiments.suite_eval import evaluate_suite, make_tsne
 from experiments.suite_jobs import finished_run, forwarding_signals, run_job
 from experiments.suite_plan import METHOD_NAMES, Suite, all_jobs, entry_jobs, load_suite
@@ -131,17 +130,16 @@ def run_suite(suite: Suite, results_dir: Path, work_dir: Path, fresh: bool = Fal
         runs, failures = train_all(suite, work, fresh)
         train_seconds = {job_id: json.loads((work / job_id / "job.json").read_text())["seconds"] for job_id in runs}
         eval_started = time.perf_counter()
-        with run_lock():
-            rows, series = evaluate_suite(suite, runs)
-            plots = [accuracy_per_round(series, out_dir / "accuracy_per_round.png",
-                                        f"suite {suite.name}: central evaluation per round (mean ± std over "
-                                        f"{len(suite.seeds)} seed{'s' if len(suite.seeds) > 1 else ''})")]
-            for entry in suite.entries:
-                job = entry_jobs(suite, entry, suite.seeds[0])[-1]
-                if entry.method in suite.plots.tsne_methods and suite.plots.tsne_rounds and job.id in runs:
-                    path = make_tsne(suite, entry, runs[job.id], out_dir)
-                    if path is not None:
-                        plots.append(path)
+        rows, series = evaluate_suite(suite, runs)
+        plots = [accuracy_per_round(series, out_dir / "accuracy_per_round.png",
+                                    f"suite {suite.name}: central evaluation per round (mean ± std over "
+                                    f"{len(suite.seeds)} seed{'s' if len(suite.seeds) > 1 else ''})")]
+        for entry in suite.entries:
+            job = entry_jobs(suite, entry, suite.seeds[0])[-1]
+            if entry.method in suite.plots.tsne_methods and suite.plots.tsne_rounds and job.id in runs:
+                path = make_tsne(suite, entry, runs[job.id], out_dir)
+                if path is not None:
+                    plots.append(path)
         eval_seconds = time.perf_counter() - eval_started
     for row in rows:
         failures += [f"{row.method} {row.encoder} {row.strategy} {row.setting}: seed {seed}: {why}"
@@ -188,7 +186,7 @@ def main(argv: list[str] | None = None) -> int:
     if args.dry_run:
         print_plan(suite)
         return 0
-    with forwarding_signals(), run_lock():  # the whole suite is one heavy job: others wait until it is done
+    with forwarding_signals():
         run_suite(suite, args.results.resolve(), args.work_dir.resolve(), args.fresh)
     return 0
 

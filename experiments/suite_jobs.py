@@ -14,7 +14,6 @@ from __future__ import annotations
 import contextlib
 import json
 import logging
-import os
 import signal
 import subprocess
 import sys
@@ -30,7 +29,6 @@ from experiments.common import (
     write_run_config,
     write_text,
 )
-from experiments.cpu_lock import run_lock
 from experiments.suite_plan import Job, Suite
 
 log = logging.getLogger("fssuavl.suite")
@@ -100,7 +98,7 @@ def run_child(cmd: list[str], log_file: Path, on_line=None, flwr_home: Path | No
     with open(log_file, "w") as out:
         out.write(" ".join(cmd) + "\n")
         out.flush()
-        child = subprocess.Popen(cmd, cwd=PROJECT, env=_child_env(), stdout=subprocess.PIPE,
+        child = subprocess.Popen(cmd, cwd=PROJECT, stdout=subprocess.PIPE,
                                  stderr=subprocess.STDOUT, text=True, start_new_session=True)
         JOBS.running[child.pid] = child
         try:
@@ -115,10 +113,6 @@ def run_child(cmd: list[str], log_file: Path, on_line=None, flwr_home: Path | No
         finally:
             JOBS.running.pop(child.pid, None)
             JOBS.signalled.discard(child.pid)
-
-
-def _child_env() -> dict:
-    return {**os.environ, "FSSUAVL_RUN_LOCK": ""}  # this process holds the lock for the child
 
 
 def finished_run(job_dir: Path) -> Path | None:
@@ -150,16 +144,15 @@ def run_job(suite: Suite, job: Job, work_dir: Path, runs: dict[str, Path], fresh
     runs_dir = job_dir / "runs"
     runs_dir.mkdir(parents=True, exist_ok=True)
     overrides = {**dict(job.overrides), "run-dir": str(runs_dir)}
-    with run_lock():
-        started = time.perf_counter()
-        before = set(runs_dir.iterdir())
-        log.info("%s: training (%s, %s)", job.id, job.kind, job.describe())
-        if job.kind == "federated":
-            _launch(suite, job, overrides, job_dir)
-        else:
-            _centralized(job, overrides, runs[job.budget_job.id], runs_dir, method=job.kind)
-        new = sorted(set(runs_dir.iterdir()) - before)
-        seconds = time.perf_counter() - started
+    started = time.perf_counter()
+    before = set(runs_dir.iterdir())
+    log.info("%s: training (%s, %s)", job.id, job.kind, job.describe())
+    if job.kind == "federated":
+        _launch(suite, job, overrides, job_dir)
+    else:
+        _centralized(job, overrides, runs[job.budget_job.id], runs_dir, method=job.kind)
+    new = sorted(set(runs_dir.iterdir()) - before)
+    seconds = time.perf_counter() - started
     if len(new) != 1 or not (new[0] / "final_model.pt").exists():
         raise RuntimeError(f"{job.id}: no finished run folder under {runs_dir} (see {job_dir / 'launch.log'})")
     write_text(job_dir / "job.json", json.dumps({"run-folder": str(new[0]), "seconds": seconds, "kind": job.kind,

@@ -1,6 +1,5 @@
 """Centralized baseline: the same sample budget as the federated clients, in the run-folder format."""
 
-import fcntl
 import json
 
 import pytest
@@ -11,7 +10,6 @@ from app_config.run_config import RunConfig
 from client_app.trainer import train_locally, train_settings
 from data_partition.federation import federation_part
 from experiments import centralized_training as central
-from experiments import cpu_lock
 from models import factory
 
 
@@ -124,22 +122,6 @@ def test_centralized_run_processes_the_federated_budget(config, tmp_path, monkey
     assert json.loads((folder / "config.json").read_text())["encoder"] == "test_resnet"
     # the saved model is a loadable SSLModel state dict, as the ServerApp writes
     factory.build_model(config).load_state_dict(torch.load(folder / "final_model.pt", weights_only=True))
-
-
-def test_run_lock_excludes_others_and_is_reentrant(tmp_path, monkeypatch):
-    path = str(tmp_path / "cpu.lock")
-    with cpu_lock.run_lock(path):
-        with cpu_lock.run_lock(path):  # nested use in one process does not wait on itself
-            other = open(path, "a")
-            with pytest.raises(BlockingIOError):
-                fcntl.flock(other, fcntl.LOCK_EX | fcntl.LOCK_NB)
-            other.close()
-    other = open(path, "a")
-    fcntl.flock(other, fcntl.LOCK_EX | fcntl.LOCK_NB)  # released on exit
-    other.close()
-    monkeypatch.setenv("FSSUAVL_RUN_LOCK", "")
-    with cpu_lock.run_lock():  # disabled
-        pass
 
 
 def test_the_supervised_ceiling_learns_the_labels_with_the_trainers_views_and_steps(config):

@@ -142,7 +142,6 @@ def test_separate_encoders_route_each_modality(tiny_run, tmp_path):
 
 
 def test_cli_writes_json(tiny_run, tmp_path, monkeypatch, capsys):
-    monkeypatch.setenv("FSSUAVL_RUN_LOCK", "")
     out = tmp_path / "r.json"
     code = evaluate_encoder.main([str(tiny_run), "--max-train", "80", "--max-test", "40", "--ood", "digits:rot90",
                     "--json", str(out)])

@@ -67,7 +67,7 @@ def test_suite_passes_sigterm_to_its_job_and_leaves_no_process(tmp_path, child):
               f"{child!r}, '--']\nsuite_jobs.CHILD_GRACE = 3\n"
               f"sys.exit(suite.main([{str(tmp_path / 's.yaml')!r}, '--work-dir', {str(tmp_path / 'work')!r}, "
               f"'--results', {str(tmp_path / 'results')!r}]))\n")
-    env = {**os.environ, "FSSUAVL_RUN_LOCK": "", "PYTHONPATH": str(PROJECT)}
+    env = {**os.environ, "PYTHONPATH": str(PROJECT)}
     suite = subprocess.Popen([PYTHON, "-c", driver], cwd=PROJECT, env=env, stdout=subprocess.DEVNULL,
                              stderr=subprocess.PIPE, text=True)
     pids_file = tmp_path / "pids"
