@@ -11,7 +11,7 @@ model registry (dataset folders, the resume checkpoint, the encoder name) are
 
 ``pyproject.toml`` ``[tool.flwr.app.config]`` holds the same defaults because
 Flower reads them from there; it is generated from this class
-(``python -m experiments.sync_pyproject_defaults``) and a test keeps both
+(``python -m tools.sync_pyproject_defaults``) and a test keeps both
 equal. Override any key with ``flwr run . --run-config "key=value ..."`` or a
 TOML file.
 """
@@ -397,7 +397,7 @@ def docs_table() -> str:
 def pyproject_section() -> str:
     """``[tool.flwr.app.config]`` of pyproject.toml: every key with its default, as Flower reads them."""
     lines = ["# Run config: every key with its default, generated from app_config/run_config.py",
-             "# (python -m experiments.sync_pyproject_defaults). Meanings: app_config/run_config.py.",
+             "# (python -m tools.sync_pyproject_defaults). Meanings: app_config/run_config.py.",
              "[tool.flwr.app.config]"]
     for key, default in RunConfig.keys().items():
         lines.append(f"{key} = {_toml_value(default)}")

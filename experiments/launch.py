@@ -47,7 +47,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--ray-address", default="",
                         help="join this running Ray cluster (head's GCS address, e.g. 10.0.0.1:6379) instead of "
                              "starting a local Ray; sets RAY_ADDRESS for the SuperLink and its simulation "
-                             "(see experiments/RAY_CLUSTER.md)")
+                             "(see deployment/RAY_CLUSTER.md)")
     args = parser.parse_args(argv)
     if args.stop:
         pids = superlink_pids(args.flwr_home.resolve())

@@ -14,7 +14,7 @@ them one at a time:
 * the output record is built layer by layer while the accumulator's layer is
   released, so the peak stays near one model copy;
 * they accept any iterable, including a generator producing replies on demand
-  (see ``experiments/bench_aggregation.py``).
+  (see ``benchmarks/bench_aggregation.py``).
 
 Each reply is given as ``(ArrayRecord, weight)``; the result is
 ``sum_k weight_k * x_k / sum_k weight_k`` per array, cast back to the array's

@@ -21,6 +21,7 @@ LAYERS: tuple[tuple[str, ...], ...] = (
     ("strategies",),
     ("client_app", "server_app"),
     ("experiments",),
+    ("deployment", "benchmarks", "tools"),
 )
 PACKAGES = tuple(name for layer in LAYERS for name in layer)
 LAYER_OF = {name: i for i, layer in enumerate(LAYERS) for name in layer}

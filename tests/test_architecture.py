@@ -44,24 +44,25 @@ def test_the_state_scan_sees_a_mutated_module_dict(tmp_path):
 
 
 def _commands() -> set[str]:
-    """experiments modules with a ``main()``: the commands."""
+    """Modules with a ``main()`` in the command folders: the commands."""
     found = set()
-    for path in (PROJECT / "experiments").glob("*.py"):
-        tree = ast.parse(path.read_text())
-        if any(isinstance(n, ast.FunctionDef) and n.name == "main" for n in tree.body):
-            found.add(f"experiments.{path.stem}")
+    for folder in ("experiments", "deployment", "benchmarks", "tools"):
+        for path in (PROJECT / folder).glob("*.py"):
+            tree = ast.parse(path.read_text())
+            if any(isinstance(n, ast.FunctionDef) and n.name == "main" for n in tree.body):
+                found.add(f"{folder}.{path.stem}")
     return found
 
 
 def test_no_module_imports_a_command():
     commands = _commands()
     assert {"experiments.launch", "experiments.suite", "experiments.evaluate_encoder",
-            "experiments.deploy_local", "experiments.centralized"} <= commands
+            "deployment.deploy_local", "experiments.centralized"} <= commands
     offenders = []
     for package in LAYER_OF:
         for path in (PROJECT / package).rglob("*.py"):
             for module in imported_modules(path.read_text()):
-                if module in commands and f"experiments.{path.stem}" != module:
+                if module in commands and f"{package}.{path.stem}" != module:
                     offenders.append(f"{path.relative_to(PROJECT)} imports {module}")
     assert offenders == []
 
@@ -82,7 +83,7 @@ def test_choices_known_to_app_config_equal_their_implementations():
 
 def test_pyproject_run_config_is_generated_from_run_config():
     from app_config.run_config import pyproject_section
-    from experiments.sync_pyproject_defaults import main, with_section
+    from tools.sync_pyproject_defaults import main, with_section
 
     text = (PROJECT / "pyproject.toml").read_text()
     assert with_section(text, pyproject_section()) == text
@@ -90,7 +91,7 @@ def test_pyproject_run_config_is_generated_from_run_config():
 
 
 def test_sync_command_rewrites_a_stale_section(tmp_path):
-    from experiments.sync_pyproject_defaults import main
+    from tools.sync_pyproject_defaults import main
 
     stale = tmp_path / "pyproject.toml"
     text = (PROJECT / "pyproject.toml").read_text()

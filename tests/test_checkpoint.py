@@ -15,7 +15,6 @@ from flwr.app import ArrayRecord, ConfigRecord
 
 import server_app.atomic_file as atomic_file
 from app_config.run_config import ConfigError
-from experiments.fake_grid import FakeGrid, arrays_of, error_reply, numpy_of, task_identity, train_reply
 from server_app.checkpoint import (
     Checkpoint,
     CheckpointError,
@@ -32,6 +31,7 @@ from server_app.checkpoint import (
 from server_app.round_loop import run_rounds
 from strategies.registry import STRATEGIES, make_strategy
 from tests.conftest import PROJECT
+from tests.fake_grid import FakeGrid, arrays_of, error_reply, numpy_of, task_identity, train_reply
 
 COMMON = {"fraction_train": 1.0, "fraction_evaluate": 0.0, "min_train_nodes": 2, "min_evaluate_nodes": 0,
           "min_available_nodes": 2}
@@ -162,7 +162,7 @@ def test_write_interrupted_before_replace_keeps_the_previous_checkpoint(tmp_path
 WRITER = """
 import sys, numpy as np
 from server_app.checkpoint import Checkpoint, save_checkpoint
-from experiments.fake_grid import arrays_of
+from tests.fake_grid import arrays_of
 folder = sys.argv[1]
 for r in range(1, 10_000):
     save_checkpoint(folder, Checkpoint(round=r, arrays=arrays_of({"w": np.full(4_000_000, r, dtype=np.float32)}),

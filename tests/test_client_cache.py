@@ -54,8 +54,8 @@ def test_a_train_reply_reports_cold_start_resources_and_bytes(data_root, monkeyp
     from flwr.app import ArrayRecord, ConfigRecord, Context, Message, RecordDict
 
     import client_app.app as client
-    from experiments.fake_grid import task_identity
     from models.factory import build_model
+    from tests.fake_grid import task_identity
 
     config = {"data-root": str(data_root), "max-local-steps": 1, "batch-size": 4}
     monkeypatch.setattr(client, "WORKER", WorkerCache())

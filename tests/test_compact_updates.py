@@ -8,10 +8,10 @@ import torch
 from flwr.app import Array, ConfigRecord
 
 from client_app.resources import record_bytes, reply_arrays
-from experiments.fake_grid import FakeGrid, arrays_of, numpy_of, task_identity, train_reply
 from server_app.compact_updates import narrow_arrays, widen_reply
 from server_app.round_loop import run_rounds
 from strategies.registry import make_strategy
+from tests.fake_grid import FakeGrid, arrays_of, numpy_of, task_identity, train_reply
 
 COMMON = {"fraction_train": 1.0, "fraction_evaluate": 0.0, "min_train_nodes": 2, "min_evaluate_nodes": 0,
           "min_available_nodes": 2}

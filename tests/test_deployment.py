@@ -12,8 +12,8 @@ import pytest
 from app_config.run_config import RunConfig
 from client_app.device_data import LocalSource, NodeConfigError, load_local_data, local_source
 from client_app.worker_cache import WorkerCache
-from experiments.deploy_local import Deployment, processes_of, split_embedded_data
-from experiments.tls_material import make_supernode_keys
+from deployment.deploy_local import Deployment, processes_of, split_embedded_data
+from deployment.tls_material import make_supernode_keys
 from server_app.round_record import client_value
 
 pytestmark = pytest.mark.integration  # starts processes: Flower's runtime, Ray, deployments

@@ -71,7 +71,7 @@ def test_launcher_timeout_holds_when_the_run_prints_nothing(tmp_path, monkeypatc
 
 # --------------------------------------------------------------------------- exact paths
 def test_processes_are_matched_by_exact_path(tmp_path):
-    from experiments.deploy_local import processes_of
+    from deployment.deploy_local import processes_of
 
     dep, dep2 = tmp_path / "dep", tmp_path / "dep2"
     inside = sleeper({**os.environ, "FLWR_HOME": str(dep / "supernode-0-home")})
@@ -149,7 +149,7 @@ def test_stop_pids_skips_reused_pids_and_never_signals_itself_or_init():
 
 # --------------------------------------------------------------------------- key files
 def test_private_keys_are_0600_from_creation_in_a_0700_folder(tmp_path, monkeypatch):
-    from experiments.tls_material import make_supernode_keys, make_tls_certificates
+    from deployment.tls_material import make_supernode_keys, make_tls_certificates
 
     monkeypatch.setattr(os, "chmod", lambda *a, **k: None)  # a later chmod must not be what protects them
     old = os.umask(0)  # files created without an explicit mode would be world-readable
@@ -206,8 +206,8 @@ def test_the_serverapp_checks_the_plan_for_its_connected_nodes_before_round_1(tm
     from flwr.app import Context, RecordDict
 
     from app_config.run_config import ConfigError, RunConfig
-    from experiments.fake_grid import FakeGrid
     from server_app.app import main
+    from tests.fake_grid import FakeGrid
 
     def never(message):
         raise AssertionError("no message may be sent for an impossible plan")

@@ -32,13 +32,13 @@ import pytest
 from flwr.app import Array, ArrayRecord, ConfigRecord, Message, MetricRecord, RecordDict
 
 from client_app.dp_clipping import dp_clipping_mod
-from experiments.fake_grid import FakeGrid, arrays_of, error_reply, numpy_of, task_identity
 from server_app.round_loop import run_rounds
 from server_app.round_record import client_entries
 from server_app.run_output import json_line
 from server_app.tensorboard_log import round_scalars
 from strategies.dp import DP_MODES, DPSettings, wrap_dp
 from strategies.registry import STRATEGIES, make_strategy
+from tests.fake_grid import FakeGrid, arrays_of, error_reply, numpy_of, task_identity
 
 HONEST = list(range(1, 9))
 HOSTILE = list(range(100, 226))  # 126 a round

@@ -12,8 +12,8 @@ import numpy as np
 import pytest
 from flwr.app import Array, ArrayRecord, ConfigRecord
 
-from experiments.fake_grid import FakeGrid, arrays_of, instruction, numpy_of, task_identity, train_reply
 from strategies.registry import STRATEGIES, make_strategy
+from tests.fake_grid import FakeGrid, arrays_of, instruction, numpy_of, task_identity, train_reply
 
 ALL = sorted(STRATEGIES)
 HONEST = [1, 2, 3]

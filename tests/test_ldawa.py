@@ -6,9 +6,9 @@ import numpy as np
 import pytest
 from flwr.app import ConfigRecord
 
-from experiments.fake_grid import FakeGrid, arrays_of, numpy_of, task_identity, train_reply
 from strategies.ldawa import LDAWASum, layer_cosine, layer_group, ldawa_aggregate
 from strategies.registry import make_strategy
+from tests.fake_grid import FakeGrid, arrays_of, numpy_of, task_identity, train_reply
 
 
 @pytest.fixture(autouse=True)

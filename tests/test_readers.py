@@ -1,6 +1,6 @@
 """Real-dataset readers on tiny fixtures written in each dataset's standard layout.
 
-The fixtures come from experiments/make_fixture_root.py: the same files and
+The fixtures come from tests/make_fixture_root.py: the same files and
 folders as the real downloads, a few samples each, with damaged files where
 the real collections have them.
 """
@@ -18,7 +18,7 @@ import pytest
 from data_partition.datasets import DATASETS, layout_problem, load_splits, skipped_files
 from data_partition.readers import cifar
 from data_partition.readers.common import LayoutError
-from experiments import make_fixture_root as fx
+from tests import make_fixture_root as fx
 
 
 def _dominant_hz(wave: np.ndarray, rate: int = 16_000) -> float:

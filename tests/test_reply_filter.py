@@ -6,7 +6,9 @@ import numpy as np
 import pytest
 from flwr.app import Array, ArrayRecord, ConfigRecord, MetricRecord
 
-from experiments.fake_grid import (
+from strategies.registry import STRATEGIES, make_strategy
+from strategies.reply_filter import array_spec, filter_replies
+from tests.fake_grid import (
     FakeGrid,
     arrays_of,
     error_reply,
@@ -15,8 +17,6 @@ from experiments.fake_grid import (
     task_identity,
     train_reply,
 )
-from strategies.registry import STRATEGIES, make_strategy
-from strategies.reply_filter import array_spec, filter_replies
 
 ALL = sorted(STRATEGIES)
 COUNTS = ("replies-failed", "replies-dropped-metrics", "replies-dropped-shape", "replies-dropped-nonfinite")

@@ -7,9 +7,9 @@ import weakref
 
 import numpy as np
 
-from experiments.fake_grid import FakeGrid, arrays_of, numpy_of, task_identity, train_reply
 from server_app import round_loop
 from strategies.registry import make_strategy
+from tests.fake_grid import FakeGrid, arrays_of, numpy_of, task_identity, train_reply
 
 COMMON = {"fraction_train": 1.0, "fraction_evaluate": 0.0, "min_train_nodes": 2, "min_evaluate_nodes": 0,
           "min_available_nodes": 2}

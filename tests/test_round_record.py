@@ -8,8 +8,8 @@ import numpy as np
 import pytest
 from flwr.app import ConfigRecord
 
-from experiments.fake_grid import error_reply, instruction, task_identity, train_reply
 from server_app.run_output import RunOutput, json_line, json_safe
+from tests.fake_grid import error_reply, instruction, task_identity, train_reply
 
 
 @pytest.fixture(autouse=True)

@@ -10,7 +10,6 @@ import pytest
 from flwr.app import ConfigRecord, MetricRecord
 
 from app_config.run_config import RunConfig
-from experiments.fake_grid import FakeGrid, arrays_of, error_reply, instruction, task_identity, train_reply
 from server_app.checkpoint import load_checkpoint
 from server_app.round_loop import RoundTrain
 from server_app.run_output import RunOutput
@@ -18,6 +17,7 @@ from server_app.run_recorder import RunRecorder
 from server_app.run_start import RunStart, resume_or_create
 from strategies.registry import STRATEGIES, make_strategy
 from strategies.seeded_sampling import SeededSampling, round_seed
+from tests.fake_grid import FakeGrid, arrays_of, error_reply, instruction, task_identity, train_reply
 
 
 @pytest.fixture(autouse=True)

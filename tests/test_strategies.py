@@ -16,8 +16,8 @@ import pytest
 from flwr.app import ArrayRecord, ConfigRecord, Message
 
 from app_config.run_config import ConfigError, RunConfig
-from experiments.fake_grid import FakeGrid, arrays_of, numpy_of, task_identity, train_reply
 from strategies.registry import STRATEGIES, STRATEGY_KEYS, build_strategy, make_strategy, unused_strategy_keys
+from tests.fake_grid import FakeGrid, arrays_of, numpy_of, task_identity, train_reply
 
 PROJECT = Path(__file__).resolve().parents[1]
 ALL = ["fedavg", "ldawa", "fedprox", "fedadam", "fedyogi", "fedadagrad", "fedavgm", "fedmedian", "fedtrimmedavg",

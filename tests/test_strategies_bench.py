@@ -7,7 +7,7 @@ import pytest
 from flwr.app import Array, ArrayRecord
 from flwr.serverapp.strategy.strategy_utils import aggregate_arrayrecords
 
-import experiments.bench_aggregation as bench
+import benchmarks.bench_aggregation as bench
 from strategies.ldawa import LDAWASum
 from strategies.streaming import StreamingSum, streaming_weighted_mean, weighted_pairs
 

@@ -8,12 +8,12 @@ import yaml
 
 from data_partition.datasets import resolve_data_root
 from experiments import suite as S
-from experiments.make_fixture_root import WRITERS
 from experiments.suite_eval import empty_row
 from experiments.suite_plan import all_jobs, load_suite, parse_suite
 from experiments.suite_report import references
 from experiments.suite_spec import SuiteError
 from tests.conftest import PROJECT
+from tests.make_fixture_root import WRITERS
 
 SUITES = PROJECT / "experiments" / "suites"
 PAPER_DATASETS = ("cifar10", "cifar100", "tiny-imagenet", "speech-commands", "esc50", "vggsound")

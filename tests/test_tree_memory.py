@@ -4,8 +4,8 @@ from __future__ import annotations
 
 import time
 
-from experiments import tree_memory
-from experiments.tree_memory import RoundMemory
+from benchmarks import tree_memory
+from benchmarks.tree_memory import RoundMemory
 
 
 def test_memory_samples_are_attributed_to_the_running_round(tmp_path, monkeypatch):

@@ -4,7 +4,7 @@ Flower reads a run's defaults from pyproject.toml; they are written once, in
 ``RunConfig``, and this command copies them there (a test fails while the two
 differ). ``--check`` only reports whether the file is up to date.
 
-    python -m experiments.sync_pyproject_defaults [--check]
+    python -m tools.sync_pyproject_defaults [--check]
 """
 
 from __future__ import annotations
@@ -48,7 +48,7 @@ def main(argv: list[str] | None = None) -> int:
         return 0
     if args.check:
         log.error("%s: run-config defaults differ from app_config/run_config.py; run "
-                  "python -m experiments.sync_pyproject_defaults", args.pyproject)
+                  "python -m tools.sync_pyproject_defaults", args.pyproject)
         return 1
     args.pyproject.write_text(updated)
     log.info("%s: run-config defaults written", args.pyproject)

@@ -12,15 +12,15 @@ process tree (and peak GPU memory per client on CUDA). With ``--sampled k`` only
 clients train per round (fraction-train = k / clients) and (a) replays exactly the
 (round, client) pairs that (b) trained.
 
-    python -m experiments.bench_speed --clients 20 --rounds 2
-    python -m experiments.bench_speed --clients 100 --sampled 10 --rounds 2
+    python -m benchmarks.bench_speed --clients 20 --rounds 2
+    python -m benchmarks.bench_speed --clients 100 --sampled 10 --rounds 2
 
 On a GPU (ResNet-18 at CIFAR size, 100 clients per round, several clients per GPU):
 
-    python -m experiments.bench_speed --clients 100 --rounds 2 --client-cpus 1 --client-gpus 0.25 \
+    python -m benchmarks.bench_speed --clients 100 --rounds 2 --client-cpus 1 --client-gpus 0.25 \
         --run-config "encoder='resnet18_cifar' image-size=32 batch-size=64 max-local-steps=10 autocast='bf16'"
     # and --client-gpus 0.1 / 0.5; then the 1,000-supernode scale run:
-    python -m experiments.bench_scale --supernodes 1000 --sampled 100 --rounds 5 --client-cpus 1 \
+    python -m benchmarks.bench_scale --supernodes 1000 --sampled 100 --rounds 5 --client-cpus 1 \
         --client-gpus 0.25 --run-config "encoder='resnet18_cifar' image-size=32 max-local-steps=10"
 """
 
@@ -37,10 +37,10 @@ import torch
 
 from app_config.log_setup import setup_logging
 from app_config.run_config import RunConfig
+from benchmarks.tree_memory import watched_simulation
 from client_app.trainer import train_locally, train_settings, training_seed
 from client_app.worker_cache import WorkerCache
 from experiments.common import check_config, parse_overrides
-from experiments.tree_memory import watched_simulation
 from models.factory import build_model
 from server_app.round_record import client_value
 

@@ -9,7 +9,7 @@ Images carry a class-dependent colour and audio a class-dependent tone, so the
 labels are learnable. The tests use these functions; the command builds a root
 for an end-to-end run:
 
-    python -m experiments.make_fixture_root /tmp/fixture-root --datasets cifar10,speech-commands --damaged
+    python -m tests.make_fixture_root /tmp/fixture-root --datasets cifar10,speech-commands --damaged
     python -m experiments.launch --run-config "image-dataset='cifar10' audio-dataset='speech-commands' \\
         data-root='/tmp/fixture-root'"
 """

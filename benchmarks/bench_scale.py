@@ -16,7 +16,7 @@ draws its own overlapping sample of the pool, so 1,000 clients fit), samples
   simulation, Ray workers, ServerApp) during each round: it must not grow with
   the rounds.
 
-    python -m experiments.bench_scale --supernodes 100 200 1000 --sampled 10 --rounds 10
+    python -m benchmarks.bench_scale --supernodes 100 200 1000 --sampled 10 --rounds 10
 
 On a GPU machine add ``--client-gpus 0.1`` (several clients per GPU) and e.g.
 ``--run-config "encoder='resnet18_cifar' image-size=32"``.
@@ -32,7 +32,7 @@ import tempfile
 from pathlib import Path
 
 from app_config.log_setup import setup_logging
-from experiments.tree_memory import watched_simulation
+from benchmarks.tree_memory import watched_simulation
 from server_app.round_record import client_value
 
 

@@ -23,7 +23,7 @@ default) and ``FLWR_DISABLE_RUNTIME_DEPENDENCY_INSTALLATION=1``,
 ``FLWR_TELEMETRY_ENABLED=0``, ``FLWR_DISABLE_UPDATE_CHECK=1``. Ports: SuperLink
 39691, SuperNodes 39701.. (distinct from the simulation launcher's 39091/39093).
 
-    python -m experiments.deploy_local --num-supernodes 2 \\
+    python -m deployment.deploy_local --num-supernodes 2 \\
         --run-config "num-server-rounds=2 max-local-steps=1 batch-size=8 eval-every=0"
 
 Exit code: 0 when the run finished as ``completed``, 1 otherwise, 2 on bad arguments.
@@ -47,6 +47,7 @@ from pathlib import Path
 import numpy as np
 
 from app_config.log_setup import setup_logging
+from deployment.tls_material import make_supernode_keys, make_tls_certificates
 from experiments.common import (
     check_config,
     exit_on_sigterm,
@@ -59,7 +60,6 @@ from experiments.common import (
     stop_pids,
     stream_output,
 )
-from experiments.tls_material import make_supernode_keys, make_tls_certificates
 
 PROJECT = Path(__file__).resolve().parents[1]
 CONNECTION = "fssuavl-deploy"

@@ -24,8 +24,8 @@ replies (the generation-only pass is printed for reference), and the peak
 includes the one reply being generated. Flower's function walks the replies
 twice (weights, then sum), so it generates them twice.
 
-    python -m experiments.bench_aggregation                 # N = 10, 100, 500
-    python -m experiments.bench_aggregation --sizes 10 100 --json bench.json
+    python -m benchmarks.bench_aggregation                 # N = 10, 100, 500
+    python -m benchmarks.bench_aggregation --sizes 10 100 --json bench.json
 """
 
 from __future__ import annotations
@@ -127,9 +127,9 @@ def max_abs_diff(a: ArrayRecord, b: ArrayRecord, floats: bool = True) -> float:
 def robust_fedavg(replies: list[RecordDict], global_arrays: ArrayRecord) -> ArrayRecord:
     from flwr.app import Message
 
-    from experiments.fake_grid import instruction, task_identity
     from strategies.registry import make_strategy
     from strategies.reply_filter import array_spec
+    from tests.fake_grid import instruction, task_identity
 
     with task_identity():
         strategy = make_strategy("fedavg", common={"fraction_evaluate": 0.0})
