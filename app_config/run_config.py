@@ -26,6 +26,8 @@ from pydantic import ConfigDict, Field, ValidationError, model_validator
 from pydantic.dataclasses import dataclass
 from pydantic.fields import FieldInfo
 
+from app_config.numbers import real_number
+
 # Choices whose implementations live in higher layers; tests keep each equal to its implementation
 # (strategies.registry.STRATEGIES, strategies.dp.DP_MODES, data_partition.datasets.DATASETS,
 # data_partition.partition.PARTITIONERS).
@@ -348,7 +350,7 @@ def _bounds_text(info: FieldInfo) -> str:
 
 
 def _is_number(value: object) -> bool:
-    return isinstance(value, (int, float)) and not isinstance(value, bool)
+    return real_number(value, finite=False) is not None
 
 
 def _field_message(name: str, kind: str, value: object) -> str:
@@ -399,19 +401,9 @@ def pyproject_section() -> str:
     lines = ["# Run config: every key with its default, generated from app_config/run_config.py",
              "# (python -m tools.sync_pyproject_defaults). Meanings: app_config/run_config.py.",
              "[tool.flwr.app.config]"]
-    for key, default in RunConfig.keys().items():
-        lines.append(f"{key} = {_toml_value(default)}")
-    return "\n".join(lines) + "\n"
+    import tomli_w  # only the development tool and the tests write pyproject.toml
 
-
-def _toml_value(value: object) -> str:
-    if isinstance(value, bool):
-        return "true" if value else "false"
-    if isinstance(value, str):
-        return '"' + value.replace("\\", "\\\\").replace('"', '\\"') + '"'
-    if isinstance(value, float):
-        return repr(value)
-    return str(value)
+    return "\n".join(lines) + "\n" + tomli_w.dumps(dict(RunConfig.keys()))
 
 
 if __name__ == "__main__":

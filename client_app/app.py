@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import math
 import time
 from collections.abc import Iterator
 
@@ -12,6 +11,8 @@ from flwr.clientapp import ClientApp
 
 import client_app
 from app_config.log_setup import setup_logging
+from app_config.modalities import MODALITIES
+from app_config.numbers import positive_number
 from app_config.run_config import RunConfig
 from client_app.device_data import is_deployed, local_source
 from client_app.dp_clipping import dp_clipping_mod
@@ -62,9 +63,9 @@ def round_learning_rate(train_config) -> float | None:
     value = train_config.get("learning-rate")
     if value is None:
         return None
-    if isinstance(value, bool) or not isinstance(value, (int, float)) or not math.isfinite(value) or value <= 0:
+    if (rate := positive_number(value)) is None:
         raise ValueError(f"train config learning-rate must be a finite number > 0, got {value!r}")
-    return float(value)
+    return rate
 
 
 @app.train()
@@ -112,7 +113,7 @@ def evaluate(msg: Message, context: Context) -> Message:
         loss = nt_xent(state.model(views(batch)), state.model(views(batch)), config.temperature).item()
         metrics[f"eval-loss-{modality}"] = loss
         metrics["loss"] += loss
-    for modality in ("image", "audio"):
+    for modality in MODALITIES:
         metrics.setdefault(f"eval-loss-{modality}", 0.0)
     metrics["num-examples"] = float(sum(state.data.count(m) for m in state.data.modalities))
     return Message(content=RecordDict({"metrics": MetricRecord(metrics)}), reply_to=msg)

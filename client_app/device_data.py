@@ -38,6 +38,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
+from app_config.modalities import KIND_MODALITIES, MODALITIES
 from app_config.run_config import RunConfig
 from data_partition.array_cache import cache_ready, cached_splits
 from data_partition.client_data import LocalData
@@ -45,8 +46,7 @@ from data_partition.datasets import DATASETS, cache_folder, layout_problem, load
 from data_partition.modality_data import AUDIO, IMAGE, DatasetSplits, ModalityData
 
 DATA_DIR = "data-dir"
-MODALITIES = {"visual": (IMAGE,), "audio": (AUDIO,), "audiovisual": (IMAGE, AUDIO)}
-KINDS = {mods: kind for kind, mods in MODALITIES.items()}
+KINDS = {mods: kind for kind, mods in KIND_MODALITIES.items()}
 
 
 class NodeConfigError(ValueError):
@@ -112,11 +112,11 @@ def load_local_data(source: LocalSource) -> tuple[str, LocalData]:
     if not folder.is_dir():
         raise NodeConfigError(f"node config data-dir: folder {source.data_dir!r} does not exist on this node")
     found = _found(source, folder)
-    wanted = MODALITIES[source.modality] if source.modality else tuple(m for m in (IMAGE, AUDIO) if m in found)
+    wanted = KIND_MODALITIES[source.modality] if source.modality else tuple(m for m in MODALITIES if m in found)
     missing = [m for m in wanted if m not in found]
     if missing or not wanted:
         names = {IMAGE: source.image_dataset, AUDIO: source.audio_dataset}
-        looked = ", ".join(f"{m} ({names[m] or 'no dataset named'})" for m in (missing or (IMAGE, AUDIO)))
+        looked = ", ".join(f"{m} ({names[m] or 'no dataset named'})" for m in (missing or MODALITIES))
         raise NodeConfigError(
             f"node config data-dir: no {looked} data in {source.data_dir!r}; expected an array cache "
             "(meta.json, train_x.npy, train_y.npy) or a data root with cache/<dataset>/ or a dataset's layout")
@@ -124,7 +124,7 @@ def load_local_data(source: LocalSource) -> tuple[str, LocalData]:
     data = LocalData(tensors)
     if len(data.modalities) != len(wanted):
         raise NodeConfigError(f"node config data-dir: {source.data_dir!r} holds fewer than 2 samples of a modality")
-    return KINDS[tuple(m for m in (IMAGE, AUDIO) if m in wanted)], data
+    return KINDS[tuple(m for m in MODALITIES if m in wanted)], data
 
 
 def write_array_cache(folder: Path, name: str, train: ModalityData, test: ModalityData | None = None) -> Path:

@@ -18,11 +18,10 @@ needs it, and for the fixed one its mean is the fraction of clients clipped.
 
 from __future__ import annotations
 
-import math
-
 from flwr.app import Context, Error, Message, MessageType
 from flwr.supercore.differential_privacy import KEY_CLIPPING_NORM, KEY_NORM_BIT
 
+from app_config.numbers import positive_number
 from strategies.dp_clip import clip_update
 
 MOD_ERROR_CODE = 0
@@ -45,7 +44,7 @@ def dp_clipping_mod(msg: Message, ctxt: Context, call_next) -> Message:
     norm = _clipping_norm(msg)
     if norm is None:
         return call_next(msg, ctxt)
-    if isinstance(norm, bool) or not isinstance(norm, (int, float)) or not (math.isfinite(norm) and norm > 0):
+    if positive_number(norm) is None:
         return _error(msg, f"{KEY_CLIPPING_NORM} must be a finite number > 0, got {norm!r}")
     if len(msg.content.array_records) != 1:
         return _error(msg, "the train message must hold one ArrayRecord")

@@ -12,7 +12,9 @@ from __future__ import annotations
 import resource
 
 import torch
-from flwr.app import Array, ArrayRecord
+from flwr.app import ArrayRecord
+
+from strategies.half_precision import narrow_arrays
 
 
 def record_bytes(arrays: ArrayRecord) -> int:
@@ -29,19 +31,7 @@ def resource_report() -> dict[str, float]:
 
 
 def reply_arrays(model: torch.nn.Module, update_dtype: str = "float32") -> ArrayRecord:
-    """The model's weights for the reply; float32 tensors as float16 when the run asks (half the bytes).
-
-    A tensor whose finite values do not fit float16 (beyond 65504) goes as float32: the
-    server admits either, and an overflow to inf would get the whole reply dropped.
-    """
-    state = model.state_dict()
-    if update_dtype != "float16":
-        return ArrayRecord(state)
-    return ArrayRecord({name: Array(_narrow(t).detach().cpu().numpy()) for name, t in state.items()})
-
-
-def _narrow(tensor: torch.Tensor) -> torch.Tensor:
-    if tensor.dtype != torch.float32:
-        return tensor
-    half = tensor.half()
-    return half if bool(torch.isfinite(half).all()) or not bool(torch.isfinite(tensor).all()) else tensor
+    """The model's weights for the reply; float32 tensors as float16 when the run asks (half the bytes,
+    by the wire rule of :mod:`strategies.half_precision`)."""
+    arrays = ArrayRecord(model.state_dict())
+    return narrow_arrays(arrays) if update_dtype == "float16" else arrays

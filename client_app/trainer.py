@@ -14,9 +14,10 @@ from dataclasses import dataclass
 import torch
 import torch.nn as nn
 
+from app_config.modalities import MODALITIES
 from app_config.run_config import RunConfig
 from client_app.losses import nt_xent
-from data_partition.client_data import MODALITY_ORDER, LocalData
+from data_partition.client_data import LocalData
 from models.factory import recipe
 from models.ssl_model import SSLModel
 
@@ -161,7 +162,7 @@ def train_locally(
     }
     if device.type == "cuda":
         metrics["peak-gpu-mb"] = torch.cuda.max_memory_allocated(device) / 2**20
-    for modality in MODALITY_ORDER:
+    for modality in MODALITIES:
         metrics[f"loss-{modality}"] = loss_means.get(modality, 0.0)
         metrics[f"num-{modality}-examples"] = float(data.count(modality)) if modality in modalities else 0.0
     metrics["loss"] = sum(metrics[f"loss-{m}"] for m in modalities)

@@ -44,6 +44,7 @@ from pathlib import Path
 import numpy as np
 
 from data_partition.modality_data import DatasetSplits, ModalityData
+from file_io.atomic import fsync_dir, synced_write
 
 _DONE = "meta.json"
 _SUMMARY = "summary.json"
@@ -64,19 +65,8 @@ def _exclusive(lock_path: Path):
             fcntl.flock(fh, fcntl.LOCK_UN)
 
 
-def _fsync_dir(folder: Path) -> None:
-    fd = os.open(folder, os.O_RDONLY)
-    try:
-        os.fsync(fd)
-    finally:
-        os.close(fd)
-
-
 def _save(path: Path, array: np.ndarray) -> None:
-    with open(path, "wb") as fh:
-        np.save(fh, np.asarray(array), allow_pickle=False)
-        fh.flush()
-        os.fsync(fh.fileno())
+    synced_write(path, lambda fh: np.save(fh, np.asarray(array), allow_pickle=False))
 
 
 def _write(splits: DatasetSplits, folder: Path, summary: dict | None = None) -> None:
@@ -87,10 +77,7 @@ def _write(splits: DatasetSplits, folder: Path, summary: dict | None = None) -> 
     for split, data in (("train", splits.train), ("test", splits.test)):
         _save(folder / f"{split}_x.npy", data.x)
         _save(folder / f"{split}_y.npy", data.y)
-    with open(folder / _DONE, "w") as fh:
-        fh.write(json.dumps(meta))
-        fh.flush()
-        os.fsync(fh.fileno())
+    synced_write(folder / _DONE, lambda fh: fh.write(json.dumps(meta).encode()))
 
 
 def _npy_complete(path: Path) -> bool:
@@ -245,14 +232,14 @@ def cached_splits(folder: Path, build: Callable[[Path], DatasetSplits]) -> Datas
                         shutil.rmtree(scratch)
                     else:
                         scratch.unlink()
-            _fsync_dir(staging)
+            fsync_dir(staging)
             try:
                 os.rename(staging, folder)  # fails if a complete cache appeared meanwhile: that one is kept
             except OSError:
                 if not cache_ready(folder):
                     raise
                 log.info("%s: another builder published the cache first; keeping it", folder.name)
-            _fsync_dir(folder.parent)
+            fsync_dir(folder.parent)
         finally:
             shutil.rmtree(staging, ignore_errors=True)
     return _read(folder)

@@ -6,9 +6,7 @@ from dataclasses import dataclass, field
 
 import torch
 
-from app_config.modalities import AUDIO, IMAGE
-
-MODALITY_ORDER = (IMAGE, AUDIO)
+from app_config.modalities import MODALITIES
 
 
 @dataclass
@@ -21,7 +19,7 @@ class LocalData:
 
     @property
     def modalities(self) -> tuple[str, ...]:
-        return tuple(m for m in MODALITY_ORDER if m in self.tensors and len(self.tensors[m]) >= 2)
+        return tuple(m for m in MODALITIES if m in self.tensors and len(self.tensors[m]) >= 2)
 
     def count(self, modality: str) -> int:
         return len(self.tensors[modality]) if modality in self.tensors else 0

@@ -30,16 +30,16 @@ from __future__ import annotations
 
 import hashlib
 import json
-import os
-import tempfile
 import warnings
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
 import numpy as np
 
-VISUAL, AUDIO_ONLY, AUDIOVISUAL = "visual", "audio", "audiovisual"
-KINDS = (VISUAL, AUDIO_ONLY, AUDIOVISUAL)
+from app_config.modalities import AUDIO_ONLY, AUDIOVISUAL, CLIENT_KINDS, VISUAL
+from file_io.atomic import atomic_write
+
+KINDS = CLIENT_KINDS
 PARTITIONERS = ("iid", "dirichlet", "pathological", "resample")
 
 
@@ -236,10 +236,8 @@ def load_or_build_plan(settings: PlanSettings, image_labels, audio_labels, cache
         plan = build_plan(settings, image_labels, audio_labels)
         if path is not None:
             path.parent.mkdir(parents=True, exist_ok=True)
-            fd, tmp = tempfile.mkstemp(dir=path.parent, suffix=".tmp")
-            with os.fdopen(fd, "wb") as fh:
-                np.savez(fh, **{f"{name}_{i}": arr for i, p in enumerate(plan)
-                                for name, arr in (("kind", np.array(p.kind)), ("image", p.image_indices),
-                                                  ("audio", p.audio_indices))})
-            os.replace(tmp, path)
+            arrays = {f"{name}_{i}": arr for i, p in enumerate(plan)
+                      for name, arr in (("kind", np.array(p.kind)), ("image", p.image_indices),
+                                        ("audio", p.audio_indices))}
+            atomic_write(path, lambda fh: np.savez(fh, **arrays))
     return plan

@@ -45,8 +45,10 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
+import tomli_w
 
 from app_config.log_setup import setup_logging
+from app_config.modalities import CLIENT_KINDS, VISUAL
 from deployment.tls_material import make_supernode_keys, make_tls_certificates
 from experiments.common import (
     check_config,
@@ -60,12 +62,12 @@ from experiments.common import (
     stop_pids,
     stream_output,
 )
+from file_io.atomic import write_text
 
 PROJECT = Path(__file__).resolve().parents[1]
 CONNECTION = "fssuavl-deploy"
 SUPERLINK_PORT = 39691
 SUPERNODE_PORT = 39701
-KINDS = ("visual", "audio", "audiovisual")
 log = logging.getLogger("fssuavl.deploy")
 
 
@@ -82,11 +84,11 @@ def split_embedded_data(data_root: Path, folder: Path, num_nodes: int) -> list[t
     audio = load_splits("spoken-digits", data_root).train
     nodes = []
     for i in range(num_nodes):
-        kind = KINDS[i % len(KINDS)]
+        kind = CLIENT_KINDS[i % len(CLIENT_KINDS)]
         node_dir = folder / f"node-{i}"
         images = image.subset(np.arange(i, len(image), num_nodes))
         sounds = audio.subset(np.arange(i, len(audio), num_nodes))
-        if kind == "visual":
+        if kind == VISUAL:
             data_dir = write_array_cache(node_dir / "images", "digits", images)
         elif kind == "audio":
             data_dir = write_array_cache(node_dir / "audio", "spoken-digits", sounds)
@@ -204,13 +206,9 @@ class Deployment:
 
     def write_connection(self) -> Path:
         """The Flower CLI's ``[superlink.NAME]`` entry (TLS with our CA)."""
-        self.cli_home.mkdir(parents=True, exist_ok=True)
-        path = self.cli_home / "config.toml"
-        path.write_text(
-            f'[superlink]\ndefault = "{CONNECTION}"\n\n'
-            f'[superlink.{CONNECTION}]\naddress = "{self.address}"\nroot-certificates = "{self.tls["ca"]}"\n'
-        )
-        return path
+        connection = {"address": self.address, "root-certificates": str(self.tls["ca"])}
+        return write_text(self.cli_home / "config.toml",
+                          tomli_w.dumps({"superlink": {"default": CONNECTION, CONNECTION: connection}}))
 
     def register(self, public_key: Path) -> int:
         done = self.cli("supernode", "register", str(public_key), CONNECTION, "--format", "json")
@@ -227,11 +225,11 @@ class Deployment:
                         extra: tuple[str, ...] = ()) -> subprocess.Popen:
         port = self.supernode_port + index
         _check_free(port)
-        config = " ".join(f"{k}={_toml(v)}" for k, v in node_config.items())
+        config = write_text(self.workdir / f"supernode-{index}-node-config.toml", tomli_w.dumps(node_config))
         return self._start(f"supernode-{index}", [
             "flower-supernode", "--superlink", self.address, "--root-certificates", str(self.tls["ca"]),
             "--auth-supernode-private-key", str(private_key), "--isolation", "subprocess",
-            "--host", "127.0.0.1", "--port", str(port), "--node-config", config, *extra,
+            "--host", "127.0.0.1", "--port", str(port), "--node-config", str(config), *extra,
         ], self.workdir / f"supernode-{index}-home")
 
     def connected_nodes(self) -> list[dict]:
@@ -321,14 +319,6 @@ class Deployment:
 def _json_of(text: str) -> dict:
     """The JSON object a ``flwr ... --format json`` command printed (possibly after other lines)."""
     return json.loads(text[text.index("{"):])
-
-
-def _toml(value) -> str:
-    if isinstance(value, bool):
-        return "true" if value else "false"
-    if isinstance(value, (int, float)):
-        return repr(value)
-    return "'" + str(value).replace("'", "") + "'"
 
 
 def _check_free(port: int) -> None:

@@ -12,6 +12,8 @@ import ipaddress
 import os
 from pathlib import Path
 
+from file_io.atomic import atomic_write
+
 
 def private_folder(folder: Path) -> Path:
     """``folder`` created (or narrowed) to mode 0700."""
@@ -23,14 +25,7 @@ def private_folder(folder: Path) -> Path:
 
 def write_private(path: Path, data: bytes) -> Path:
     """Write a secret: the file is created anew with mode 0600 (an old file of that name is replaced)."""
-    path = Path(path)
-    path.unlink(missing_ok=True)
-    fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
-    with os.fdopen(fd, "wb") as fh:
-        fh.write(data)
-        fh.flush()
-        os.fsync(fh.fileno())
-    return path
+    return atomic_write(Path(path), lambda fh: fh.write(data), mode=0o600)
 
 
 def make_tls_certificates(folder: Path, hosts: tuple[str, ...] = ("127.0.0.1", "localhost")) -> dict[str, Path]:

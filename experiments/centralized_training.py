@@ -13,12 +13,10 @@ from pathlib import Path
 
 import torch
 
-from data_partition.modality_data import AUDIO, IMAGE
+from app_config.modalities import AUDIO, IMAGE, MODALITIES
 from experiments.common import pyproject_defaults
 from experiments.metrics_file import read_records
 from server_app.round_record import client_value
-
-MODALITIES = (IMAGE, AUDIO)
 
 
 # --------------------------------------------------------------------------- sample budget

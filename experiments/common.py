@@ -44,15 +44,6 @@ def load_overrides(value: str) -> dict:
     return parse_overrides(value)
 
 
-def write_text(path: Path, text: str) -> Path:
-    """Replace a file atomically (readers never see it half-written), creating its folder."""
-    from server_app.atomic_file import atomic_write
-
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    return atomic_write(path, lambda fh: fh.write(text.encode()))
-
-
 def write_run_config(overrides: dict, path: Path) -> Path:
     """Write overrides as a TOML file for ``flwr run --run-config FILE``.
 
@@ -60,6 +51,8 @@ def write_run_config(overrides: dict, path: Path) -> Path:
     ``key='value'`` text form a quote would end the value and let the rest become new keys).
     """
     import tomli_w
+
+    from file_io.atomic import write_text
 
     return write_text(path, tomli_w.dumps(dict(sorted(overrides.items()))))
 

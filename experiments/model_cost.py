@@ -8,6 +8,7 @@ from __future__ import annotations
 import argparse
 
 from app_config.log_setup import setup_logging
+from app_config.modalities import MODALITIES
 from app_config.run_config import RunConfig
 from experiments.encoder_cost import encoder_cost
 
@@ -24,7 +25,7 @@ def main(argv: list[str] | None = None) -> int:
     config = RunConfig(encoder=args.encoder, image_size=args.image_size, audio_n_mels=args.audio_n_mels)
     cost = encoder_cost(config)
     print(f"{args.encoder}: {cost['params']:,} encoder parameters ({cost['params-with-head']:,} with projection head)")
-    for modality in ("image", "audio"):
+    for modality in MODALITIES:
         print(f"  {modality} {cost[f'input-{modality}']}: {cost[f'flops-{modality}'] / 1e9:.3f} GFLOPs per sample")
     return 0
 

@@ -90,12 +90,13 @@ from tqdm import tqdm
 from tqdm.contrib.logging import logging_redirect_tqdm
 
 from app_config.log_setup import setup_logging
-from experiments.common import PROJECT, write_text
+from experiments.common import PROJECT
 from experiments.suite_eval import evaluate_suite, make_tsne
 from experiments.suite_jobs import finished_run, forwarding_signals, run_job
 from experiments.suite_plan import METHOD_NAMES, Suite, all_jobs, entry_jobs, load_suite
 from experiments.suite_report import suite_notes, write_report
 from experiments.suite_spec import SuiteError
+from file_io.atomic import write_text
 
 log = logging.getLogger("fssuavl.suite")
 

@@ -27,9 +27,9 @@ from experiments.common import (
     stop_pids,
     stop_superlink,
     write_run_config,
-    write_text,
 )
 from experiments.suite_plan import Job, Suite
+from file_io.atomic import write_text
 
 log = logging.getLogger("fssuavl.suite")
 LAUNCHER = [sys.executable, "-m", "experiments.launch"]  # the command a federated job runs

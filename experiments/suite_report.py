@@ -13,10 +13,10 @@ from __future__ import annotations
 import re
 from pathlib import Path
 
-from experiments.common import write_text
 from experiments.suite_eval import FLOOR_STRATEGY, UNTRAINED_STRATEGY, Row
 from experiments.suite_plan import Job, Suite, holders
 from experiments.suite_stats import Paired, paired_difference, summarize
+from file_io.atomic import write_text
 
 ACCURACY_COLUMNS = (("probe-image", "image probe"), ("knn-image", "image kNN"), ("probe-audio", "audio probe"),
                     ("knn-audio", "audio kNN"), ("fusion-probe", "fusion probe"))

@@ -21,8 +21,9 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
+from app_config.modalities import MODALITIES
 from client_app.trainer import TrainSettings, make_optimizer, seeded_batches
-from data_partition.client_data import MODALITY_ORDER, LocalData
+from data_partition.client_data import LocalData
 
 
 def classifiers(model: nn.Module, num_classes: dict[str, int]) -> nn.ModuleDict:
@@ -62,6 +63,6 @@ def train_supervised(model: nn.Module, heads: nn.ModuleDict, data: LocalData, vi
         raise FloatingPointError("supervised loss became NaN/Inf: lower learning-rate")
     elapsed = time.perf_counter() - started
     metrics = {"steps": float(steps), "train-seconds": elapsed, "samples": float(sum(seen.values()))}
-    for modality in MODALITY_ORDER:
+    for modality in MODALITIES:
         metrics[f"loss-{modality}"] = float(loss_sums[modality]) / steps if modality in modalities else 0.0
     return metrics

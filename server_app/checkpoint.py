@@ -38,7 +38,7 @@ import numpy as np
 import torch
 from flwr.app import Array, ArrayRecord
 
-from server_app.atomic_file import TMP_SUFFIX, atomic_write
+from file_io.atomic import TMP_SUFFIX, atomic_write
 
 CHECKPOINT_NAME = "checkpoint.pt"
 FORMAT_VERSION = 1
@@ -325,6 +325,3 @@ def config_mismatch(saved: dict, current: dict) -> str | None:
     return None
 
 
-def atomic_write_text(path: Path, text: str) -> None:
-    """Replace ``path``'s contents with ``text`` atomically (temp file in the same folder, fsync, rename)."""
-    atomic_write(Path(path), lambda fh: fh.write(text.encode()), prefix=f".{Path(path).name}-")

@@ -28,23 +28,10 @@ from __future__ import annotations
 import numpy as np
 from flwr.app import Array, ArrayRecord, Message
 
+from strategies.half_precision import narrow_arrays
 from strategies.reply_check import decode_checked
 
 NPY_HEADER_MAX = 4096  # an .npy header of a plain array is far smaller
-
-
-def narrow_arrays(arrays: ArrayRecord) -> ArrayRecord:
-    """``arrays`` with each float32 array as float16 where its values fit (others as they are)."""
-    narrowed = {}
-    for name, array in arrays.items():
-        if array.dtype == "float32":
-            values = array.numpy()
-            with np.errstate(over="ignore"):  # an overflow is what the next line looks for
-                half = values.astype(np.float16)
-            if np.isfinite(half).all() or not np.isfinite(values).all():
-                array = Array(half)
-        narrowed[name] = array
-    return ArrayRecord(narrowed)
 
 
 def narrow_messages(messages: list[Message], global_arrays: ArrayRecord, key: str = "arrays") -> list[Message]:

@@ -16,7 +16,9 @@ from pathlib import Path
 
 import torch
 
-from server_app.atomic_file import atomic_write
+from app_config.modalities import MODALITIES
+from app_config.numbers import real_number
+from file_io.atomic import atomic_write
 
 MAX_DEPTH = 8
 
@@ -107,18 +109,18 @@ def format_round(record: dict) -> str:
         parts.append(failure_summary(record))
     ev = record.get("eval", {})
     for metric in ("knn", "probe"):
-        cells = [f"{m} {_number(ev[f'{metric}-{m}']):.3f}" for m in ("image", "audio") if f"{metric}-{m}" in ev]
+        cells = [f"{m} {_number(ev[f'{metric}-{m}']):.3f}" for m in MODALITIES if f"{metric}-{m}" in ev]
         if cells:
             parts.append(f"{metric} " + " ".join(cells))
-    floors = [f"{metric} " + " ".join(f"{m} {_number(ev[f'floor-{metric}-{m}']):.3f}" for m in ("image", "audio")
+    floors = [f"{metric} " + " ".join(f"{m} {_number(ev[f'floor-{metric}-{m}']):.3f}" for m in MODALITIES
                                       if f"floor-{metric}-{m}" in ev)
-              for metric in ("knn", "probe") if any(f"floor-{metric}-{m}" in ev for m in ("image", "audio"))]
+              for metric in ("knn", "probe") if any(f"floor-{metric}-{m}" in ev for m in MODALITIES)]
     if floors:
         parts.append("raw input " + " ".join(floors))
     if "eval-skipped" in record:
         parts.append(f"eval skipped: {record['eval-skipped']}")
     sampled = [f"{int(ev[f'eval-train-samples-{m}'])} of {int(ev[f'eval-train-total-{m}'])} {m}"
-               for m in ("image", "audio")
+               for m in MODALITIES
                if _number(ev.get(f"eval-train-samples-{m}"), 0) < _number(ev.get(f"eval-train-total-{m}"), 0)]
     if sampled:
         parts.append("fit on " + ", ".join(sampled) + " train samples")
@@ -160,7 +162,6 @@ def first_reason(error: str, limit: int = 120) -> str:
 
 
 def _number(value, default: float = float("nan")) -> float:
-    """A number to format (NaN for anything else, e.g. None)."""
-    if isinstance(value, (int, float)) and not isinstance(value, bool):
-        return float(value)
-    return default
+    """A number to format (``default`` for anything else, e.g. None)."""
+    number = real_number(value, finite=False)
+    return default if number is None else number

@@ -29,18 +29,14 @@ import json
 import sys
 from pathlib import Path
 
+from app_config.numbers import real_number
 from server_app.round_record import accepted_clients, client_value
 
 SUBFOLDER = "tensorboard"
 
 
 def _number(value) -> float | None:
-    if isinstance(value, (bool, int, float)):
-        try:
-            return float(value)
-        except OverflowError:  # an int beyond float's range
-            return None
-    return None
+    return real_number(value, finite=False, allow_bool=True)
 
 
 CLIENT_RESOURCES = ("peak-rss-mb", "train-seconds", "ready-seconds", "threads", "bytes-sent")

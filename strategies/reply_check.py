@@ -43,6 +43,9 @@ import math
 import numpy as np
 from flwr.app import ArrayRecord, ConfigRecord, Message
 
+from app_config.modalities import CLIENT_KINDS
+from app_config.numbers import real_number
+
 FAILED, METRICS, CLIENT_INFO, SHAPE, DTYPE, SIZE, NONFINITE = (
     "failed", "metrics", "client-info", "shape", "dtype", "size", "nonfinite")
 CATEGORIES = (FAILED, METRICS, CLIENT_INFO, SHAPE, DTYPE, SIZE, NONFINITE)
@@ -56,12 +59,11 @@ NUMPY_STYPE = "numpy.ndarray"
 ARRAYS_KEY = "arrays"  # the name Flower's strategies give the model's ArrayRecord (arrayrecord_key)
 
 INFO_KEY = "client-info"
-KINDS = ("visual", "audio", "audiovisual")  # data_partition.partition.KINDS (a test keeps them equal)
 # What client_app/worker_info.py sends: key -> (type, check of the value, what the check wants).
 CLIENT_INFO_FIELDS = {
     "partition-id": (int, lambda v: 0 <= v < 2**31, "an int in [0, 2**31)"),
     "pid": (int, lambda v: 0 <= v < 2**31, "an int in [0, 2**31)"),
-    "kind": (str, lambda v: v in KINDS, f"one of {', '.join(KINDS)}"),
+    "kind": (str, lambda v: v in CLIENT_KINDS, f"one of {', '.join(CLIENT_KINDS)}"),
     "host": (str, lambda v: 0 < len(v) <= 255, "a host name of 1-255 characters"),
     "ray-node-id": (str, lambda v: 0 < len(v) <= 128, "a Ray node id of 1-128 characters"),
     "device": (str, lambda v: 0 < len(v) <= 32, "a torch device type of 1-32 characters"),
@@ -78,8 +80,7 @@ def array_spec(arrays: ArrayRecord) -> Spec:
 
 def finite_number(value, limit: float = METRIC_ABS_MAX) -> bool:
     """An int or float (not a bool), finite and within ``+-limit``."""
-    return (isinstance(value, (int, float)) and not isinstance(value, bool)
-            and math.isfinite(value) and abs(value) <= limit)
+    return real_number(value, limit=limit) is not None
 
 
 def _short(value) -> str:

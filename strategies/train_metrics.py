@@ -17,19 +17,15 @@ import math
 
 from flwr.app import MetricRecord, RecordDict
 
+from app_config.numbers import real_number
+
 PER_MODALITY_WEIGHT = {"loss-image": "num-image-examples", "loss-audio": "num-audio-examples"}
 SUMMED = ("num-image-examples", "num-audio-examples", "train-seconds", "samples")
 SERVER_KEYS = ("clients", "clients-image", "clients-audio")
 
 
-def _number(value) -> float | None:
-    if isinstance(value, (int, float)) and not isinstance(value, bool) and math.isfinite(value):
-        return float(value)
-    return None
-
-
 def _weight(metrics, key: str) -> float:
-    value = _number(metrics.get(key, 0.0))
+    value = real_number(metrics.get(key, 0.0))
     return value if value is not None and value > 0 else 0.0
 
 
@@ -38,7 +34,7 @@ def aggregate_train_metrics(records: list[RecordDict], weighting_key: str) -> Me
     out = MetricRecord()
     keys = sorted({k for m in metrics for k in m.keys()} - {weighting_key} - set(SERVER_KEYS))
     for key in keys:
-        values = [(v, m) for m in metrics if key in m and (v := _number(m[key])) is not None]
+        values = [(v, m) for m in metrics if key in m and (v := real_number(m[key])) is not None]
         if not values:
             continue
         if key in SUMMED:

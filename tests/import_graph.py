@@ -16,7 +16,7 @@ from pathlib import Path
 
 # Bottom to top: a package may import only packages on a lower layer.
 LAYERS: tuple[tuple[str, ...], ...] = (
-    ("app_config",),
+    ("app_config", "file_io"),
     ("models", "data_partition"),
     ("strategies",),
     ("client_app", "server_app"),

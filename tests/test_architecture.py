@@ -107,6 +107,6 @@ def test_app_bundle_holds_only_what_the_apps_import():
 
     names = zipfile.ZipFile(io.BytesIO(build_fab_from_disk(PROJECT))).namelist()
     tops = {name.split("/")[0] for name in names}
-    assert tops == {"pyproject.toml", ".info", "app_config", "models", "data_partition", "strategies", "client_app",
+    assert tops == {"pyproject.toml", ".info", "app_config", "file_io", "models", "data_partition", "strategies", "client_app",
                     "server_app"}, tops
     assert "server_app/app.py" in names and "client_app/app.py" in names

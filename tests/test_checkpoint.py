@@ -13,7 +13,7 @@ import pytest
 import torch
 from flwr.app import ArrayRecord, ConfigRecord
 
-import server_app.atomic_file as atomic_file
+import file_io.atomic as atomic_file
 from app_config.run_config import ConfigError
 from server_app.checkpoint import (
     Checkpoint,
@@ -327,7 +327,7 @@ def test_dp_adaptive_wrapper_resumes_exactly_with_its_clipping_norm_and_inner_st
 
 # --------------------------------------------------------------------------- file modes
 def test_atomic_writes_keep_the_replaced_files_mode_and_give_new_files_the_umask_mode(tmp_path):
-    from server_app.checkpoint import atomic_write_text
+    from file_io.atomic import write_text as atomic_write_text
 
     old = os.umask(0o022)
     try:

@@ -8,8 +8,9 @@ import torch
 from flwr.app import Array, ConfigRecord
 
 from client_app.resources import record_bytes, reply_arrays
-from server_app.compact_updates import narrow_arrays, widen_reply
+from server_app.compact_updates import widen_reply
 from server_app.round_loop import run_rounds
+from strategies.half_precision import narrow_arrays
 from strategies.registry import make_strategy
 from tests.fake_grid import FakeGrid, arrays_of, numpy_of, task_identity, train_reply
 
