@@ -20,7 +20,7 @@ import hashlib
 import time
 from logging import WARNING
 
-from flwr.supercore import log
+from flwr.common import log
 
 HANG_EXTRA_SECONDS = 5.0
 

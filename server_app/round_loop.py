@@ -43,10 +43,9 @@ from dataclasses import dataclass, field
 from logging import INFO, WARNING
 
 from flwr.app import ArrayRecord, ConfigRecord, Message, MetricRecord
+from flwr.common import log
 from flwr.serverapp import Grid
 from flwr.serverapp.strategy import Result
-from flwr.serverapp.strategy.strategy_utils import log_strategy_start_info
-from flwr.supercore import log
 
 from server_app.compact_updates import narrow_messages, widen_reply
 from strategies.seeded_sampling import seed_node_sampling
@@ -170,7 +169,9 @@ def client_evaluation(strategy, grid: Grid, server_round: int, arrays: ArrayReco
 
 def _log_start(strategy, arrays: ArrayRecord, start_round: int, num_rounds: int, first_config, evaluate_config) -> None:
     log(INFO, "Starting %s strategy at round %d of %d:", strategy.__class__.__name__, start_round, num_rounds)
-    log_strategy_start_info(num_rounds, arrays, first_config, evaluate_config)
+    log(INFO, "\t├── global model: %d arrays (%.2f MB)", len(arrays), sum(len(a.data) for a in arrays.values()) / 2**20)
+    log(INFO, "\t├── train config: %s", dict(first_config.items()) if first_config else "(empty)")
+    log(INFO, "\t└── evaluate config: %s", dict(evaluate_config.items()) if evaluate_config else "(empty)")
     strategy.summary()
     log(INFO, "")
 

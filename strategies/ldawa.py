@@ -193,7 +193,7 @@ class LDAWA(StreamingFedAvg):
     def summary(self) -> None:
         from logging import INFO
 
-        from flwr.supercore import log
+        from flwr.common import log
 
         log(INFO, "\t├──> L-DAWA settings:")
         log(INFO, "\t│\t├── warm-up rounds (FedAvg): %d", self.warmup_rounds)
@@ -210,7 +210,7 @@ class LDAWA(StreamingFedAvg):
                         ) -> tuple[ArrayRecord | None, MetricRecord | None]:
         if server_round <= self.warmup_rounds or self._global is None:
             return super().aggregate_train(server_round, replies)
-        valid, _ = self._check_and_log_replies(replies, is_train=True)
+        valid = [msg for msg in replies if not msg.has_error()]  # the reply filter checked the rest
         if not valid:
             return None, None
         contents = [msg.content for msg in valid]

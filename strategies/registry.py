@@ -61,8 +61,8 @@ from collections.abc import Mapping
 from dataclasses import dataclass, field
 from logging import WARNING
 
+from flwr.common import log
 from flwr.serverapp.strategy import Strategy
-from flwr.supercore import log
 
 from app_config.run_config import RunConfig
 from strategies.dp import DPSettings, wrap_dp

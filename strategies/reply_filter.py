@@ -42,11 +42,13 @@ its category (for the round record). A strategy wrapped by another filtering
 strategy (the differential-privacy wrappers) sets ``trusted_replies`` and skips
 the checks its wrapper already made.
 
-Flower's ``_check_and_log_replies`` raises when replies' MetricRecords have
-different keys; the filter has already checked everything aggregation needs,
-so the wrapped strategy runs it without that validation (metric keys held by
-only some clients are averaged over the clients holding them by
-``strategies.train_metrics``).
+Flower's strategies refuse replies whose MetricRecords have different keys
+(a visual-only client reports no audio loss), so the copies the wrapped
+strategy aggregates hold only the weight (and the metrics a DP mode requires);
+the round's train metrics are aggregated here from the clients' full records
+with the same capped weights (:mod:`strategies.train_metrics`: a key held by
+only some clients is averaged over those clients), and evaluation metrics
+likewise, with the strategy's public ``evaluate_metrics_aggr_fn``.
 """
 
 from __future__ import annotations
@@ -58,8 +60,8 @@ from logging import ERROR, INFO, WARNING
 
 import numpy as np
 from flwr.app import Array, ArrayRecord, ConfigRecord, Message, MetricRecord, RecordDict
+from flwr.common import log
 from flwr.serverapp import Grid
-from flwr.supercore import log
 
 from strategies.reply_check import (
     CATEGORIES,
@@ -71,6 +73,7 @@ from strategies.reply_check import (
     classify_reply,
 )
 from strategies.streaming import cast_like
+from strategies.train_metrics import aggregate_train_metrics
 from strategies.update_bound import bound_updates
 from strategies.weight_cap import DEFAULT_FACTOR, DEFAULT_NORM_FACTOR, cap_weights
 
@@ -117,14 +120,21 @@ def filter_replies(replies: Iterable[Message], spec: Spec | None, weighted_by_ke
     return good, counts, [line for _, _, line in drops]
 
 
-def for_aggregation(msg: Message, weighted_by_key: str, weight: float) -> Message:
-    """A copy of a checked reply holding its ArrayRecord (same Arrays) and its metrics with ``weight``."""
+def for_aggregation(msg: Message, weighted_by_key: str, weight: float, kept: tuple[str, ...] = ()) -> Message:
+    """A copy of a checked reply holding its ArrayRecord (same Arrays) and a MetricRecord of ``weight``
+    and the ``kept`` metrics: every copy has the same metric keys, as Flower's strategies require."""
     (array_key, arrays), = msg.content.array_records.items()
     (metric_key, metrics), = msg.content.metric_records.items()
-    values = dict(metrics.items())
+    values = {key: metrics[key] for key in kept if key in metrics}
     values[weighted_by_key] = float(weight)
     content = RecordDict({array_key: ArrayRecord(dict(arrays.items())), metric_key: MetricRecord(values)})
     return Message(content, metadata=copy.copy(msg.metadata))  # Message() writes to its metadata
+
+
+def weighted_metrics(msg: Message, weighted_by_key: str, weight: float) -> RecordDict:
+    """The reply's full metrics with the weight it is aggregated with (for the round's train metrics)."""
+    (metric_key, metrics), = msg.content.metric_records.items()
+    return RecordDict({metric_key: MetricRecord({**dict(metrics.items()), weighted_by_key: float(weight)})})
 
 
 def cast_to_spec(arrays: ArrayRecord, spec: Spec | None) -> tuple[bool, ArrayRecord]:
@@ -160,10 +170,6 @@ class ReplyFilter:
         self._reference = arrays  # the global model the updates are measured from (not copied)
         return super().configure_train(server_round, arrays, config, grid)
 
-    def _check_and_log_replies(self, replies: Iterable[Message], is_train: bool, validate: bool = True):
-        # Replies reaching the wrapped strategy have passed ``filter_replies``.
-        return super()._check_and_log_replies(replies, is_train=is_train, validate=False)
-
     def _weights(self, good: list[Message], weighted_by_key: str) -> tuple[list[float], int]:
         if self.uniform_weights:
             return [1.0] * len(good), 0
@@ -197,7 +203,9 @@ class ReplyFilter:
                     "architecture?", server_round, notes[0][2])
             return None, MetricRecord({**summary, "aggregation-skipped": 1, "aggregation-nonfinite": 0})
 
-        copies = [for_aggregation(m, weighted_by_key, w) for m, w in zip(good, weights)]
+        copies = [for_aggregation(m, weighted_by_key, w, self.required_metrics) for m, w in zip(good, weights)]
+        train_metrics = aggregate_train_metrics([weighted_metrics(m, weighted_by_key, w)
+                                                 for m, w in zip(good, weights)], weighted_by_key)
         if not self.trusted_replies and self._reference is not None:  # a trusted strategy's wrapper bounded them
             summary["replies-norm-bounded"] = bound_updates(copies, self._reference, self.update_norm_cap_factor)
         try:
@@ -211,7 +219,7 @@ class ReplyFilter:
             return None, MetricRecord({**summary, "aggregation-skipped": 1, "aggregation-nonfinite": 0,
                                        "aggregation-failed": 1})
         metrics = MetricRecord() if metrics is None else metrics
-        for key, value in summary.items():
+        for key, value in [*train_metrics.items(), *summary.items()]:
             metrics[key] = value
         metrics["aggregation-skipped"] = 0
         metrics["aggregation-nonfinite"] = 0
@@ -248,4 +256,7 @@ class ReplyFilter:
                 server_round, len(replies) - len(good), len(replies))
         if not good:
             return None
-        return super().aggregate_evaluate(server_round, good)
+        aggregate = getattr(self, "evaluate_metrics_aggr_fn", None)
+        if aggregate is None:  # a DP wrapper: its inner strategy (itself filtered) aggregates
+            return super().aggregate_evaluate(server_round, good)
+        return aggregate([m.content for m in good], weighted_by_key)

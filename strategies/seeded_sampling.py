@@ -25,9 +25,9 @@ from logging import INFO
 from time import sleep
 
 from flwr.app import ArrayRecord, ConfigRecord, Message, MessageType, RecordDict
+from flwr.common import log
 from flwr.serverapp import Grid
 from flwr.serverapp.strategy import FedAvg
-from flwr.supercore import log
 
 
 def round_seed(seed: int, server_round: int) -> int:

@@ -145,7 +145,7 @@ class StreamingFedAvg(FedAvg):
     def aggregate_train(
         self, server_round: int, replies: Iterable[Message]
     ) -> tuple[ArrayRecord | None, MetricRecord | None]:
-        valid, _ = self._check_and_log_replies(replies, is_train=True)
+        valid = [msg for msg in replies if not msg.has_error()]  # the reply filter checked the rest
         if not valid:
             return None, None
         contents = [msg.content for msg in valid]

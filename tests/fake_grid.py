@@ -15,15 +15,26 @@ import numpy as np
 from flwr.app import Array, ArrayRecord, ConfigRecord, Error, Message, MetricRecord, RecordDict
 from flwr.supercore.task_identity import TaskIdentity
 
+IDENTITY = ("run_id", "node_id", "task_id")
+
+
+def _current(name: str) -> int | None:
+    try:
+        return getattr(TaskIdentity, name)
+    except RuntimeError:  # not set in this process
+        return None
+
 
 @contextmanager
 def task_identity(run_id: int = 1, node_id: int = 0, task_id: int = 1) -> Iterator[None]:
-    saved = (TaskIdentity._run_id, TaskIdentity._node_id, TaskIdentity._task_id)
-    TaskIdentity.run_id, TaskIdentity.node_id, TaskIdentity.task_id = run_id, node_id, task_id
+    saved = {name: _current(name) for name in IDENTITY}
+    for name, value in zip(IDENTITY, (run_id, node_id, task_id)):
+        setattr(TaskIdentity, name, value)
     try:
         yield
     finally:
-        TaskIdentity._run_id, TaskIdentity._node_id, TaskIdentity._task_id = saved
+        for name, value in saved.items():
+            setattr(TaskIdentity, name, value)  # None again where it was unset
 
 
 def arrays_of(values: Mapping[str, np.ndarray]) -> ArrayRecord:
