@@ -69,7 +69,8 @@ def main(grid: Grid, context: Context) -> None:
             min_replies=config.min_train_nodes, compact_updates=config.update_dtype == "float16",
             train_config=lambda server_round: ConfigRecord(
                 {"learning-rate": scheduled_learning_rate(config, model, server_round)}),
-            evaluate_fn=recorder.end_round, on_train=recorder.record_train, on_round_end=recorder.checkpoint,
+            evaluate_and_record=recorder.evaluate_and_record, record_train=recorder.record_train,
+            write_checkpoint=recorder.write_checkpoint,
             result=start.result(),
         )
     recorder.finish(result, start.arrays(initial))

@@ -28,8 +28,8 @@ runs need:
   (:mod:`strategies.seeded_sampling`: a ``random.Random`` per round, from
   ``(seed, round)``), so a resumed round samples as the uninterrupted one did
   (same connected nodes); the global ``random`` module is not touched.
-* **Hooks.** ``on_train(RoundTrain)`` sees each round's replies and counts
-  before central evaluation; ``on_round_end(round, arrays)`` runs after it
+* **Hooks.** ``record_train(RoundTrain)`` sees each round's replies and counts
+  before central evaluation; ``write_checkpoint(round, arrays)`` runs after it
   (the ServerApp writes its checkpoint there).
 """
 
@@ -208,9 +208,9 @@ def run_rounds(
     compact_updates: bool = False,
     train_config: ConfigRecord | Callable[[int], ConfigRecord] | None = None,
     evaluate_config: ConfigRecord | None = None,
-    evaluate_fn: Callable[[int, ArrayRecord], MetricRecord | None] | None = None,
-    on_train: Callable[[RoundTrain], None] | None = None,
-    on_round_end: Callable[[int, ArrayRecord], None] | None = None,
+    evaluate_and_record: Callable[[int, ArrayRecord], MetricRecord | None] | None = None,
+    record_train: Callable[[RoundTrain], None] | None = None,
+    write_checkpoint: Callable[[int, ArrayRecord], None] | None = None,
     result: Result | None = None,
 ) -> Result:
     """Run rounds ``start_round..num_rounds`` from global ``arrays`` (the model after round ``start_round - 1``).
@@ -234,8 +234,8 @@ def run_rounds(
         result.arrays = arrays
 
     started = time.time()
-    if evaluate_fn and start_round == 1:
-        res = evaluate_fn(0, arrays)
+    if evaluate_and_record and start_round == 1:
+        res = evaluate_and_record(0, arrays)
         log(INFO, "Initial global evaluation results: %s", res)
         if res is not None:
             result.evaluate_metrics_serverapp[0] = res
@@ -253,19 +253,19 @@ def run_rounds(
                 result.arrays = arrays = aggregated
             if train.metrics is not None:
                 result.train_metrics_clientapp[current_round] = train.metrics
-            if on_train is not None:
-                on_train(train)
+            if record_train is not None:
+                record_train(train)
             client_eval = client_evaluation(strategy, grid, current_round, arrays, evaluate_config, timeout)
             if client_eval is not None:
                 result.evaluate_metrics_clientapp[current_round] = client_eval
-            if evaluate_fn:
+            if evaluate_and_record:
                 log(INFO, "Global evaluation")
-                res = evaluate_fn(current_round, arrays)
+                res = evaluate_and_record(current_round, arrays)
                 log(INFO, "\t└──> MetricRecord: %s", res)
                 if res is not None:
                     result.evaluate_metrics_serverapp[current_round] = res
-            if on_round_end is not None:
-                on_round_end(current_round, arrays)
+            if write_checkpoint is not None:
+                write_checkpoint(current_round, arrays)
             del train, aggregated
             release_round_garbage()
     finally:

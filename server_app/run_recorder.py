@@ -5,11 +5,11 @@ The round loop (``server_app.round_loop.run_rounds``) calls a
 
 * ``record_train(train)`` after aggregation: the round's train numbers and
   per-client entries are kept until the round ends;
-* ``end_round(round, arrays)`` as the loop's ``evaluate_fn``: central
+* ``evaluate_and_record(round, arrays)`` as the loop's ``evaluate_and_record``: central
   evaluation when due, the round's record appended to ``metrics.jsonl``, the
   history and TensorBoard, ``round-NNNN.pt`` every ``save-every`` rounds and
   the one-line summary printed;
-* ``checkpoint(round, arrays)`` as ``on_round_end``: ``checkpoint.pt`` every
+* ``write_checkpoint(round, arrays)`` as the loop's ``write_checkpoint``: ``checkpoint.pt`` every
   ``checkpoint-every`` rounds and after the last.
 
 ``finish(result)`` saves the final model and ``summary.json``. The recorder
@@ -83,7 +83,7 @@ class RunRecorder:
         every = self.config.eval_every
         return server_round in (0, self.config.num_server_rounds) or bool(every and server_round % every == 0)
 
-    def end_round(self, server_round: int, arrays: ArrayRecord) -> MetricRecord | None:
+    def evaluate_and_record(self, server_round: int, arrays: ArrayRecord) -> MetricRecord | None:
         record: dict = {"round": server_round, "round-seconds": self.clock() - self._last}
         if server_round in self._pending:
             train = self._pending.pop(server_round)
@@ -106,7 +106,7 @@ class RunRecorder:
         self._last = self.clock()
         return None if scores is None else as_metric_record(scores)
 
-    def checkpoint(self, server_round: int, arrays: ArrayRecord) -> None:
+    def write_checkpoint(self, server_round: int, arrays: ArrayRecord) -> None:
         every, last = self.config.checkpoint_every, self.config.num_server_rounds
         if not every or (server_round % every and server_round != last):
             return

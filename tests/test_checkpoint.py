@@ -237,7 +237,7 @@ def test_round_loop_counts_errors_and_missing_replies_and_honours_the_minimum():
     seen = []
     strategy = make_strategy("fedavg", common=COMMON)
     result = run_rounds(strategy, DroppingGrid(NODES, respond), _initial(), num_rounds=1, min_replies=2,
-                        on_train=seen.append)
+                        record_train=seen.append)
     (train,) = seen
     assert (train.sent, len(train.replies), train.errors, train.missing_nodes, train.failures) == (5, 4, 2, [13], 3)
     assert train.skipped is None and train.metrics["replies-aggregated"] == 2
@@ -248,7 +248,7 @@ def test_round_loop_counts_errors_and_missing_replies_and_honours_the_minimum():
 
     seen.clear()
     result = run_rounds(make_strategy("fedavg", common=COMMON), DroppingGrid(NODES, respond), _initial(),
-                        num_rounds=1, min_replies=3, on_train=seen.append)
+                        num_rounds=1, min_replies=3, record_train=seen.append)
     assert seen[0].skipped and seen[0].metrics is None and len(result.arrays) == 0  # previous model kept
 
 
@@ -263,7 +263,7 @@ def test_round_loop_starts_at_the_given_round_and_skips_the_initial_evaluation()
 
     strategy.configure_train = spy
     run_rounds(strategy, FakeGrid(NODES, _respond), _initial(), num_rounds=5, start_round=4,
-               evaluate_fn=lambda r, a: rounds_evaluated.append(r), train_config=ConfigRecord({}))
+               evaluate_and_record=lambda r, a: rounds_evaluated.append(r), train_config=ConfigRecord({}))
     assert configured == [4, 5] and rounds_evaluated == [4, 5]
 
 

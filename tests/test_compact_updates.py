@@ -55,7 +55,7 @@ def test_float16_replies_are_aggregated_only_when_the_run_asks_for_them():
     assert got.dtype == np.float32 and np.abs(got - (_global()["w"] + 0.25)).max() <= np.abs(want).max() * 2**-10
     seen = []
     plain = run_rounds(make_strategy("fedavg", common=COMMON), FakeGrid([1, 2, 3], _half_client), start,
-                       num_rounds=1, on_train=seen.append)
+                       num_rounds=1, record_train=seen.append)
     assert len(plain.arrays) == 0 and not seen[0].aggregated  # every float16 reply dropped: model kept
     assert seen[0].metrics["replies-dropped-dtype"] == 3
 
@@ -88,7 +88,7 @@ def test_the_global_model_goes_out_as_float16_only_when_the_run_asks():
     seen: dict[bool, list] = {True: [], False: []}
     for mode, grid in grids.items():
         run_rounds(make_strategy("fedavg", common=COMMON), grid, start, num_rounds=1, compact_updates=mode,
-                   on_train=seen[mode].append)
+                   record_train=seen[mode].append)
     sent = [m.content["arrays"] for m in grids[True].sent]
     assert {a["w"].dtype for a in sent} == {"float16"} and {a["n"].dtype for a in sent} == {"int64"}
     assert np.array_equal(sent[0]["w"].numpy(), _global()["w"].astype(np.float16))
@@ -158,7 +158,7 @@ def test_a_crafted_float16_payload_is_left_for_the_checks_and_never_crashes_the_
 
     seen = []
     result = run_rounds(make_strategy("fedavg", common=COMMON), FakeGrid([1, 2, 3], client), start, num_rounds=1,
-                        compact_updates=True, on_train=seen.append)
+                        compact_updates=True, record_train=seen.append)
     dropped = {k: v for k, v in seen[0].metrics.items() if k.startswith("replies-dropped-") and v}
     assert seen[0].aggregated and sum(dropped.values()) == 1, dropped
     honest = run_rounds(make_strategy("fedavg", common=COMMON), FakeGrid([1, 2], _half_client), start, num_rounds=1,

@@ -244,7 +244,7 @@ def run(name: str, mode: str, respond, records: list | None = None):
     globals_: dict[int, dict] = {}
     trains = []
 
-    def on_train(train):
+    def record_train(train):
         trains.append((train.round, train.metrics))  # not the replies: a small heap keeps gc cheap
         if records is not None:
             entries = client_entries(train.replies, train.missing_nodes, dropped=getattr(strategy, "last_dropped", {}))
@@ -256,8 +256,8 @@ def run(name: str, mode: str, respond, records: list | None = None):
             records.append(len(line))
 
     strategy = build(name, mode)
-    run_rounds(strategy, grid, arrays_of(GLOBAL), num_rounds=ROUNDS, seed=SEED, on_train=on_train,
-               evaluate_fn=lambda r, a: globals_.__setitem__(r, numpy_of(a)))
+    run_rounds(strategy, grid, arrays_of(GLOBAL), num_rounds=ROUNDS, seed=SEED, record_train=record_train,
+               evaluate_and_record=lambda r, a: globals_.__setitem__(r, numpy_of(a)))
     return globals_, trains
 
 

@@ -123,7 +123,7 @@ def test_bad_partition_id_is_dropped_and_does_not_break_reply_ordering(partition
         return bad(msg) if node == BAD_NODE else honest_reply(msg, node)
 
     strategy = make_strategy("fedavg", common=common(len(nodes)))
-    run_rounds(strategy, FakeGrid(nodes, respond), arrays_of(global_weights()), num_rounds=1, on_train=seen.append)
+    run_rounds(strategy, FakeGrid(nodes, respond), arrays_of(global_weights()), num_rounds=1, record_train=seen.append)
     (train,) = seen
     assert train.metrics["replies-dropped-client-info"] == 1 and train.metrics["replies-aggregated"] == 3
     assert sorted(train.replies, key=reply_order)[-1].metadata.src_node_id == BAD_NODE  # no partition: sorted last

@@ -34,7 +34,7 @@ def test_the_cyclic_garbage_of_every_round_is_collected_when_the_round_ends(monk
         payload.reply = reply  # the reply's garbage now needs the cyclic collector
         return reply
 
-    def on_round_end(server_round, _arrays):
+    def write_checkpoint(server_round, _arrays):
         per_round.append(sum(ref() is not None for ref in alive))  # this round's payloads, still referenced
 
     gc.disable()  # only the round loop's own collection may free the cycles
@@ -42,7 +42,7 @@ def test_the_cyclic_garbage_of_every_round_is_collected_when_the_round_ends(monk
         with task_identity():
             round_loop.run_rounds(make_strategy("fedavg", common=COMMON), FakeGrid([1, 2, 3], respond),
                                   arrays_of({"w": np.zeros((4, 4), np.float32)}), num_rounds=3,
-                                  on_round_end=on_round_end)
+                                  write_checkpoint=write_checkpoint)
         assert sum(ref() is not None for ref in alive) == 0  # the last round's too
     finally:
         gc.enable()

@@ -43,14 +43,14 @@ def test_rounds_are_recorded_evaluated_saved_and_checkpointed_on_schedule(tmp_pa
     evaluated: list = []
     rec = recorder(tmp_path, evaluated)
     arrays = arrays_of(weights(1.0))
-    assert rec.end_round(0, arrays) is not None  # round 0 always evaluates
+    assert rec.evaluate_and_record(0, arrays) is not None  # round 0 always evaluates
     for server_round in (1, 2, 3):
         sent = [instruction(node) for node in (1, 2)]
         replies = [train_reply(sent[0], weights(2.0), {"loss": 2.0}), error_reply(sent[1])]
         aggregated = MetricRecord({"loss-image": 1.5, "loss-audio": 0.5, "clients": 1.0})
         rec.record_train(RoundTrain(server_round, 3, replies, [9], aggregated))
-        rec.end_round(server_round, arrays)
-        rec.checkpoint(server_round, arrays)
+        rec.evaluate_and_record(server_round, arrays)
+        rec.write_checkpoint(server_round, arrays)
     records = [json.loads(line) for line in rec.output.metrics_file.read_text().splitlines()]
     assert [r["round"] for r in records] == [0, 1, 2, 3]
     assert ["eval" in r for r in records] == [True, False, True, True] and len(evaluated) == 3
@@ -89,7 +89,7 @@ def test_a_skipped_evaluation_is_recorded_with_its_reason_and_the_run_goes_on(tm
         raise EvaluationSkipped("did not finish within eval-timeout=5s; the run goes on without central evaluation")
 
     rec = RunRecorder(config, RunOutput.create(str(tmp_path), config, run_id=7), make_strategy("fedavg"), stalled)
-    assert rec.end_round(0, arrays_of(weights(1.0))) is None
+    assert rec.evaluate_and_record(0, arrays_of(weights(1.0))) is None
     record = json.loads(rec.output.metrics_file.read_text().splitlines()[0])
     assert "eval" not in record and record["eval-skipped"].startswith("did not finish within eval-timeout=5s")
     line = [ln for ln in capsys.readouterr().out.splitlines() if ln.startswith("[fssuavl] round")][0]
@@ -104,14 +104,14 @@ def test_a_run_that_aggregated_nothing_fails_loudly(tmp_path, capsys):
 
     rec = recorder(tmp_path, [])
     arrays = arrays_of(weights(1.0))
-    rec.end_round(0, arrays)
+    rec.evaluate_and_record(0, arrays)
     reason = ("<class 'ray.exceptions.RayTaskError(ClientAppException)'>:<'ray::ClientAppActor.run() ... "
               "PartitionError: audio: 900 samples cannot give 600 clients at least 2 each'>")
     for server_round in (1, 2, 3):
         sent = [instruction(node) for node in (1, 2)]
         rec.record_train(RoundTrain(server_round, 2, [error_reply(m, reason) for m in sent], [], None,
                                     skipped="0 successful replies, fewer than the minimum 2"))
-        rec.end_round(server_round, arrays)
+        rec.evaluate_and_record(server_round, arrays)
     with pytest.raises(NothingTrained, match="no round aggregated any reply \\(6 of 6 train messages failed\\)"):
         rec.finish(Result(), arrays)
     line = [ln for ln in capsys.readouterr().out.splitlines() if ln.startswith("[fssuavl] round   1")][0]
@@ -128,7 +128,7 @@ def test_more_than_half_failed_is_said_in_the_last_line(tmp_path, capsys):
     sent = [instruction(node) for node in (1, 2, 3)]
     replies = [train_reply(sent[0], weights(2.0), {"loss": 2.0}), error_reply(sent[1]), error_reply(sent[2])]
     rec.record_train(RoundTrain(1, 3, replies, [], MetricRecord({"clients": 1.0}), aggregated=True))
-    rec.end_round(1, arrays)
+    rec.evaluate_and_record(1, arrays)
     summary = rec.finish(Result(), arrays)
     assert summary["train-messages-failed"] == 2 and summary["rounds-aggregated"] == 1
     assert capsys.readouterr().out.splitlines()[-1] == (
@@ -140,8 +140,8 @@ def test_resume_or_create_restores_and_cuts_back(tmp_path):
     rec = recorder(tmp_path, evaluated)
     arrays = arrays_of(weights(1.0))
     for server_round in (0, 1, 2, 3):
-        rec.end_round(server_round, arrays)
-    rec.checkpoint(2, arrays)
+        rec.evaluate_and_record(server_round, arrays)
+    rec.write_checkpoint(2, arrays)
     config = RunConfig(num_server_rounds=3, eval_every=2, save_every=2, checkpoint_every=2, tensorboard=False,
                        resume_from=str(rec.output.folder))
     start = resume_or_create(config, 8, load_checkpoint(rec.output.folder), make_strategy("fedavg"))
