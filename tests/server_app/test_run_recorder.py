@@ -17,13 +17,7 @@ from server_app.run_recorder import RunRecorder
 from server_app.run_start import RunStart, resume_or_create
 from strategies.registry import STRATEGIES, make_strategy
 from strategies.seeded_sampling import SeededSampling, round_seed
-from tests.fake_grid import FakeGrid, arrays_of, error_reply, instruction, task_identity, train_reply
-
-
-@pytest.fixture(autouse=True)
-def _identity():
-    with task_identity():
-        yield
+from tests.fake_grid import FakeGrid, arrays_of, error_reply, instruction, train_reply
 
 
 def weights(value: float) -> dict[str, np.ndarray]:

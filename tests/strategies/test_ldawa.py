@@ -8,13 +8,7 @@ from flwr.app import ConfigRecord
 
 from strategies.ldawa import LDAWASum, layer_cosine, layer_group, ldawa_aggregate
 from strategies.registry import make_strategy
-from tests.fake_grid import FakeGrid, arrays_of, numpy_of, task_identity, train_reply
-
-
-@pytest.fixture(autouse=True)
-def _identity():
-    with task_identity():
-        yield
+from tests.fake_grid import FakeGrid, arrays_of, numpy_of, train_reply
 
 
 def reference_ldawa(clients: list[list[np.ndarray]], w_g: list[np.ndarray]) -> list[np.ndarray]:

@@ -31,7 +31,7 @@ from server_app.checkpoint import (
 from server_app.round_loop import run_rounds
 from strategies.registry import STRATEGIES, make_strategy
 from tests.conftest import PROJECT
-from tests.fake_grid import FakeGrid, arrays_of, error_reply, numpy_of, task_identity, train_reply
+from tests.fake_grid import FakeGrid, arrays_of, error_reply, numpy_of, train_reply
 
 COMMON = {"fraction_train": 1.0, "fraction_evaluate": 0.0, "min_train_nodes": 2, "min_evaluate_nodes": 0,
           "min_available_nodes": 2}
@@ -40,12 +40,6 @@ PARAMS = {"ldawa": {"warmup_rounds": 1}, "fedadam": {"eta": 0.1, "beta_1": 0.9, 
           "fedavgm": {"server_learning_rate": 1.0, "server_momentum": 0.9}, "fedprox": {"proximal_mu": 0.1},
           "fedtrimmedavg": {"beta": 0.2}}
 NODES = [11, 12, 13, 14, 15]
-
-
-@pytest.fixture(autouse=True)
-def _identity():
-    with task_identity():
-        yield
 
 
 def _initial() -> ArrayRecord:

@@ -21,7 +21,6 @@ import torch
 from experiments.common import process_tree, stop_superlink, superlink_pids
 from server_app.checkpoint import load_checkpoint
 from tests.conftest import PROJECT
-from tests.test_deployment import small_root  # noqa: F401  (fixture: small data root, fast central evaluation)
 
 pytestmark = pytest.mark.integration  # starts processes: Flower's runtime, Ray, deployments
 

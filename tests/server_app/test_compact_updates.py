@@ -12,16 +12,10 @@ from server_app.compact_updates import widen_reply
 from server_app.round_loop import run_rounds
 from strategies.half_precision import narrow_arrays
 from strategies.registry import make_strategy
-from tests.fake_grid import FakeGrid, arrays_of, numpy_of, task_identity, train_reply
+from tests.fake_grid import FakeGrid, arrays_of, numpy_of, train_reply
 
 COMMON = {"fraction_train": 1.0, "fraction_evaluate": 0.0, "min_train_nodes": 2, "min_evaluate_nodes": 0,
           "min_available_nodes": 2}
-
-
-@pytest.fixture(autouse=True)
-def _identity():
-    with task_identity():
-        yield
 
 
 def _global() -> dict[str, np.ndarray]:

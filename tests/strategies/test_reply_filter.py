@@ -14,18 +14,11 @@ from tests.fake_grid import (
     error_reply,
     instruction,
     numpy_of,
-    task_identity,
     train_reply,
 )
 
 ALL = sorted(STRATEGIES)
 COUNTS = ("replies-failed", "replies-dropped-metrics", "replies-dropped-shape", "replies-dropped-nonfinite")
-
-
-@pytest.fixture(autouse=True)
-def _identity():
-    with task_identity():
-        yield
 
 
 def global_weights():

@@ -12,7 +12,6 @@ from client_app.faults import InjectedFault, expected_failures, fault_draw, faul
 from experiments.common import superlink_pids
 from server_app.round_record import client_value
 from tests.conftest import PROJECT
-from tests.test_deployment import small_root  # noqa: F401  (fixture: small data root, fast central evaluation)
 
 pytestmark = pytest.mark.integration  # starts processes: Flower's runtime, Ray, deployments
 

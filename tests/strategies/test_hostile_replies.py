@@ -13,17 +13,11 @@ import pytest
 from flwr.app import Array, ArrayRecord, ConfigRecord
 
 from strategies.registry import STRATEGIES, make_strategy
-from tests.fake_grid import FakeGrid, arrays_of, instruction, numpy_of, task_identity, train_reply
+from tests.fake_grid import FakeGrid, arrays_of, instruction, numpy_of, train_reply
 
 ALL = sorted(STRATEGIES)
 HONEST = [1, 2, 3]
 BAD_NODE = 9
-
-
-@pytest.fixture(autouse=True)
-def _identity():
-    with task_identity():
-        yield
 
 
 def global_weights():

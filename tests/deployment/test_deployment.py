@@ -6,7 +6,6 @@ import json
 import time
 from pathlib import Path
 
-import numpy as np
 import pytest
 
 from app_config.run_config import RunConfig
@@ -20,26 +19,6 @@ pytestmark = pytest.mark.integration  # starts processes: Flower's runtime, Ray,
 
 SUPERLINK_PORT, SUPERNODE_PORT = 39691, 39701
 TINY = "encoder='test_resnet' projection-hidden-dim=64 projection-dim=32"  # a 0.4M-parameter CNN: fast rounds
-
-
-def small_data_root(data_root: Path, folder: Path, n_train: int = 400, n_test: int = 120) -> Path:
-    """A data root with random subsets of the embedded caches: whole runs then spend seconds, not
-    minutes, on the server's central evaluation (round 0 and the last round always evaluate)."""
-    from client_app.device_data import write_array_cache
-    from data_partition.datasets import cache_folder, load_splits
-
-    rng = np.random.default_rng(0)
-    for name in ("digits", "spoken-digits"):
-        splits = load_splits(name, data_root)
-        train = np.sort(rng.permutation(len(splits.train))[:n_train])
-        test = np.sort(rng.permutation(len(splits.test))[:n_test])
-        write_array_cache(cache_folder(name, folder), name, splits.train.subset(train), splits.test.subset(test))
-    return folder
-
-
-@pytest.fixture(scope="module")
-def small_root(tmp_path_factory, data_root) -> Path:
-    return small_data_root(data_root, tmp_path_factory.mktemp("small-data"))
 
 
 @pytest.fixture(scope="module")

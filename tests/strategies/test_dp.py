@@ -20,18 +20,12 @@ from app_config.run_config import RunConfig
 from client_app.dp_clipping import dp_clipping_mod
 from strategies.dp import DP_MODES, DPSettings, wrap_dp
 from strategies.registry import build_strategy, make_strategy
-from tests.fake_grid import FakeGrid, arrays_of, error_reply, numpy_of, task_identity, train_reply
+from tests.fake_grid import FakeGrid, arrays_of, error_reply, numpy_of, train_reply
 
 NODES = [1, 2, 3, 4, 5]
 SIZES = {1: 10.0, 2: 40.0, 3: 25.0, 4: 5.0, 5: 20.0}  # ignored by DP: equal weights
 C = 1.0
 LR, Q = 0.2, 0.5
-
-
-@pytest.fixture(autouse=True)
-def _identity():
-    with task_identity():
-        yield
 
 
 def initial() -> dict[str, np.ndarray]:

@@ -5,17 +5,10 @@ from __future__ import annotations
 import json
 
 import numpy as np
-import pytest
 from flwr.app import ConfigRecord
 
 from server_app.run_output import RunOutput, json_line, json_safe
-from tests.fake_grid import error_reply, instruction, task_identity, train_reply
-
-
-@pytest.fixture(autouse=True)
-def _identity():
-    with task_identity():
-        yield
+from tests.fake_grid import error_reply, instruction, train_reply
 
 
 def strict_loads(line: str):

@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import dataclasses
 import tomllib
-from pathlib import Path
 
 import numpy as np
 import pytest
@@ -17,9 +16,9 @@ from flwr.app import ArrayRecord, ConfigRecord, Message
 
 from app_config.run_config import ConfigError, RunConfig
 from strategies.registry import STRATEGIES, STRATEGY_KEYS, build_strategy, make_strategy, unused_strategy_keys
-from tests.fake_grid import FakeGrid, arrays_of, numpy_of, task_identity, train_reply
+from tests.conftest import PROJECT
+from tests.fake_grid import FakeGrid, arrays_of, numpy_of, train_reply
 
-PROJECT = Path(__file__).resolve().parents[1]
 ALL = ["fedavg", "ldawa", "fedprox", "fedadam", "fedyogi", "fedadagrad", "fedavgm", "fedmedian", "fedtrimmedavg",
        "krum", "multikrum", "bulyan"]
 NODES = [1, 2, 3, 4, 5, 6, 7]  # Bulyan with f = 1 needs 4f + 3 = 7 replies
@@ -31,12 +30,6 @@ PARAMS = dict(proximal_mu=0.3, server_learning_rate=0.7, server_momentum=0.5, fe
               ldawa_warmup_rounds=0, fraction_evaluate=0.0, min_train_nodes=len(NODES))
 # Robust strategies' keys, set away from their defaults too.
 NEW = dict(num_malicious_nodes=1, multikrum_select=3)
-
-
-@pytest.fixture(autouse=True)
-def _identity():
-    with task_identity():
-        yield
 
 
 def initial_weights() -> dict[str, np.ndarray]:
