@@ -38,6 +38,11 @@ def lifespan(_context: Context) -> Iterator[None]:
     yield
 
 
+def metric_values(metrics: dict[str, float]) -> dict[str, int | float | list[int] | list[float]]:
+    """The same numbers, typed as a MetricRecord takes them."""
+    return dict(metrics)
+
+
 def _identity(context: Context) -> tuple[int, int]:
     node = context.node_config
     if is_deployed(node):  # a device with its own data: the partition id only seeds local training
@@ -71,10 +76,14 @@ def round_learning_rate(train_config) -> float | None:
 @app.train()
 def train(msg: Message, context: Context) -> Message:
     arrived = time.perf_counter()
-    server_round = int(msg.content["config"]["server-round"])
+    instruction = msg.content.config_records["config"]
+    server_round = instruction["server-round"]
+    if not isinstance(server_round, int):
+        raise ValueError(f"train config server-round must be an int, got {server_round!r}")
     config, partition_id, state = _setup(context)
     maybe_inject_fault(config, server_round, partition_id)  # fault-rate (tests); no-op by default
-    state.model.load_state_dict(msg.content["arrays"].to_torch_state_dict())
+    global_arrays = msg.content.array_records["arrays"]
+    state.model.load_state_dict(global_arrays.to_torch_state_dict())
     extra_loss = proximal_term(state.model, proximal_mu(msg.content["config"]))  # FedProx; None otherwise
     settings = train_settings(config, state.model, round_learning_rate(msg.content["config"]))
     import_seconds = WORKER.take_import_seconds()
@@ -88,11 +97,11 @@ def train(msg: Message, context: Context) -> Message:
     metrics.update({"ready-seconds": ready, "import-seconds": import_seconds, **state.setup_seconds})
     metrics.update(resource_report())
     arrays = reply_arrays(state.model, config.update_dtype)
-    metrics["bytes-received"] = float(record_bytes(msg.content["arrays"]))
+    metrics["bytes-received"] = float(record_bytes(global_arrays))
     metrics["bytes-sent"] = float(record_bytes(arrays))
     reply = RecordDict({
         "arrays": arrays,
-        "metrics": MetricRecord(metrics),
+        "metrics": MetricRecord(metric_values(metrics)),
         "client-info": worker_info(partition_id, state.kind, state.device.type),
     })
     return Message(content=reply, reply_to=msg)
@@ -103,7 +112,7 @@ def train(msg: Message, context: Context) -> Message:
 def evaluate(msg: Message, context: Context) -> Message:
     """NT-Xent of the global model on (augmented) local data: a label-free health check."""
     config, partition_id, state = _setup(context)
-    state.model.load_state_dict(msg.content["arrays"].to_torch_state_dict())
+    state.model.load_state_dict(msg.content.array_records["arrays"].to_torch_state_dict())
     state.model.eval()
     torch.manual_seed(training_seed(config.seed, -1, partition_id))
     metrics = {"loss": 0.0}
@@ -116,4 +125,4 @@ def evaluate(msg: Message, context: Context) -> Message:
     for modality in MODALITIES:
         metrics.setdefault(f"eval-loss-{modality}", 0.0)
     metrics["num-examples"] = float(sum(state.data.count(m) for m in state.data.modalities))
-    return Message(content=RecordDict({"metrics": MetricRecord(metrics)}), reply_to=msg)
+    return Message(content=RecordDict({"metrics": MetricRecord(metric_values(metrics))}), reply_to=msg)

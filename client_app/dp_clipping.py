@@ -30,7 +30,8 @@ MOD_ERROR_CODE = 0
 def _clipping_norm(msg: Message) -> float | None:
     for record in msg.content.config_records.values():
         if KEY_CLIPPING_NORM in record:
-            return record[KEY_CLIPPING_NORM]
+            value = record[KEY_CLIPPING_NORM]
+            return value if isinstance(value, (int, float)) else float("nan")  # refused by the caller
     return None
 
 

@@ -27,7 +27,7 @@ def proximal_term(model: nn.Module, mu: float) -> Callable[[nn.Module], torch.Te
 
     def extra_loss(current: nn.Module) -> torch.Tensor:
         params = dict(current.named_parameters())
-        total = sum((params[n] - anchors[n]).pow(2).sum() for n in names)
+        total = torch.stack([(params[n] - anchors[n]).pow(2).sum() for n in names]).sum()
         return (mu / 2.0) * total
 
     return extra_loss

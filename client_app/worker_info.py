@@ -9,13 +9,14 @@ from flwr.app import ConfigRecord
 
 
 def worker_info(partition_id: int, kind: str, device: str = "cpu") -> ConfigRecord:
+    info: dict[str, int | float | str | bytes | bool | list[int] | list[float] | list[str] | list[bytes] | list[bool]]
     info = {"partition-id": partition_id, "kind": kind, "host": socket.gethostname(), "pid": os.getpid(),
             "device": device}
     try:  # inside a Ray worker (simulation): the Ray node that executed this client
         import ray
 
         if ray.is_initialized():
-            info["ray-node-id"] = ray.get_runtime_context().get_node_id()
+            info["ray-node-id"] = str(ray.get_runtime_context().get_node_id())
     except Exception:  # noqa: BLE001 - placement info is best effort, never fails a round
         pass
     return ConfigRecord(info)

@@ -71,7 +71,8 @@ def _save(path: Path, array: np.ndarray) -> None:
 
 def _write(splits: DatasetSplits, folder: Path, summary: dict | None = None) -> None:
     """The arrays, then ``meta.json``, each fsync-ed."""
-    meta = {"name": splits.name, "modality": splits.train.modality, "classes": list(splits.train.classes)}
+    meta: dict[str, object] = {"name": splits.name, "modality": splits.train.modality,
+                               "classes": list(splits.train.classes)}
     if summary is not None:
         meta["summary"] = summary
     for split, data in (("train", splits.train), ("test", splits.test)):

@@ -239,5 +239,5 @@ def load_or_build_plan(settings: PlanSettings, image_labels, audio_labels, cache
             arrays = {f"{name}_{i}": arr for i, p in enumerate(plan)
                       for name, arr in (("kind", np.array(p.kind)), ("image", p.image_indices),
                                         ("audio", p.audio_indices))}
-            atomic_write(path, lambda fh: np.savez(fh, **arrays))
+            atomic_write(path, lambda fh: np.savez(fh, **arrays))  # type: ignore[arg-type]  # numpy's stub misreads **kwds
     return plan

@@ -120,7 +120,7 @@ class AudioViews(nn.Module):
         self.stretch = K.RandomAffine(degrees=0.0, translate=(0.1, 0.0), scale=(*scale, *scale),
                                       padding_mode="zeros", p=1.0) if stretch > 0 else None
         self.freq_mask = T.FrequencyMasking(freq_mask_param=max(1, n_mels // 5), iid_masks=True)
-        self.time_masks = None
+        self.time_masks: T.TimeMasking | None = None
 
     def forward(self, batch_int16: torch.Tensor) -> torch.Tensor:
         waves = random_time_shift(waves_to_tensor(batch_int16), self.max_shift)
@@ -130,9 +130,11 @@ class AudioViews(nn.Module):
             levels = mix_other_clips(levels, self.mix_ratio)
         if self.stretch is not None:
             levels = self.stretch(levels)
-        if self.time_masks is None:
-            self.time_masks = T.TimeMasking(time_mask_param=max(1, levels.shape[-1] // 5), iid_masks=True)
-        levels = self.time_masks(self.freq_mask(levels))  # masks fill with 0: silence
+        time_masks = self.time_masks
+        if time_masks is None:
+            time_masks = self.time_masks = T.TimeMasking(time_mask_param=max(1, levels.shape[-1] // 5),
+                                                         iid_masks=True)
+        levels = time_masks(self.freq_mask(levels))  # masks fill with 0: silence
         return to_encoder_channels(normalise_levels(levels))
 
 

@@ -32,7 +32,9 @@ def _cifar_stem(model: nn.Module, in_chans: int, width: int) -> nn.Module:
 @register_model
 def resnet18_cifar(pretrained: bool = False, **kwargs) -> nn.Module:
     model = timm.create_model("resnet18", pretrained=pretrained, **kwargs)
-    return _cifar_stem(model, model.conv1.in_channels, 64)
+    conv1 = model.conv1
+    assert isinstance(conv1, nn.Conv2d)
+    return _cifar_stem(model, conv1.in_channels, 64)
 
 
 @register_model

@@ -26,7 +26,9 @@ class SSLModel(nn.Module):
     def __init__(self, encoder_name: str, projection_hidden_dim: int, projection_dim: int) -> None:
         super().__init__()
         self.encoder = create_encoder(encoder_name)
-        self.projector = ProjectionHead(self.encoder.num_features, projection_hidden_dim, projection_dim)
+        width = self.encoder.num_features
+        assert isinstance(width, int), "a timm encoder reports its feature width as num_features"
+        self.projector = ProjectionHead(width, projection_hidden_dim, projection_dim)
 
     def features(self, x: torch.Tensor) -> torch.Tensor:
         return self.encoder(x)

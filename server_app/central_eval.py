@@ -41,6 +41,7 @@ from flwr.app import ArrayRecord, MetricRecord
 from threadpoolctl import threadpool_limits
 
 from data_partition.modality_data import DatasetSplits, ModalityData
+from models.ssl_model import SSLModel
 from server_app.evaluation import RawInput, extract_features, knn_accuracy, linear_probe_accuracy
 
 
@@ -72,7 +73,7 @@ def weights_digest(arrays: ArrayRecord) -> str:
 class CentralEvaluator:
     """kNN and linear probe per modality: fit on (a sample of) the train split, score the held-out split."""
 
-    def __init__(self, model: torch.nn.Module, transforms: dict, datasets: dict[str, DatasetSplits],
+    def __init__(self, model: SSLModel, transforms: dict, datasets: dict[str, DatasetSplits],
                  device: torch.device, knn_k: int, seed: int, max_train_samples: int = 0,
                  timeout: float = 0.0) -> None:
         self.model, self.transforms, self.datasets = model, transforms, datasets

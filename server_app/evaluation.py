@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from typing import Protocol
+
 import numpy as np
 import torch
 import torch.nn as nn
@@ -14,8 +16,16 @@ from tqdm import tqdm
 from data_partition.modality_data import ModalityData
 
 
+class FeatureModel(Protocol):
+    """What evaluation needs of a model: eval mode and backbone features (an SSLModel, the raw input)."""
+
+    def eval(self) -> nn.Module: ...
+
+    def features(self, x: torch.Tensor) -> torch.Tensor: ...
+
+
 @torch.no_grad()
-def extract_features(model: nn.Module, preprocess: nn.Module, data: ModalityData,
+def extract_features(model: FeatureModel, preprocess: nn.Module, data: ModalityData,
                      device: torch.device, batch_size: int = 256) -> np.ndarray:
     """Backbone features (before the projection head), as SimCLR evaluates."""
     model.eval()

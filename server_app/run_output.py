@@ -44,11 +44,11 @@ def json_safe(value, *, max_string: int | None = None, max_items: int | None = N
         return "<nested too deep>"
     kw: dict = {"max_string": max_string, "max_items": max_items, "_depth": _depth + 1}
     if isinstance(value, dict):
-        items = list(value.items())[:max_items] if max_items is not None else value.items()
-        return {str(k) if max_string is None else str(k)[:max_string]: json_safe(v, **kw) for k, v in items}
+        pairs = list(value.items())[:max_items] if max_items is not None else value.items()
+        return {str(k) if max_string is None else str(k)[:max_string]: json_safe(v, **kw) for k, v in pairs}
     if isinstance(value, (list, tuple)):
-        items = value[:max_items] if max_items is not None else value
-        return [json_safe(v, **kw) for v in items]
+        entries = value[:max_items] if max_items is not None else value
+        return [json_safe(v, **kw) for v in entries]
     return json_safe(str(value), max_string=max_string)
 
 

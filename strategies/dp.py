@@ -70,7 +70,12 @@ DP_MODES = (NONE, "server-fixed", "client-fixed", "server-adaptive", "client-ada
 
 
 class _FloatNoise:
-    """Noise the aggregate's float arrays only (with Flower's stdv)."""
+    """Noise the aggregate's float arrays only (with Flower's stdv); mixed into Flower's DP wrappers,
+    which set these attributes."""
+
+    noise_multiplier: float
+    clipping_norm: float
+    num_sampled_clients: int
 
     def _add_noise_to_aggregated_arrays(self, aggregated_arrays: ArrayRecord) -> ArrayRecord:
         stdv = compute_stdv(self.noise_multiplier, self.clipping_norm, self.num_sampled_clients)
@@ -87,7 +92,7 @@ def _clip_replies(replies: list[Message], reference: ArrayRecord, clipping_norm:
     return clipped
 
 
-class _ServerFixedClipping(_FloatNoise):
+class _ServerFixedClipping(_FloatNoise, DifferentialPrivacyServerSideFixedClipping):
     """Flower's server-side fixed-clipping ``aggregate_train`` with the float-only clipping step."""
 
     def aggregate_train(self, server_round: int, replies: Iterable[Message]
@@ -105,7 +110,7 @@ class _ServerFixedClipping(_FloatNoise):
         return arrays, metrics
 
 
-class _ServerAdaptiveClipping(_FloatNoise):
+class _ServerAdaptiveClipping(_FloatNoise, DifferentialPrivacyServerSideAdaptiveClipping):
     """Flower's server-side adaptive-clipping ``aggregate_train`` with the float-only clipping step."""
 
     def aggregate_train(self, server_round: int, replies: Iterable[Message]
@@ -127,11 +132,11 @@ class _DPFilter(ReplyFilter):
     uniform_weights = True
 
 
-class DPServerFixed(_DPFilter, _ServerFixedClipping, DifferentialPrivacyServerSideFixedClipping):
+class DPServerFixed(_DPFilter, _ServerFixedClipping):
     """Central DP, updates clipped to a fixed norm on the server."""
 
 
-class DPServerAdaptive(_DPFilter, _ServerAdaptiveClipping, DifferentialPrivacyServerSideAdaptiveClipping):
+class DPServerAdaptive(_DPFilter, _ServerAdaptiveClipping):
     """Central DP, clipped on the server to a norm that tracks a quantile of the update norms."""
 
 
@@ -145,8 +150,11 @@ class DPClientAdaptive(_DPFilter, _FloatNoise, DifferentialPrivacyClientSideAdap
     required_metrics = (KEY_NORM_BIT,)
 
 
-WRAPPERS = {"server-fixed": DPServerFixed, "client-fixed": DPClientFixed,
-            "server-adaptive": DPServerAdaptive, "client-adaptive": DPClientAdaptive}
+FIXED: dict[str, type[DPServerFixed] | type[DPClientFixed]] = {
+    "server-fixed": DPServerFixed, "client-fixed": DPClientFixed}
+ADAPTIVE: dict[str, type[DPServerAdaptive] | type[DPClientAdaptive]] = {
+    "server-adaptive": DPServerAdaptive, "client-adaptive": DPClientAdaptive}
+WRAPPERS = {**FIXED, **ADAPTIVE}
 
 
 _DEFAULT = RunConfig()  # the defaults are RunConfig's
@@ -201,14 +209,14 @@ def wrap_dp(strategy: Strategy, settings: DPSettings, min_train_nodes: int = 2) 
     sampled = settings.sampled_clients or int(min_train_nodes)
     if isinstance(strategy, ReplyFilter):
         strategy.trusted_replies = True  # the wrapper's own filter checks the replies first
-    cls = WRAPPERS[settings.mode]
-    if settings.mode.endswith("fixed"):
-        return cls(strategy, settings.noise_multiplier, settings.clipping_norm, sampled)
+    if settings.mode in FIXED:
+        return FIXED[settings.mode](strategy, settings.noise_multiplier, settings.clipping_norm, sampled)
     count_stddev = settings.clipped_count_stddev or None  # None: Flower's default, sampled / 20
     if settings.noise_multiplier > 0 and settings.noise_multiplier >= 2 * (count_stddev or sampled / 20):
         raise ValueError(f"dp-clipped-count-stddev: {settings.mode} with dp-noise-multiplier "
                          f"{settings.noise_multiplier} needs it above {settings.noise_multiplier / 2:g} "
                          f"(0 means sampled clients / 20 = {sampled / 20:g})")
-    return cls(strategy, settings.noise_multiplier, sampled, initial_clipping_norm=settings.clipping_norm,
-               target_clipped_quantile=settings.target_quantile, clip_norm_lr=settings.clip_norm_lr,
-               clipped_count_stddev=count_stddev)
+    return ADAPTIVE[settings.mode](strategy, settings.noise_multiplier, sampled,
+                                   initial_clipping_norm=settings.clipping_norm,
+                                   target_clipped_quantile=settings.target_quantile,
+                                   clip_norm_lr=settings.clip_norm_lr, clipped_count_stddev=count_stddev)

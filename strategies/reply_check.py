@@ -107,7 +107,7 @@ def check_metrics(msg: Message, weighted_by_key: str, required: tuple[str, ...] 
         if not finite_number(value):
             return f"metric {key!r} must be a finite number within +-{METRIC_ABS_MAX:g}, got {_short(value)}"
     weight = metrics[weighted_by_key]
-    if not 0 < weight <= MAX_NUM_EXAMPLES:
+    if not (isinstance(weight, (int, float)) and 0 < weight <= MAX_NUM_EXAMPLES):
         return f"{weighted_by_key!r} must be in (0, {MAX_NUM_EXAMPLES:g}], got {weight!r}"
     return None
 
@@ -196,7 +196,7 @@ def check_arrays(msg: Message, spec: Spec | None) -> Verdict:
     for name, array in arrays.items():
         shape, dtype = spec[name]
         values, verdict = decode_checked(array, shape, dtype, name)
-        if verdict is None:
+        if verdict is None and values is not None:
             verdict = check_values(values, name)
         if verdict is not None:
             return verdict

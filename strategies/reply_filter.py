@@ -57,12 +57,15 @@ import copy
 from collections import Counter
 from collections.abc import Iterable
 from logging import ERROR, INFO, WARNING
+from typing import TYPE_CHECKING
 
 import numpy as np
 from flwr.app import Array, ArrayRecord, ConfigRecord, Message, MetricRecord, RecordDict
 from flwr.common import log
 from flwr.serverapp import Grid
+from flwr.serverapp.strategy import Strategy
 
+from app_config.numbers import real_number
 from strategies.reply_check import (
     CATEGORIES,
     FAILED,
@@ -128,7 +131,9 @@ def for_aggregation(msg: Message, weighted_by_key: str, weight: float, kept: tup
     values = {key: metrics[key] for key in kept if key in metrics}
     values[weighted_by_key] = float(weight)
     content = RecordDict({array_key: ArrayRecord(dict(arrays.items())), metric_key: MetricRecord(values)})
-    return Message(content, metadata=copy.copy(msg.metadata))  # Message() writes to its metadata
+    duplicate = copy.copy(msg)  # the same metadata (sender, ids), read-only for the strategies
+    duplicate.content = content
+    return duplicate
 
 
 def weighted_metrics(msg: Message, weighted_by_key: str, weight: float) -> RecordDict:
@@ -152,7 +157,23 @@ def cast_to_spec(arrays: ArrayRecord, spec: Spec | None) -> tuple[bool, ArrayRec
     return False, out
 
 
-class ReplyFilter:
+if TYPE_CHECKING:  # a mixin placed before a Flower strategy: its super() is that strategy
+    class _Strategy(Strategy):
+        def configure_train(self, server_round: int, arrays: ArrayRecord, config: ConfigRecord,
+                            grid: Grid) -> Iterable[Message]:
+            raise NotImplementedError
+
+        def aggregate_train(self, server_round: int, replies: Iterable[Message]
+                            ) -> tuple[ArrayRecord | None, MetricRecord | None]:
+            raise NotImplementedError
+
+        def aggregate_evaluate(self, server_round: int, replies: Iterable[Message]) -> MetricRecord | None:
+            raise NotImplementedError
+else:
+    _Strategy = object
+
+
+class ReplyFilter(_Strategy):
     """Mixin: drop bad train replies, count them, cap weights, keep the previous model if none is left."""
 
     _reply_spec: Spec | None = None
@@ -173,7 +194,8 @@ class ReplyFilter:
     def _weights(self, good: list[Message], weighted_by_key: str) -> tuple[list[float], int]:
         if self.uniform_weights:
             return [1.0] * len(good), 0
-        reported = [float(next(iter(m.content.metric_records.values()))[weighted_by_key]) for m in good]
+        reported = [real_number(next(iter(m.content.metric_records.values()))[weighted_by_key]) or 0.0
+                    for m in good]  # checked: finite and > 0
         return cap_weights(reported, self.weight_cap_factor)
 
     def aggregate_train(self, server_round: int, replies: Iterable[Message]
@@ -181,7 +203,7 @@ class ReplyFilter:
         replies = list(replies)
         weighted_by_key = getattr(self, "weighted_by_key", "num-examples")
         if self.trusted_replies:
-            good, counts, notes = [m for m in replies if not m.has_error()], Counter(), []
+            good, counts, notes = [m for m in replies if not m.has_error()], Counter[str](), list[Drop]()
             counts[FAILED] = len(replies) - len(good)
         else:
             good, counts, notes = screen_replies(replies, self._reply_spec, weighted_by_key, self.required_metrics)

@@ -23,11 +23,13 @@ dtype (integers rounded and clipped to their range).
 
 from __future__ import annotations
 
-from collections.abc import Iterable, Iterator
+from collections.abc import Iterable, Iterator, Mapping
 
 import numpy as np
 from flwr.app import Array, ArrayRecord, Message, MetricRecord, RecordDict
 from flwr.serverapp.strategy import FedAvg
+
+from app_config.numbers import real_number
 
 ACCUMULATOR = np.dtype(np.float64)
 
@@ -59,7 +61,7 @@ def reply_arrays(content: RecordDict) -> ArrayRecord:
 
 def reply_weight(content: RecordDict, key: str) -> float:
     """The weighting value (e.g. ``num-examples``) of a train reply's single MetricRecord."""
-    return float(next(iter(content.metric_records.values()))[key])
+    return real_number(next(iter(content.metric_records.values()))[key]) or 0.0  # checked by the reply filter
 
 
 def weighted_pairs(replies: Iterable[Message | RecordDict], key: str) -> Iterator[tuple[ArrayRecord, float]]:
@@ -84,7 +86,7 @@ class StreamingSum:
         self._dtypes: dict[str, np.dtype] = {}
         self.count = 0
 
-    def add(self, record: ArrayRecord, coefficient: float, scale=None) -> None:
+    def add(self, record: ArrayRecord | Mapping[str, np.ndarray], coefficient: float, scale=None) -> None:
         if self.count and set(record.keys()) != set(self._acc):
             raise ValueError("records to aggregate must hold the same array names")
         for name, array in record.items():

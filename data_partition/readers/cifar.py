@@ -20,6 +20,7 @@ import pickle
 import pickletools
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 
@@ -242,6 +243,7 @@ def parse_pickle(data: bytes):
 
     try:
         ops = pickletools.genops(io.BytesIO(data))
+        arg: Any
         for count, (opcode, arg, _pos) in enumerate(ops):
             name = opcode.name
             if count >= MAX_OPCODES:

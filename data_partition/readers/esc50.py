@@ -63,7 +63,7 @@ def build(data_root: Path, scratch: Path, clip_seconds: float = CLIP_SECONDS) ->
         names.setdefault(target, category)
     classes = tuple(names.get(t, str(t)) for t in range(max(names, default=-1) + 1))
 
-    items = {"train": [], "test": []}
+    items: dict[str, list[tuple[Path, int]]] = {"train": [], "test": []}
     for filename, fold, target, _ in rows:
         items["test" if fold in TEST_FOLDS else "train"].append((folder / "audio" / filename, target))
     clip = int(round(clip_seconds * SAMPLE_RATE))

@@ -47,8 +47,8 @@ def class_names(folder: Path, wnids: list[str]) -> tuple[str, ...]:
     words = {}
     if (folder / "words.txt").exists():
         for line in read_lines(folder / "words.txt"):
-            wnid, _, names = line.partition("\t")
-            words[wnid] = names.split(",")[0].strip()
+            wnid, _, synonyms = line.partition("\t")
+            words[wnid] = synonyms.split(",")[0].strip()
     names = [words.get(w) or w for w in wnids]
     return tuple(n if names.count(n) == 1 else f"{n} ({w})" for n, w in zip(names, wnids))
 

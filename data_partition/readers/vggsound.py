@@ -99,6 +99,8 @@ def _build(data_root: Path, scratch: Path, media: str, clip_seconds: float, side
     rows = read_csv(folder / "vggsound.csv", skips)
     classes = tuple(sorted({label for _, label, _ in rows}))
     index = {c: i for i, c in enumerate(classes)}
+    shape: tuple[int, ...]
+    dtype: type[np.generic]
     if media == "audio":
         files = _media_index(folder / "audio", AUDIO_SUFFIXES, frame_folders=False)
         clip = int(round(clip_seconds * SAMPLE_RATE))
