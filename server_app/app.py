@@ -58,7 +58,7 @@ def main(grid: Grid, context: Context) -> None:
     evaluator = CentralEvaluator(build_model(config).to(device), eval_transforms(config, device), datasets, device,
                                  config.knn_k, config.seed, config.eval_train_samples, config.eval_timeout)
     strategy = build_strategy(config)
-    start = resume_or_create(config, context.run_id, checkpoint, strategy)
+    start = resume_or_create(config, context.run_id, checkpoint, strategy, initial)
     recorder = RunRecorder(config, start.output, strategy, evaluator, start.history, start.resumed_after,
                            context.run_id)
     print(f"[fssuavl] run folder: {start.output.folder}", flush=True)

@@ -38,6 +38,7 @@ import numpy as np
 import torch
 from flwr.app import Array, ArrayRecord
 
+from app_config.run_config import MAX_ROUNDS
 from file_io.atomic import TMP_SUFFIX, atomic_write
 
 CHECKPOINT_NAME = "checkpoint.pt"
@@ -152,14 +153,30 @@ def capture_strategy_state(strategy) -> dict:
     Hyper-parameters are rebuilt from the run config; attributes still
     ``None`` are left at their constructor default.
     """
-    state = {name: encode(value) for name, value in vars(strategy).items()
-             if name in ARRAY_STATE and _holds_arrays(value)}
+    held = {name: value for name, value in vars(strategy).items() if name in ARRAY_STATE and _holds_arrays(value)}
+    for name, value in held.items():
+        if not state_is_finite(value):
+            raise CheckpointError(f"strategy state {name!r} of {type(strategy).__name__} holds NaN or Inf")
+    state = {name: encode(value) for name, value in held.items()}
     if _adaptive(strategy):
         state[NORM_STATE] = float(strategy.clipping_norm)
     inner = vars(strategy).get(INNER_STATE)
     if inner is not None and hasattr(inner, "aggregate_train"):
         state[INNER_STATE] = {"__state__": capture_strategy_state(inner)}
     return state
+
+
+def state_is_finite(value) -> bool:
+    """Every float value of an arrays-like strategy state is finite (FedOpt's moments, FedAvgM's momentum)."""
+    if isinstance(value, Array):
+        value = value.numpy()
+    if isinstance(value, (np.ndarray, np.generic)):
+        return value.dtype.kind not in "fc" or bool(np.isfinite(value).all())
+    if isinstance(value, (ArrayRecord, dict)):
+        return all(state_is_finite(v) for v in value.values())
+    if isinstance(value, (list, tuple)):
+        return all(state_is_finite(v) for v in value)
+    return True
 
 
 def _arrays_like(value) -> bool:
@@ -205,6 +222,8 @@ def restore_strategy_state(strategy, state: dict) -> None:
         decoded = decode(value)
         if not _arrays_like(decoded):
             raise CheckpointError(f"checkpoint: state {name!r} must hold named arrays, got {type(decoded).__name__}")
+        if not state_is_finite(decoded):
+            raise CheckpointError(f"checkpoint: state {name!r} holds NaN or Inf")
         setattr(strategy, name, decoded)
 
 
@@ -223,8 +242,17 @@ def capture_rng(seed: int) -> dict:
 
 
 def restore_rng(rng: dict) -> None:
+    """Set the RNG states :func:`capture_rng` captured; a malformed state is a one-line CheckpointError."""
     if not rng:
         return
+    try:
+        _set_rng(rng)
+    except (KeyError, TypeError, ValueError, IndexError, RuntimeError) as err:
+        raise CheckpointError(f"checkpoint: the RNG state cannot be restored ({type(err).__name__}: "
+                              f"{str(err)[:80]})") from None
+
+
+def _set_rng(rng: dict) -> None:
     py = rng["python"]
     random.setstate((py["version"], tuple(py["state"]), py["gauss"]))
     n = rng["numpy"]
@@ -298,19 +326,66 @@ def load_checkpoint(resume_from: str | Path) -> Checkpoint:
     try:
         payload = torch.load(path, map_location="cpu", weights_only=True)
     except Exception as err:  # noqa: BLE001 - any unreadable file is one error for the user
-        raise CheckpointError(f"checkpoint {str(path)!r} cannot be read: {str(err).splitlines()[0]}") from err
+        reason = (str(err).splitlines() or [type(err).__name__])[0]
+        raise CheckpointError(f"checkpoint {str(path)!r} cannot be read: {reason}") from err
     if not isinstance(payload, dict) or payload.get("format") != FORMAT_VERSION:
         raise CheckpointError(f"checkpoint {str(path)!r} has an unknown format")
-    return Checkpoint(
-        round=int(payload["round"]),
-        arrays=decode(payload["arrays"]),
-        strategy_name=payload["strategy-name"],
-        strategy_state=payload["strategy"],
-        rng=payload["rng"],
-        history=json.loads(payload["history-json"]),
-        run_config=json.loads(payload["run-config-json"]),
-        meta=json.loads(payload["meta-json"]),
-    )
+    try:
+        checkpoint = Checkpoint(
+            round=payload["round"],
+            arrays=decode(payload["arrays"]),
+            strategy_name=payload["strategy-name"],
+            strategy_state=payload["strategy"],
+            rng=payload["rng"],
+            history=json.loads(payload["history-json"]),
+            run_config=json.loads(payload["run-config-json"]),
+            meta=json.loads(payload["meta-json"]),
+        )
+    except KeyError as err:
+        raise CheckpointError(f"checkpoint {str(path)!r}: field {err.args[0]!r} is missing") from None
+    except (TypeError, ValueError) as err:  # json text that is not text or not JSON, an undecodable value
+        reason = (str(err).splitlines() or [type(err).__name__])[0]
+        raise CheckpointError(f"checkpoint {str(path)!r}: a field cannot be decoded ({reason[:120]})") from None
+    problem = field_problem(checkpoint)
+    if problem is not None:
+        raise CheckpointError(f"checkpoint {str(path)!r}: {problem}")
+    return checkpoint
+
+
+def field_problem(checkpoint: Checkpoint) -> str | None:
+    """Why a decoded checkpoint's fields cannot be what this project writes (None when they can)."""
+    if isinstance(checkpoint.round, bool) or not isinstance(checkpoint.round, int) \
+            or not 0 <= checkpoint.round <= MAX_ROUNDS:
+        return f"round must be an int in [0, {MAX_ROUNDS}], got {str(checkpoint.round)[:40]!r}"
+    if not isinstance(checkpoint.arrays, ArrayRecord) or not len(checkpoint.arrays):
+        return "arrays must be the model's named arrays"
+    if not isinstance(checkpoint.strategy_name, str):
+        return "strategy-name must be a string"
+    for name in ("strategy_state", "rng", "run_config", "meta"):
+        if not isinstance(getattr(checkpoint, name), dict):
+            return f"{name.replace('_', '-')} must be a mapping"
+    if not isinstance(checkpoint.history, list) or not all(
+            isinstance(r, dict) and isinstance(r.get("round"), int) and not isinstance(r.get("round"), bool)
+            for r in checkpoint.history):
+        return "history must be a list of round records, each with an int round"
+    return None
+
+
+def arrays_problem(arrays: ArrayRecord, model: ArrayRecord) -> str | None:
+    """Why a checkpoint's global model cannot continue this run's model (None when it can): the same names,
+    shapes and dtypes, every value finite."""
+    missing, extra = sorted(set(model) - set(arrays)), sorted(set(arrays) - set(model))
+    if missing or extra:
+        return f"arrays differ from this run's model (missing {missing[:3]}, extra {extra[:3]})"
+    for name, want in model.items():
+        have = arrays[name]
+        if tuple(have.shape) != tuple(want.shape) or have.dtype != want.dtype:
+            return (f"array {name!r} is {tuple(have.shape)} {have.dtype}, this run's model has "
+                    f"{tuple(want.shape)} {want.dtype}")
+        values = have.numpy()
+        if values.dtype.kind in "fc" and not np.isfinite(values).all():
+            return f"array {name!r} holds NaN or Inf"
+    return None
 
 
 def config_mismatch(saved: dict, current: dict) -> str | None:

@@ -10,6 +10,9 @@ before its first round (never per client message):
   importing :mod:`models.encoders`);
 * ``data-root`` exists when it is set, and every real dataset the run uses is
   laid out (or already cached) under it;
+* ``run-dir``, ``data-root`` and ``resume-from`` are usable paths (no NUL byte,
+  at most ``MAX_PATH`` characters); ``run-dir`` is a folder, or can be created
+  as one, in a writable place other than ``/``;
 * ``resume-from`` names a checkpoint that exists;
 * the federation plan can be made for the number of clients
   (:func:`check_federation_plan`; the ServerApp calls it with its connected
@@ -20,6 +23,7 @@ Each failure is a :class:`~app_config.run_config.ConfigError`, one line naming t
 
 from __future__ import annotations
 
+import os
 from collections.abc import Mapping
 from pathlib import Path
 
@@ -34,8 +38,47 @@ def _need(ok: bool, message: str) -> None:
         raise ConfigError(message)
 
 
+MAX_PATH = 4096  # PATH_MAX on Linux
+
+
+def path_problem(value: str) -> str | None:
+    """Why a path text cannot name a file (None when it can)."""
+    if "\0" in value:
+        return "contains a NUL byte"
+    if len(value) > MAX_PATH:
+        return f"is {len(value)} characters long (at most {MAX_PATH})"
+    return None
+
+
+def run_dir_problem(value: str) -> str | None:
+    """Why run folders cannot be written under ``value`` (None when they can); nothing is created."""
+    if (problem := path_problem(value)) is not None:
+        return problem
+    try:
+        folder = Path(value).expanduser().resolve()
+        if folder == Path(folder.anchor):
+            return f"{value!r} is the file system's root; name a folder for the runs"
+        if folder.exists() and not folder.is_dir():
+            return f"{value!r} exists and is not a folder"
+        existing = folder
+        while not existing.exists():
+            existing = existing.parent
+        if not existing.is_dir():
+            return f"{str(existing)!r} is not a folder, so {value!r} cannot be created"
+        if not os.access(existing, os.W_OK | os.X_OK):
+            return f"{str(existing)!r} is not writable"
+    except (OSError, RuntimeError) as err:  # e.g. a symlink loop, a name too long for the file system
+        return f"{value!r} cannot be used: {err}"
+    return None
+
+
 def preflight(config: RunConfig) -> RunConfig:
     """``config`` when the files and names it refers to are there; else a one-line ConfigError."""
+    for key, value in (("data-root", config.data_root), ("resume-from", config.resume_from)):
+        problem = path_problem(value)
+        _need(problem is None, f"{key}: the path {problem}")
+    problem = run_dir_problem(config.run_dir)
+    _need(problem is None, f"run-dir: {problem}")
     _need(is_encoder_name(config.encoder), f"encoder: unknown value {config.encoder!r}; use resnet18_half_cifar, "
                                            "resnet18_cifar, vit_tiny_cifar or a timm model name")
     if config.data_root:

@@ -18,6 +18,7 @@ needs no Flower run: tests drive it with arrays and fake evaluators.
 
 from __future__ import annotations
 
+import logging
 import time
 from collections.abc import Callable
 
@@ -26,11 +27,19 @@ from flwr.serverapp.strategy import Result
 
 from app_config.run_config import RunConfig
 from server_app.central_eval import EvaluationSkipped, as_metric_record
-from server_app.checkpoint import Checkpoint, capture_rng, capture_strategy_state, save_checkpoint
+from server_app.checkpoint import (
+    Checkpoint,
+    CheckpointError,
+    capture_rng,
+    capture_strategy_state,
+    save_checkpoint,
+)
 from server_app.round_loop import RoundTrain
 from server_app.round_record import client_entries
 from server_app.run_output import RunOutput, format_round
 from server_app.tensorboard_log import TensorBoardLog
+
+log = logging.getLogger(__name__)
 
 
 class NothingTrained(RuntimeError):
@@ -110,9 +119,14 @@ class RunRecorder:
         every, last = self.config.checkpoint_every, self.config.num_server_rounds
         if not every or (server_round % every and server_round != last):
             return
+        try:
+            state = capture_strategy_state(self.strategy)
+        except CheckpointError as err:  # a state that a resume would refuse is not written
+            log.warning("round %d: checkpoint not written (the previous one is kept): %s", server_round, err)
+            return
         save_checkpoint(self.output.folder, Checkpoint(
             round=server_round, arrays=arrays, strategy_name=self.config.strategy,
-            strategy_state=capture_strategy_state(self.strategy), rng=capture_rng(self.config.seed),
+            strategy_state=state, rng=capture_rng(self.config.seed),
             history=self.history, run_config=self.config.as_mapping(),
             meta={"flower-run-id": int(self.flower_run_id), "written": time.strftime("%Y-%m-%dT%H:%M:%S")},
         ))

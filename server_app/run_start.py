@@ -19,6 +19,7 @@ from server_app.central_eval import as_metric_record
 from server_app.checkpoint import (
     Checkpoint,
     CheckpointError,
+    arrays_problem,
     config_mismatch,
     load_checkpoint,
     resolve_checkpoint,
@@ -76,15 +77,26 @@ class RunStart:
         return result
 
 
-def resume_or_create(config: RunConfig, run_id: int, checkpoint: Checkpoint | None, strategy) -> RunStart:
-    """A new run folder, or the resumed one with ``strategy`` and the RNGs restored from ``checkpoint``."""
+def resume_or_create(config: RunConfig, run_id: int, checkpoint: Checkpoint | None, strategy,
+                     model: ArrayRecord | None = None) -> RunStart:
+    """A new run folder, or the resumed one with ``strategy`` and the RNGs restored from ``checkpoint``.
+
+    The checkpoint is checked whole (its model against this run's ``model``, the
+    strategy state, the RNG state) before the run folder is touched: a refused
+    resume leaves the interrupted run's files as they were.
+    """
     if checkpoint is None:
         return RunStart(RunOutput.create(config.run_dir, config, run_id))
-    output = RunOutput(resolve_checkpoint(config.resume_from).parent)
-    history = [r for r in checkpoint.history if int(r["round"]) <= checkpoint.round]
-    output.rewrite_rounds(history)
+    if model is not None and (problem := arrays_problem(checkpoint.arrays, model)) is not None:
+        raise CheckpointError(f"resume-from: cannot resume, {problem}")
+    if checkpoint.round >= config.num_server_rounds:
+        raise CheckpointError(f"resume-from: the checkpoint is after round {checkpoint.round} and "
+                              f"num-server-rounds is {config.num_server_rounds}: no round is left to run")
     restore_strategy_state(strategy, checkpoint.strategy_state)
     restore_rng(checkpoint.rng)
+    output = RunOutput(resolve_checkpoint(config.resume_from).parent)
+    history = [r for r in checkpoint.history if int(r["round"]) <= checkpoint.round]
+    output.rewrite_rounds(history)  # only now: everything above can still refuse the resume
     print(f"[fssuavl] resuming after round {checkpoint.round} from {resolve_checkpoint(config.resume_from)}",
           flush=True)
     return RunStart(output, checkpoint, history)
