@@ -25,7 +25,7 @@ from typing import Any
 import numpy as np
 
 from data_partition.modality_data import IMAGE, DatasetSplits, ModalityData
-from data_partition.readers.common import LayoutError, Skips, dataset_folder, require_samples
+from data_partition.readers.common import LayoutError, Skips, dataset_folder, regular_file, require_samples
 
 IMAGE_SIDE = 32
 
@@ -344,7 +344,7 @@ def _global(module: str, attr: str) -> _Global:
 
 def read_pickle(path: Path) -> dict:
     """A CIFAR pickle as a dict with str keys (Python 2 strings read as latin1), parsed without executing it."""
-    path = Path(path)
+    path = regular_file(path)
     size = path.stat().st_size
     if size > MAX_FILE_BYTES:
         raise PickleRefused(f"{size} bytes, more than any CIFAR file ({MAX_FILE_BYTES})")

@@ -13,6 +13,7 @@ from __future__ import annotations
 import json
 import math
 import os
+import stat
 from collections import Counter
 from collections.abc import Callable, Iterable, Sequence
 from concurrent.futures import ThreadPoolExecutor
@@ -23,6 +24,11 @@ import numpy as np
 from tqdm import tqdm
 
 SAMPLE_RATE = 16_000
+RATE_RANGE = (4_000, 192_000)  # sample rates a reader accepts (Hz); real datasets use 8-48 kHz
+RATE_STEP = 100  # rates are rounded to this before resampling, so the resampling kernel stays small
+IMAGE_FORMATS = ("JPEG", "PNG")  # what the image layouts hold; PIL opens nothing else
+MAX_CLASS_ID = 100_000  # class ids in list files are in [0, MAX_CLASS_ID)
+MAX_LIST_BYTES = 256 * 2**20  # a metadata or list file larger than this is not one of the datasets'
 SUMMARY_FILE = "summary.json"  # read by data_partition.array_cache
 _EXAMPLES_PER_REASON = 5
 _CHUNK = 256
@@ -95,19 +101,55 @@ def _resampler(orig_rate: int):
     return T.Resample(orig_rate, SAMPLE_RATE)
 
 
+def regular_file(path: Path) -> Path:
+    """``path`` when it is a regular file; a FIFO, device or folder would block or mislead a reader."""
+    try:
+        mode = os.stat(path).st_mode
+    except OSError as err:
+        raise FileNotFoundError(f"{path}: {err.strerror}") from None
+    if not stat.S_ISREG(mode):
+        raise LayoutError(f"{path}: not a regular file")
+    return Path(path)
+
+
+def inside(folder: Path, name: str) -> Path | None:
+    """``folder / name`` when it stays inside ``folder`` (list files name files relative to the dataset), else None."""
+    candidate = Path(folder) / name
+    try:
+        if candidate.resolve().is_relative_to(Path(folder).resolve()):
+            return candidate
+    except (OSError, RuntimeError, ValueError):
+        pass
+    return None
+
+
+def class_id(text: str) -> int:
+    """A class id read from a list file: an int in ``[0, MAX_CLASS_ID)`` (ValueError otherwise)."""
+    value = int(text)
+    if not 0 <= value < MAX_CLASS_ID:
+        raise ValueError(f"class id {value} outside [0, {MAX_CLASS_ID})")
+    return value
+
+
 def load_wav(path: Path, clip_samples: int) -> np.ndarray:
     """A sound file as int16 mono 16 kHz, cut or zero-padded to ``clip_samples``.
 
-    Only the frames needed for the clip are read. Raises on an unreadable or empty file.
+    Only the frames needed for the clip are read. Raises on an unreadable or empty
+    file, and on a sample rate outside ``RATE_RANGE``; other rates are rounded to
+    ``RATE_STEP`` Hz before resampling (at most 0.6 % pitch at 8 kHz), so the
+    resampling kernel stays small whatever rate a header claims.
     """
     import soundfile as sf
 
-    with sf.SoundFile(str(path)) as fh:
+    with sf.SoundFile(str(regular_file(path))) as fh:
         rate = fh.samplerate
+        if not RATE_RANGE[0] <= rate <= RATE_RANGE[1]:
+            raise ValueError(f"sample rate {rate} Hz outside [{RATE_RANGE[0]}, {RATE_RANGE[1]}]")
         frames = fh.read(math.ceil(clip_samples * rate / SAMPLE_RATE), dtype="float32", always_2d=True)
     if frames.size == 0:
         raise ValueError("no audio frames")
     wave = frames.mean(axis=1)
+    rate = max(RATE_STEP, int(round(rate / RATE_STEP)) * RATE_STEP)
     if rate != SAMPLE_RATE:
         import torch
 
@@ -125,7 +167,7 @@ def load_image(path: Path, side: int) -> np.ndarray:
     """
     from PIL import Image, ImageOps
 
-    with Image.open(path) as img:
+    with Image.open(regular_file(path), formats=IMAGE_FORMATS) as img:
         img.load()
         rgb = img.convert("RGB")
     if rgb.size != (side, side):
@@ -177,8 +219,19 @@ def require_samples(dataset: str, split: str, count: int, skips: Skips) -> None:
         raise LayoutError(f"{dataset}: no readable {split} samples ({reasons}); check the dataset files")
 
 
+def read_text(path: Path) -> str:
+    """A metadata or list file's text: a regular file of bounded size, UTF-8; one-line LayoutError otherwise."""
+    path = regular_file(path)
+    if path.stat().st_size > MAX_LIST_BYTES:
+        raise LayoutError(f"{path}: {path.stat().st_size} bytes, more than a dataset's list file holds")
+    try:
+        return path.read_text(encoding="utf-8")
+    except UnicodeDecodeError as err:
+        raise LayoutError(f"{path}: not UTF-8 text (byte {err.start})") from None
+
+
 def read_lines(path: Path) -> list[str]:
-    return [line.strip() for line in Path(path).read_text().splitlines() if line.strip()]
+    return [line.strip() for line in read_text(path).splitlines() if line.strip()]
 
 
 def existing_files(folder: Path, suffixes: Iterable[str]) -> list[Path]:

@@ -13,6 +13,7 @@ Unreadable WAVs and listed-but-missing files are skipped and counted.
 from __future__ import annotations
 
 import csv
+import io
 from functools import partial
 from pathlib import Path
 
@@ -23,9 +24,12 @@ from data_partition.readers.common import (
     SAMPLE_RATE,
     LayoutError,
     Skips,
+    class_id,
     dataset_folder,
     decode_into,
+    inside,
     load_wav,
+    read_text,
     require_samples,
 )
 
@@ -42,8 +46,10 @@ def check_layout(data_root: Path) -> Path:
 
 
 def read_meta(csv_path: Path) -> list[dict[str, str]]:
-    with open(csv_path, newline="") as fh:
-        rows = list(csv.DictReader(fh))
+    try:
+        rows = list(csv.DictReader(io.StringIO(read_text(csv_path), newline="")))
+    except csv.Error as err:
+        raise LayoutError(f"{csv_path}: {err}") from None
     if rows and not all(c in rows[0] for c in _COLUMNS):
         raise LayoutError(f"{csv_path}: expected the columns {','.join(_COLUMNS)},esc10,src_file,take")
     return rows
@@ -55,9 +61,9 @@ def build(data_root: Path, scratch: Path, clip_seconds: float = CLIP_SECONDS) ->
     rows = []
     for row in read_meta(folder / "meta" / "esc50.csv"):
         try:
-            rows.append((row["filename"], int(row["fold"]), int(row["target"]), row["category"]))
+            rows.append((row["filename"], int(row["fold"]), class_id(row["target"]), row["category"]))
         except (TypeError, ValueError):
-            skips.add("bad-csv-row", row)
+            skips.add("bad-csv-row", str(row)[:120])
     names: dict[int, str] = {}
     for _, _, target, category in rows:
         names.setdefault(target, category)
@@ -65,7 +71,10 @@ def build(data_root: Path, scratch: Path, clip_seconds: float = CLIP_SECONDS) ->
 
     items: dict[str, list[tuple[Path, int]]] = {"train": [], "test": []}
     for filename, fold, target, _ in rows:
-        items["test" if fold in TEST_FOLDS else "train"].append((folder / "audio" / filename, target))
+        if (path := inside(folder / "audio", filename)) is None:
+            skips.add("outside-dataset", filename[:120])
+            continue
+        items["test" if fold in TEST_FOLDS else "train"].append((path, target))
     clip = int(round(clip_seconds * SAMPLE_RATE))
     decode = partial(load_wav, clip_samples=clip)
     parts = {}

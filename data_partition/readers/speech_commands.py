@@ -27,6 +27,7 @@ from data_partition.readers.common import (
     dataset_folder,
     decode_into,
     existing_files,
+    inside,
     load_wav,
     read_lines,
     require_samples,
@@ -61,7 +62,10 @@ def build(data_root: Path, scratch: Path, clip_seconds: float = CLIP_SECONDS) ->
         if word not in index:
             skips.add("unknown-label", rel)
             continue
-        test_items.append((folder / rel, index[word]))
+        if (path := inside(folder, rel)) is None:
+            skips.add("outside-dataset", rel[:120])
+            continue
+        test_items.append((path, index[word]))
     train_items = [
         (path, index[word])
         for word in words for path in existing_files(folder / word, (".wav",))

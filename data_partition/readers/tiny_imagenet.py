@@ -25,6 +25,7 @@ from data_partition.readers.common import (
     dataset_folder,
     decode_into,
     existing_files,
+    inside,
     load_image,
     read_lines,
     require_samples,
@@ -70,7 +71,10 @@ def build(data_root: Path, scratch: Path, side: int = IMAGE_SIDE) -> DatasetSpli
         if len(fields) < 2 or fields[1] not in index:
             skips.add("unknown-label", line[:120])
             continue
-        test_items.append((folder / "val" / "images" / fields[0], index[fields[1]]))
+        if (path := inside(folder / "val" / "images", fields[0])) is None:
+            skips.add("outside-dataset", fields[0][:120])
+            continue
+        test_items.append((path, index[fields[1]]))
 
     decode = partial(load_image, side=side)
     classes = class_names(folder, wnids)

@@ -20,6 +20,7 @@ but not extracted are skipped and counted as ``missing``, unreadable ones as
 from __future__ import annotations
 
 import csv
+import io
 from functools import partial
 from pathlib import Path
 
@@ -28,11 +29,13 @@ import numpy as np
 from data_partition.modality_data import AUDIO, IMAGE, DatasetSplits, ModalityData
 from data_partition.readers.common import (
     SAMPLE_RATE,
+    LayoutError,
     Skips,
     dataset_folder,
     decode_into,
     load_image,
     load_wav,
+    read_text,
     require_samples,
 )
 
@@ -68,15 +71,18 @@ def clip_stem(ytid: str, start_seconds: str) -> str:
 def read_csv(csv_path: Path, skips: Skips) -> list[tuple[str, str, str]]:
     """``(clip stem, label, split)`` per usable row, in file order."""
     rows = []
-    with open(csv_path, newline="") as fh:
-        for row in csv.reader(fh):
-            if not row:
-                continue
-            try:
-                ytid, start, label, split = (v.strip() for v in row)
-                rows.append((clip_stem(ytid, start), label, split.lower()))
-            except ValueError:
-                skips.add("bad-csv-row", ",".join(row)[:120])
+    try:
+        table = list(csv.reader(io.StringIO(read_text(csv_path), newline="")))
+    except csv.Error as err:
+        raise LayoutError(f"{csv_path}: {err}") from None
+    for row in table:
+        if not row:
+            continue
+        try:
+            ytid, start, label, split = (v.strip() for v in row)
+            rows.append((clip_stem(ytid, start), label, split.lower()))
+        except (ValueError, OverflowError):  # wrong column count, a start time that is not a finite number
+            skips.add("bad-csv-row", ",".join(row)[:120])
     return rows
 
 
