@@ -73,8 +73,8 @@ def local_source(node_config, config: RunConfig) -> LocalSource | None:
         return None
     data_dir = str(node_config[DATA_DIR])
     modality = str(node_config.get("modality", ""))
-    if modality and modality not in MODALITIES:
-        raise NodeConfigError(f"node config modality: unknown value {modality!r}; valid: {', '.join(MODALITIES)}")
+    if modality and modality not in KIND_MODALITIES:
+        raise NodeConfigError(f"node config modality: unknown value {modality!r}; valid: {', '.join(KIND_MODALITIES)}")
     image = str(node_config.get("image-dataset", config.image_dataset))
     audio = str(node_config.get("audio-dataset", config.audio_dataset))
     for key, name, kind in (("image-dataset", image, IMAGE), ("audio-dataset", audio, AUDIO)):
