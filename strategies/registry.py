@@ -57,6 +57,7 @@ keeps the two lists equal).
 
 from __future__ import annotations
 
+import math
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from logging import WARNING
@@ -174,6 +175,26 @@ def unused_strategy_keys(config) -> list[str]:
             if key not in used and config_value(config, key) != defaults[key]]
 
 
+BYZANTINE = ("krum", "multikrum", "bulyan")
+
+
+def inert_defences(config) -> list[str]:
+    """One line for each robust strategy whose settings make it defend against nothing (a user who chose it
+    by name expects it to)."""
+    found = []
+    if config.strategy in BYZANTINE and config.num_malicious_nodes == 0:
+        found.append(f"{config.strategy} with num-malicious-nodes=0 tolerates no Byzantine client"
+                     + (" (bulyan then averages every reply)" if config.strategy == "bulyan" else "")
+                     + "; set num-malicious-nodes to the number of clients to tolerate")
+    if config.strategy == "fedtrimmedavg":
+        least = math.ceil(1 / config.trimmed_beta) if config.trimmed_beta > 0 else None
+        if least is None or least > config.min_train_nodes:
+            found.append(f"fedtrimmedavg with trimmed-beta {config.trimmed_beta:g} trims nothing from a round of "
+                         + (f"fewer than {least} replies" if least else "any size")
+                         + f" (min-train-nodes is {config.min_train_nodes})")
+    return found
+
+
 def build_strategy(config) -> Strategy:
     """The strategy named by ``config.strategy`` (validated by RunConfig), wrapped by its ``dp`` mode."""
     spec = _spec(config.strategy)
@@ -181,4 +202,6 @@ def build_strategy(config) -> Strategy:
     if ignored:
         log(WARNING, "strategy %r ignores %s (it takes: %s)", config.strategy, ", ".join(ignored),
             ", ".join(sorted(spec.params.values())) or "none")
+    for line in inert_defences(config):
+        log(WARNING, "%s", line)
     return wrap_dp(spec(config), DPSettings.from_config(config), config.min_train_nodes)

@@ -367,3 +367,24 @@ def test_client_train_adds_the_proximal_term_when_the_server_sends_mu(monkeypatc
             assert captured["extra_loss"] is None
         else:
             np.testing.assert_allclose(float(captured["extra_loss"](model)), expect, rtol=1e-6)
+
+
+@pytest.mark.parametrize(("values", "expected"), [
+    ({"strategy": "bulyan"}, "bulyan with num-malicious-nodes=0 tolerates no Byzantine client (bulyan then averages"),
+    ({"strategy": "krum"}, "krum with num-malicious-nodes=0"),
+    ({"strategy": "fedtrimmedavg"}, "trims nothing from a round of fewer than 5 replies (min-train-nodes is 2)"),
+    ({"strategy": "fedtrimmedavg", "trimmed_beta": 0.0}, "trims nothing from a round of any size"),
+])
+def test_robust_strategies_that_defend_against_nothing_say_so(values, expected):
+    from strategies.registry import inert_defences
+
+    lines = inert_defences(RunConfig(**values))
+    assert len(lines) == 1 and expected in lines[0] and "\n" not in lines[0]
+
+
+def test_robust_strategies_set_to_defend_say_nothing():
+    from strategies.registry import inert_defences
+
+    assert inert_defences(RunConfig(strategy="bulyan", num_malicious_nodes=1)) == []
+    assert inert_defences(RunConfig(strategy="fedtrimmedavg", min_train_nodes=5)) == []
+    assert inert_defences(RunConfig(strategy="fedavg")) == []
