@@ -21,7 +21,6 @@ replies, which must be aggregated (with a capped weight). The test checks that
 from __future__ import annotations
 
 import functools
-import gc
 import io
 import json
 import time
@@ -38,7 +37,7 @@ from server_app.run_output import json_line
 from server_app.tensorboard_log import round_scalars
 from strategies.dp import DP_MODES, DPSettings, wrap_dp
 from strategies.registry import STRATEGIES, make_strategy
-from tests.fake_grid import FakeGrid, arrays_of, error_reply, numpy_of, task_identity
+from tests.fake_grid import FakeGrid, arrays_of, error_reply, numpy_of
 
 HONEST = list(range(1, 9))
 HOSTILE = list(range(100, 226))  # 126 a round
@@ -47,15 +46,6 @@ SEED = 1234
 GLOBAL = {"w": np.linspace(-1, 1, 12, dtype=np.float32).reshape(3, 4), "b": np.zeros(4, np.float32),
           "bn.num_batches_tracked": np.array(0, np.int64)}
 CASES = [(name, "none") for name in sorted(STRATEGIES)] + [("fedavg", mode) for mode in DP_MODES if mode != "none"]
-
-
-@pytest.fixture(autouse=True)
-def _identity(monkeypatch):
-    # Flower's ArrayRecord.to_numpy_ndarrays(keep_input=False) (Bulyan, per reply) runs a full gc.collect();
-    # in a test process that is ~0.1 s per reply, and has nothing to do with what is tested here.
-    monkeypatch.setattr(gc, "collect", lambda *args: 0)
-    with task_identity():
-        yield
 
 
 def _npy(values: np.ndarray, version=None) -> bytes:
