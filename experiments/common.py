@@ -286,9 +286,23 @@ def stop_pids(pids: Iterable[int], grace: float = 10.0, identities: dict[int, in
             os.close(p.fd)
 
 
+def flower_home_pids(flwr_home: Path) -> list[int]:
+    """PIDs whose environment names this FLWR_HOME: the SuperLink, ``flwr-simulation`` and Ray's processes
+    inherit it, also those that left the SuperLink's process tree (Ray daemonises its GCS and raylet)."""
+    wanted = f"FLWR_HOME={Path(flwr_home)}".encode()
+    found = []
+    for proc in Path("/proc").glob("[0-9]*"):
+        try:
+            if wanted in (proc / "environ").read_bytes().split(b"\0"):
+                found.append(int(proc.name))
+        except OSError:  # gone, or another user's process
+            continue
+    return found
+
+
 def stop_superlink(flwr_home: Path, grace: float = 10.0) -> None:
-    """Stop this FLWR_HOME's SuperLink and everything it started (Ray included)."""
-    pids = process_tree(superlink_pids(flwr_home))
+    """Stop this FLWR_HOME's SuperLink and everything it started (``flwr-simulation`` and Ray included)."""
+    pids = process_tree(superlink_pids(flwr_home) + flower_home_pids(flwr_home))
     stop_pids(pids, grace, start_times(pids))
 
 

@@ -89,3 +89,35 @@ def test_a_thousand_supernodes_train_on_the_embedded_data(tmp_path, data_root):
         assert (r["sent"], r["replies"], r["failures"], r["aggregated"]) == (4, 4, 0, True)
         assert r["train"]["clients"] == 4 and r["train"]["loss-image"] + r["train"]["loss-audio"] > 0
     assert records[2]["eval"]["eval-train-samples-image"] == 100
+
+
+def test_a_launcher_stopped_mid_round_leaves_no_process_of_its_run(tmp_path, small_root):
+    """SIGTERM to the launcher (as `timeout` sends it) stops the SuperLink, flwr-simulation and Ray."""
+    import signal
+    import time
+
+    from experiments.common import flower_home_pids
+
+    flwr_home = (tmp_path / "flwr").resolve()
+    config = (f"encoder='test_resnet' projection-hidden-dim=64 projection-dim=32 num-server-rounds=50 "
+              f"max-local-steps=2 data-root='{small_root}' run-dir='{tmp_path / 'runs'}'")
+    launcher = subprocess.Popen(
+        [sys.executable, "-m", "experiments.launch", "--num-supernodes", "3", "--flwr-home", str(flwr_home),
+         *PORTS, "--timeout", "900", "--run-config", config],
+        cwd=PROJECT, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+    try:
+        for line in launcher.stdout:
+            if "[fssuavl] round   1" in line:
+                break
+        assert flower_home_pids(flwr_home), "the run's processes carry its FLWR_HOME"
+        launcher.send_signal(signal.SIGTERM)
+        assert launcher.wait(timeout=120) != 0
+        deadline = time.monotonic() + 30
+        while flower_home_pids(flwr_home) and time.monotonic() < deadline:
+            time.sleep(1)
+        assert flower_home_pids(flwr_home) == [] and superlink_pids(flwr_home) == []
+    finally:
+        if launcher.poll() is None:
+            launcher.kill()
+        subprocess.run([sys.executable, "-m", "experiments.launch", "--stop", "--flwr-home", str(flwr_home)],
+                       cwd=PROJECT, capture_output=True, timeout=120)

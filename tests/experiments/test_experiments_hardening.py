@@ -220,3 +220,20 @@ def test_the_serverapp_checks_the_plan_for_its_connected_nodes_before_round_1(tm
     assert str(err.value).startswith("federation plan for 1000 clients: audio split: 900 samples cannot give 600 "
                                      "clients min-partition-size=2 each") and "\n" not in str(err.value)
     assert not (tmp_path / "runs").exists()  # nothing was started or written
+
+
+def test_stopping_a_superlink_also_stops_processes_that_left_its_tree(tmp_path):
+    """Ray daemonises its GCS and raylet: they are found by the FLWR_HOME in their environment."""
+    from experiments.common import flower_home_pids, stop_superlink
+
+    home, other = tmp_path / "home", tmp_path / "home2"
+    orphan = sleeper({**os.environ, "FLWR_HOME": str(home)})
+    lookalike = sleeper({**os.environ, "FLWR_HOME": str(other)})
+    try:
+        assert orphan.pid in flower_home_pids(home) and lookalike.pid not in flower_home_pids(home)
+        stop_superlink(home, grace=5)
+        assert orphan.wait(timeout=10) is not None and lookalike.poll() is None
+    finally:
+        for proc in (orphan, lookalike):
+            if proc.poll() is None:
+                proc.kill()
