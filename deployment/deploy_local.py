@@ -34,7 +34,6 @@ from __future__ import annotations
 import argparse
 import json
 import logging
-import os
 import re
 import signal
 import subprocess
@@ -48,14 +47,14 @@ import numpy as np
 import tomli_w
 
 from app_config.log_setup import setup_logging
-from app_config.modalities import CLIENT_KINDS, VISUAL
+from app_config.modalities import AUDIO_ONLY, CLIENT_KINDS, VISUAL
 from deployment.tls_material import make_supernode_keys, make_tls_certificates
 from experiments.common import (
     check_config,
     exit_on_sigterm,
     flower_env,
+    flower_home_pids,
     parse_overrides,
-    path_within,
     port_taken,
     process_tree,
     start_times,
@@ -90,7 +89,7 @@ def split_embedded_data(data_root: Path, folder: Path, num_nodes: int) -> list[t
         sounds = audio.subset(np.arange(i, len(audio), num_nodes))
         if kind == VISUAL:
             data_dir = write_array_cache(node_dir / "images", "digits", images)
-        elif kind == "audio":
+        elif kind == AUDIO_ONLY:
             data_dir = write_array_cache(node_dir / "audio", "spoken-digits", sounds)
         else:
             data_dir = node_dir / "root"
@@ -101,31 +100,12 @@ def split_embedded_data(data_root: Path, folder: Path, num_nodes: int) -> list[t
 
 
 # --------------------------------------------------------------------------- processes
-def _environ_of(pid: int) -> dict[str, str]:
-    try:
-        raw = (Path("/proc") / str(pid) / "environ").read_bytes()
-    except OSError:
-        return {}
-    out = {}
-    for item in raw.split(b"\0"):
-        key, _, value = item.partition(b"=")
-        if key:
-            out[key.decode(errors="replace")] = value.decode(errors="replace")
-    return out
-
-
 def processes_of(workdir: Path) -> list[int]:
     """PIDs whose ``FLWR_HOME`` is ``workdir`` or lies under it (compared by path component: a
     deployment in ``.../dep`` never claims the processes of ``.../dep2``): every process a deployment
     started, including the SuperExecs, ServerApp and ClientApp processes Flower spawns (they inherit the
     environment), even if their parent already died."""
-    pids = []
-    for proc in Path("/proc").glob("[0-9]*"):
-        pid = int(proc.name)
-        home = _environ_of(pid).get("FLWR_HOME", "") if pid != os.getpid() else ""
-        if home and path_within(home, workdir):
-            pids.append(pid)
-    return pids
+    return flower_home_pids(workdir, within=True)
 
 
 @dataclass

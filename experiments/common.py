@@ -286,18 +286,33 @@ def stop_pids(pids: Iterable[int], grace: float = 10.0, identities: dict[int, in
             os.close(p.fd)
 
 
-def flower_home_pids(flwr_home: Path) -> list[int]:
-    """PIDs whose environment names this FLWR_HOME: the SuperLink, ``flwr-simulation`` and Ray's processes
-    inherit it, also those that left the SuperLink's process tree (Ray daemonises its GCS and raylet)."""
-    wanted = f"FLWR_HOME={Path(flwr_home)}".encode()
-    found = []
+def environ_of(pid: int) -> dict[str, str]:
+    """A process's environment ({} when it is gone or another user's)."""
+    try:
+        raw = (Path("/proc") / str(pid) / "environ").read_bytes()
+    except OSError:
+        return {}
+    out = {}
+    for item in raw.split(b"\0"):
+        key, _, value = item.partition(b"=")
+        if key:
+            out[key.decode(errors="replace")] = value.decode(errors="replace")
+    return out
+
+
+def flower_home_pids(flwr_home: Path, within: bool = False) -> list[int]:
+    """PIDs (not this process) whose ``FLWR_HOME`` is ``flwr_home`` (or, with ``within``, lies under it, by path
+    component). Every process Flower starts inherits it, so this finds the SuperLink, ``flwr-simulation``, Ray's
+    processes and the SuperExecs, ServerApp and ClientApp processes also when they left the starter's process
+    tree (Ray daemonises its GCS and raylet) or their parent already died."""
+    match = path_within if within else same_path
+    pids = []
     for proc in Path("/proc").glob("[0-9]*"):
-        try:
-            if wanted in (proc / "environ").read_bytes().split(b"\0"):
-                found.append(int(proc.name))
-        except OSError:  # gone, or another user's process
-            continue
-    return found
+        pid = int(proc.name)
+        home = environ_of(pid).get("FLWR_HOME", "") if pid != os.getpid() else ""
+        if home and match(home, flwr_home):
+            pids.append(pid)
+    return pids
 
 
 def stop_superlink(flwr_home: Path, grace: float = 10.0) -> None:
