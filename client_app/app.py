@@ -8,6 +8,7 @@ from collections.abc import Iterator
 import torch
 from flwr.app import Context, Message, MetricRecord, RecordDict
 from flwr.clientapp import ClientApp
+from flwr.common import MetricRecordValues
 
 import client_app
 from app_config.log_setup import setup_logging
@@ -38,7 +39,7 @@ def lifespan(_context: Context) -> Iterator[None]:
     yield
 
 
-def metric_values(metrics: dict[str, float]) -> dict[str, int | float | list[int] | list[float]]:
+def metric_values(metrics: dict[str, float]) -> dict[str, MetricRecordValues]:
     """The same numbers, typed as a MetricRecord takes them."""
     return dict(metrics)
 
@@ -84,8 +85,8 @@ def train(msg: Message, context: Context) -> Message:
     maybe_inject_fault(config, server_round, partition_id)  # fault-rate (tests); no-op by default
     global_arrays = msg.content.array_records["arrays"]
     state.model.load_state_dict(global_arrays.to_torch_state_dict())
-    extra_loss = proximal_term(state.model, proximal_mu(msg.content["config"]))  # FedProx; None otherwise
-    settings = train_settings(config, state.model, round_learning_rate(msg.content["config"]))
+    extra_loss = proximal_term(state.model, proximal_mu(instruction))  # FedProx; None otherwise
+    settings = train_settings(config, state.model, round_learning_rate(instruction))
     import_seconds = WORKER.take_import_seconds()
     ready = time.perf_counter() - arrived + import_seconds  # cold start: until the first training step
     metrics = train_locally(

@@ -6,10 +6,11 @@ import os
 import socket
 
 from flwr.app import ConfigRecord
+from flwr.common import ConfigRecordValues
 
 
 def worker_info(partition_id: int, kind: str, device: str = "cpu") -> ConfigRecord:
-    info: dict[str, int | float | str | bytes | bool | list[int] | list[float] | list[str] | list[bytes] | list[bool]]
+    info: dict[str, ConfigRecordValues]
     info = {"partition-id": partition_id, "kind": kind, "host": socket.gethostname(), "pid": os.getpid(),
             "device": device}
     try:  # inside a Ray worker (simulation): the Ray node that executed this client

@@ -40,6 +40,7 @@ from flwr.app import Array, ArrayRecord
 
 from app_config.run_config import MAX_ROUNDS
 from file_io.atomic import TMP_SUFFIX, atomic_write
+from strategies.reply_check import array_spec
 
 CHECKPOINT_NAME = "checkpoint.pt"
 FORMAT_VERSION = 1
@@ -326,8 +327,7 @@ def load_checkpoint(resume_from: str | Path) -> Checkpoint:
     try:
         payload = torch.load(path, map_location="cpu", weights_only=True)
     except Exception as err:  # noqa: BLE001 - any unreadable file is one error for the user
-        reason = (str(err).splitlines() or [type(err).__name__])[0]
-        raise CheckpointError(f"checkpoint {str(path)!r} cannot be read: {reason}") from err
+        raise CheckpointError(f"checkpoint {str(path)!r} cannot be read: {_first_line(err)}") from err
     if not isinstance(payload, dict) or payload.get("format") != FORMAT_VERSION:
         raise CheckpointError(f"checkpoint {str(path)!r} has an unknown format")
     try:
@@ -344,12 +344,17 @@ def load_checkpoint(resume_from: str | Path) -> Checkpoint:
     except KeyError as err:
         raise CheckpointError(f"checkpoint {str(path)!r}: field {err.args[0]!r} is missing") from None
     except (TypeError, ValueError) as err:  # json text that is not text or not JSON, an undecodable value
-        reason = (str(err).splitlines() or [type(err).__name__])[0]
-        raise CheckpointError(f"checkpoint {str(path)!r}: a field cannot be decoded ({reason[:120]})") from None
+        raise CheckpointError(f"checkpoint {str(path)!r}: a field cannot be decoded ({_first_line(err)[:120]})") \
+            from None
     problem = field_problem(checkpoint)
     if problem is not None:
         raise CheckpointError(f"checkpoint {str(path)!r}: {problem}")
     return checkpoint
+
+
+def _first_line(err: Exception) -> str:
+    """An exception's first message line (its type's name when the message is empty)."""
+    return (str(err).splitlines() or [type(err).__name__])[0]
 
 
 def field_problem(checkpoint: Checkpoint) -> str | None:
@@ -374,16 +379,14 @@ def field_problem(checkpoint: Checkpoint) -> str | None:
 def arrays_problem(arrays: ArrayRecord, model: ArrayRecord) -> str | None:
     """Why a checkpoint's global model cannot continue this run's model (None when it can): the same names,
     shapes and dtypes, every value finite."""
-    missing, extra = sorted(set(model) - set(arrays)), sorted(set(arrays) - set(model))
+    have, want = array_spec(arrays), array_spec(model)
+    missing, extra = sorted(set(want) - set(have)), sorted(set(have) - set(want))
     if missing or extra:
         return f"arrays differ from this run's model (missing {missing[:3]}, extra {extra[:3]})"
-    for name, want in model.items():
-        have = arrays[name]
-        if tuple(have.shape) != tuple(want.shape) or have.dtype != want.dtype:
-            return (f"array {name!r} is {tuple(have.shape)} {have.dtype}, this run's model has "
-                    f"{tuple(want.shape)} {want.dtype}")
-        values = have.numpy()
-        if values.dtype.kind in "fc" and not np.isfinite(values).all():
+    for name, (shape, dtype) in want.items():
+        if have[name] != (shape, dtype):
+            return f"array {name!r} is {have[name][0]} {have[name][1]}, this run's model has {shape} {dtype}"
+        if not state_is_finite(arrays[name]):
             return f"array {name!r} holds NaN or Inf"
     return None
 

@@ -94,9 +94,9 @@ def resume_or_create(config: RunConfig, run_id: int, checkpoint: Checkpoint | No
                               f"num-server-rounds is {config.num_server_rounds}: no round is left to run")
     restore_strategy_state(strategy, checkpoint.strategy_state)
     restore_rng(checkpoint.rng)
-    output = RunOutput(resolve_checkpoint(config.resume_from).parent)
+    path = resolve_checkpoint(config.resume_from)
+    output = RunOutput(path.parent)
     history = [r for r in checkpoint.history if int(r["round"]) <= checkpoint.round]
     output.rewrite_rounds(history)  # only now: everything above can still refuse the resume
-    print(f"[fssuavl] resuming after round {checkpoint.round} from {resolve_checkpoint(config.resume_from)}",
-          flush=True)
+    print(f"[fssuavl] resuming after round {checkpoint.round} from {path}", flush=True)
     return RunStart(output, checkpoint, history)

@@ -107,7 +107,7 @@ def check_metrics(msg: Message, weighted_by_key: str, required: tuple[str, ...] 
         if not finite_number(value):
             return f"metric {key!r} must be a finite number within +-{METRIC_ABS_MAX:g}, got {_short(value)}"
     weight = metrics[weighted_by_key]
-    if not (isinstance(weight, (int, float)) and 0 < weight <= MAX_NUM_EXAMPLES):
+    if not 0 < (real_number(weight) or 0.0) <= MAX_NUM_EXAMPLES:
         return f"{weighted_by_key!r} must be in (0, {MAX_NUM_EXAMPLES:g}], got {weight!r}"
     return None
 

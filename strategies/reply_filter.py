@@ -65,7 +65,6 @@ from flwr.common import log
 from flwr.serverapp import Grid
 from flwr.serverapp.strategy import Strategy
 
-from app_config.numbers import real_number
 from strategies.reply_check import (
     CATEGORIES,
     FAILED,
@@ -75,7 +74,7 @@ from strategies.reply_check import (
     check_metrics,
     classify_reply,
 )
-from strategies.streaming import cast_like
+from strategies.streaming import cast_like, reply_weight
 from strategies.train_metrics import aggregate_train_metrics
 from strategies.update_bound import bound_updates
 from strategies.weight_cap import DEFAULT_FACTOR, DEFAULT_NORM_FACTOR, cap_weights
@@ -194,9 +193,7 @@ class ReplyFilter(_Strategy):
     def _weights(self, good: list[Message], weighted_by_key: str) -> tuple[list[float], int]:
         if self.uniform_weights:
             return [1.0] * len(good), 0
-        reported = [real_number(next(iter(m.content.metric_records.values()))[weighted_by_key]) or 0.0
-                    for m in good]  # checked: finite and > 0
-        return cap_weights(reported, self.weight_cap_factor)
+        return cap_weights([reply_weight(m.content, weighted_by_key) for m in good], self.weight_cap_factor)
 
     def aggregate_train(self, server_round: int, replies: Iterable[Message]
                         ) -> tuple[ArrayRecord | None, MetricRecord | None]:
