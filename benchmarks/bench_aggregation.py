@@ -22,8 +22,8 @@ N at or above ``--lazy-from`` (default 500: 500 x 44 MB would not fit in RAM)
 uses replies generated on demand: an iterable that builds each reply when it
 is reached and drops it afterwards. The times then include generating the
 replies (the generation-only pass is printed for reference), and the peak
-includes the one reply being generated. Flower's function walks the replies
-twice (weights, then sum), so it generates them twice.
+includes the one reply being generated. Flower's ``FedAvg`` and the robust
+strategy take a list of messages, so they run only when the replies fit in memory.
 
     python -m benchmarks.bench_aggregation                 # N = 10, 100, 500
     python -m benchmarks.bench_aggregation --sizes 10 100 --json bench.json
@@ -124,33 +124,32 @@ def max_abs_diff(a: ArrayRecord, b: ArrayRecord, floats: bool = True) -> float:
     return max(diffs, default=0.0)
 
 
-def flower_fedavg(replies: list[RecordDict]) -> ArrayRecord:
-    """Flower's FedAvg, unchanged, on the replies as messages."""
+def aggregated_as_messages(strategy, replies: list[RecordDict]) -> ArrayRecord:
+    """``strategy.aggregate_train`` on the replies as train replies to one instruction."""
     from flwr.app import Message
-    from flwr.serverapp.strategy import FedAvg
 
     from tests.fake_grid import instruction, task_identity
 
     with task_identity():
         to = instruction(1)
-        arrays, _ = FedAvg().aggregate_train(1, [Message(content=r, reply_to=to) for r in replies])
+        arrays, _ = strategy.aggregate_train(1, [Message(content=r, reply_to=to) for r in replies])
     return arrays
+
+
+def flower_fedavg(replies: list[RecordDict]) -> ArrayRecord:
+    """Flower's FedAvg, unchanged, on the replies as messages."""
+    from flwr.serverapp.strategy import FedAvg
+
+    return aggregated_as_messages(FedAvg(), replies)
 
 
 def robust_fedavg(replies: list[RecordDict], global_arrays: ArrayRecord) -> ArrayRecord:
-    from flwr.app import Message
-
     from strategies.registry import make_strategy
     from strategies.reply_filter import array_spec
-    from tests.fake_grid import instruction, task_identity
 
-    with task_identity():
-        strategy = make_strategy("fedavg", common={"fraction_evaluate": 0.0})
-        strategy._reply_spec = array_spec(global_arrays)  # as configure_train would
-        to = instruction(1)
-        messages = [Message(content=r, reply_to=to) for r in replies]
-        arrays, _ = strategy.aggregate_train(1, messages)
-    return arrays
+    strategy = make_strategy("fedavg", common={"fraction_evaluate": 0.0})
+    strategy._reply_spec = array_spec(global_arrays)  # as configure_train would
+    return aggregated_as_messages(strategy, replies)
 
 
 def run(sizes: list[int], lazy_from: int, encoder: str) -> list[dict]:

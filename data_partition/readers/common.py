@@ -10,6 +10,8 @@ array in the build's scratch folder, so a dataset larger than RAM can be built.
 
 from __future__ import annotations
 
+import csv
+import io
 import json
 import math
 import os
@@ -222,12 +224,21 @@ def require_samples(dataset: str, split: str, count: int, skips: Skips) -> None:
 def read_text(path: Path) -> str:
     """A metadata or list file's text: a regular file of bounded size, UTF-8; one-line LayoutError otherwise."""
     path = regular_file(path)
-    if path.stat().st_size > MAX_LIST_BYTES:
-        raise LayoutError(f"{path}: {path.stat().st_size} bytes, more than a dataset's list file holds")
+    if (size := path.stat().st_size) > MAX_LIST_BYTES:
+        raise LayoutError(f"{path}: {size} bytes, more than a dataset's list file holds")
     try:
         return path.read_text(encoding="utf-8")
     except UnicodeDecodeError as err:
         raise LayoutError(f"{path}: not UTF-8 text (byte {err.start})") from None
+
+
+def read_csv_rows(path: Path, reader: Callable = csv.reader) -> list:
+    """A CSV file's rows through ``reader`` (``csv.reader`` or ``csv.DictReader``), read as :func:`read_text`
+    reads; a malformed file (a field beyond csv's limit, a stray quote) is a one-line LayoutError."""
+    try:
+        return list(reader(io.StringIO(read_text(path), newline="")))
+    except csv.Error as err:
+        raise LayoutError(f"{path}: {err}") from None
 
 
 def read_lines(path: Path) -> list[str]:

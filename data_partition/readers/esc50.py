@@ -13,7 +13,6 @@ Unreadable WAVs and listed-but-missing files are skipped and counted.
 from __future__ import annotations
 
 import csv
-import io
 from functools import partial
 from pathlib import Path
 
@@ -29,7 +28,7 @@ from data_partition.readers.common import (
     decode_into,
     inside,
     load_wav,
-    read_text,
+    read_csv_rows,
     require_samples,
 )
 
@@ -46,10 +45,7 @@ def check_layout(data_root: Path) -> Path:
 
 
 def read_meta(csv_path: Path) -> list[dict[str, str]]:
-    try:
-        rows = list(csv.DictReader(io.StringIO(read_text(csv_path), newline="")))
-    except csv.Error as err:
-        raise LayoutError(f"{csv_path}: {err}") from None
+    rows = read_csv_rows(csv_path, csv.DictReader)
     if rows and not all(c in rows[0] for c in _COLUMNS):
         raise LayoutError(f"{csv_path}: expected the columns {','.join(_COLUMNS)},esc10,src_file,take")
     return rows

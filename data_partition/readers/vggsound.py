@@ -19,8 +19,6 @@ but not extracted are skipped and counted as ``missing``, unreadable ones as
 
 from __future__ import annotations
 
-import csv
-import io
 from functools import partial
 from pathlib import Path
 
@@ -29,13 +27,12 @@ import numpy as np
 from data_partition.modality_data import AUDIO, IMAGE, DatasetSplits, ModalityData
 from data_partition.readers.common import (
     SAMPLE_RATE,
-    LayoutError,
     Skips,
     dataset_folder,
     decode_into,
     load_image,
     load_wav,
-    read_text,
+    read_csv_rows,
     require_samples,
 )
 
@@ -71,11 +68,7 @@ def clip_stem(ytid: str, start_seconds: str) -> str:
 def read_csv(csv_path: Path, skips: Skips) -> list[tuple[str, str, str]]:
     """``(clip stem, label, split)`` per usable row, in file order."""
     rows = []
-    try:
-        table = list(csv.reader(io.StringIO(read_text(csv_path), newline="")))
-    except csv.Error as err:
-        raise LayoutError(f"{csv_path}: {err}") from None
-    for row in table:
+    for row in read_csv_rows(csv_path):
         if not row:
             continue
         try:

@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import contextlib
 import os
-import signal
 import subprocess
 import sys
 import time
@@ -16,6 +15,7 @@ import data_partition.array_cache as array_cache
 from data_partition.array_cache import cache_ready, cached_splits
 from data_partition.modality_data import IMAGE, DatasetSplits, ModalityData
 from tests.conftest import PROJECT
+from tests.process_helpers import reaped, sigkill
 
 
 def splits(value: int, n: int = 4) -> DatasetSplits:
@@ -45,14 +45,9 @@ cached_splits(Path(sys.argv[1]) / "tiny", build)
 def test_build_killed_midway_leaves_no_staging_and_the_next_build_succeeds(tmp_path):
     proc = subprocess.Popen([sys.executable, "-c", KILLED_BUILDER, str(tmp_path)], cwd=PROJECT,
                             stdout=subprocess.PIPE, text=True, env={**os.environ, "PYTHONPATH": str(PROJECT)})
-    try:
+    with reaped(proc):
         assert proc.stdout.readline().strip() == "building"
-        proc.send_signal(signal.SIGKILL)
-        proc.wait(timeout=30)
-    finally:
-        if proc.poll() is None:
-            proc.kill()
-            proc.wait()
+        sigkill(proc)
     assert any(name.startswith(".tiny-") and name != ".tiny.lock" for name in leftovers(tmp_path))  # the dead build's
     back = cached_splits(tmp_path / "tiny", lambda _scratch: splits(7))
     assert int(back.train.x[0, 0, 0, 0]) == 7 and cache_ready(tmp_path / "tiny")

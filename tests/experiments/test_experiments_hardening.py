@@ -19,7 +19,7 @@ import pytest
 
 from experiments import common, launch, simulation
 from tests.conftest import PROJECT
-from tests.process_helpers import gone, wait_for
+from tests.process_helpers import gone, reaped, wait_for
 
 PYTHON = sys.executable
 
@@ -229,11 +229,7 @@ def test_stopping_a_superlink_also_stops_processes_that_left_its_tree(tmp_path):
     home, other = tmp_path / "home", tmp_path / "home2"
     orphan = sleeper({**os.environ, "FLWR_HOME": str(home)})
     lookalike = sleeper({**os.environ, "FLWR_HOME": str(other)})
-    try:
+    with reaped(orphan, lookalike):
         assert orphan.pid in flower_home_pids(home) and lookalike.pid not in flower_home_pids(home)
         stop_superlink(home, grace=5)
         assert orphan.wait(timeout=10) is not None and lookalike.poll() is None
-    finally:
-        for proc in (orphan, lookalike):
-            if proc.poll() is None:
-                proc.kill()

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import os
-import signal
 import subprocess
 import sys
 import time
@@ -32,6 +31,7 @@ from server_app.round_loop import run_rounds
 from strategies.registry import STRATEGIES, make_strategy
 from tests.conftest import PROJECT
 from tests.fake_grid import FakeGrid, arrays_of, error_reply, numpy_of, train_reply
+from tests.process_helpers import reaped, sigkill
 
 COMMON = {"fraction_train": 1.0, "fraction_evaluate": 0.0, "min_train_nodes": 2, "min_evaluate_nodes": 0,
           "min_available_nodes": 2}
@@ -169,15 +169,10 @@ def test_sigkill_during_writes_never_leaves_a_torn_checkpoint(tmp_path):
     """A writer killed at arbitrary moments (16 MB checkpoints) leaves a loadable, consistent file."""
     proc = subprocess.Popen([sys.executable, "-c", WRITER, str(tmp_path)], cwd=PROJECT,
                             stdout=subprocess.PIPE, text=True)
-    try:
+    with reaped(proc):
         proc.stdout.readline()  # the first checkpoint exists
         time.sleep(0.37)  # kill mid-way through a later write
-        proc.send_signal(signal.SIGKILL)
-        proc.wait(timeout=30)
-    finally:
-        if proc.poll() is None:
-            proc.kill()
-            proc.wait()
+        sigkill(proc)
     back = load_checkpoint(tmp_path)
     values = back.arrays["w"].numpy()
     assert back.round >= 1 and values.shape == (4_000_000,) and (values == back.round).all()

@@ -14,20 +14,13 @@ from flwr.app import Array, ArrayRecord, ConfigRecord
 
 from strategies.registry import STRATEGIES, make_strategy
 from tests.fake_grid import FakeGrid, arrays_of, instruction, numpy_of, train_reply
+from tests.strategies.replies import global_weights, honest
 
 ALL = sorted(STRATEGIES)
 HONEST = [1, 2, 3]
 BAD_NODE = 9
 
 
-def global_weights():
-    return {"w": np.array([[1.0, -2.0], [0.5, 3.0]], np.float32), "b": np.array([0.1, 0.2, 0.3], np.float32),
-            "n": np.array(2, np.int64)}
-
-
-def honest(node: int) -> dict[str, np.ndarray]:
-    g = global_weights()
-    return {"w": g["w"] + 0.1 * node, "b": g["b"] - 0.05 * node, "n": np.asarray(g["n"] + 1)}
 
 
 def info(node: int, **over) -> ConfigRecord:

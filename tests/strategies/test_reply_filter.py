@@ -16,19 +16,13 @@ from tests.fake_grid import (
     numpy_of,
     train_reply,
 )
+from tests.strategies.replies import global_weights
+from tests.strategies.replies import honest as good
 
 ALL = sorted(STRATEGIES)
 COUNTS = ("replies-failed", "replies-dropped-metrics", "replies-dropped-shape", "replies-dropped-nonfinite")
 
 
-def global_weights():
-    return {"w": np.array([[1.0, -2.0], [0.5, 3.0]], np.float32), "b": np.array([0.1, 0.2, 0.3], np.float32),
-            "n": np.array(2, np.int64)}
-
-
-def good(node: int) -> dict[str, np.ndarray]:
-    g = global_weights()
-    return {"w": g["w"] + 0.1 * node, "b": g["b"] - 0.05 * node, "n": np.asarray(g["n"] + 1)}
 
 
 def common(n: int) -> dict:
