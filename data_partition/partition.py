@@ -39,7 +39,6 @@ import numpy as np
 from app_config.modalities import AUDIO_ONLY, AUDIOVISUAL, CLIENT_KINDS, VISUAL
 from file_io.atomic import atomic_write
 
-KINDS = CLIENT_KINDS
 PARTITIONERS = ("iid", "dirichlet", "pathological", "resample")
 
 
@@ -92,7 +91,7 @@ def kind_counts(num: int, fractions: tuple[float, float, float]) -> list[int]:
 def assign_kinds(settings: PlanSettings) -> list[str]:
     fractions = (settings.frac_visual, settings.frac_audio, settings.frac_audiovisual)
     counts = kind_counts(settings.num_partitions, fractions)
-    kinds = np.array([k for k, c in zip(KINDS, counts) for _ in range(c)])
+    kinds = np.array([k for k, c in zip(CLIENT_KINDS, counts) for _ in range(c)])
     return np.random.default_rng(settings.seed).permutation(kinds).tolist()
 
 

@@ -24,7 +24,9 @@ from pathlib import Path
 import numpy as np
 
 from app_config.log_setup import setup_logging
-from data_partition.partition import AUDIO_ONLY, AUDIOVISUAL, KINDS, VISUAL, ClientPart, PartitionError, PlanSettings
+from app_config.modalities import AUDIO_ONLY, AUDIOVISUAL, VISUAL
+from app_config.modalities import CLIENT_KINDS as KINDS
+from data_partition.partition import ClientPart, PartitionError, PlanSettings
 
 PROJECT = Path(__file__).resolve().parents[1]
 KIND_COLOURS = {VISUAL: "#4c72b0", AUDIOVISUAL: "#8172b3", AUDIO_ONLY: "#dd8452"}
