@@ -38,11 +38,11 @@ import torch
 from app_config.log_setup import setup_logging
 from app_config.run_config import RunConfig
 from benchmarks.tree_memory import watched_simulation
-from client_app.trainer import train_locally, train_settings, training_seed
 from client_app.worker_cache import WorkerCache
 from experiments.common import check_config, parse_overrides
 from models.factory import build_model
 from server_app.round_record import client_value
+from ssl_method.local_training import train_locally, train_settings, training_seed
 
 
 def centralized_local_work(config: RunConfig, clients: int, work: list[tuple[int, int]]) -> dict:

@@ -18,12 +18,12 @@ from app_config.run_config import RunConfig
 from client_app.device_data import is_deployed, local_source
 from client_app.dp_clipping import dp_clipping_mod
 from client_app.faults import maybe_inject_fault
-from client_app.losses import nt_xent
 from client_app.proximal import proximal_mu, proximal_term
 from client_app.resources import record_bytes, reply_arrays, resource_report
-from client_app.trainer import train_locally, train_settings, training_seed
 from client_app.worker_cache import ClientState, WorkerCache
 from client_app.worker_info import worker_info
+from ssl_method.local_training import train_locally, train_settings, training_seed
+from ssl_method.losses import nt_xent
 
 # Clips updates only when a client-side DP mode asks for it (dp='client-fixed' / 'client-adaptive').
 app = ClientApp(mods=[dp_clipping_mod])

@@ -1,7 +1,7 @@
 """Centralized SSL baseline: the federated run's data pooled on one machine.
 
 Same encoder, same SimCLR views, same per-modality batch size and the same
-local trainer (``client_app.trainer.train_locally``) as the clients, and the
+local trainer (``ssl_method.local_training.train_locally``) as the clients, and the
 same **sample budget**: as many images and as many audio clips pass through
 the network per round as all clients of the federated run processed in that
 round. The budget is read from a finished federated run's ``metrics.jsonl``

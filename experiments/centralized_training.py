@@ -164,7 +164,6 @@ def train_centralized(config, budget: list[dict[str, int]], pooled, run_dir: Pat
 
     from flwr.app import ArrayRecord
 
-    from client_app.trainer import train_locally, train_settings
     from data_partition.client_data import LocalData
     from data_partition.datasets import load_splits, resolve_data_root
     from experiments.supervised_ceiling import classifiers, train_supervised
@@ -172,6 +171,7 @@ def train_centralized(config, budget: list[dict[str, int]], pooled, run_dir: Pat
     from models.device import resolve_device
     from server_app.central_eval import CentralEvaluator
     from server_app.run_output import RunOutput, format_round
+    from ssl_method.local_training import train_locally, train_settings
 
     if method not in METHODS:
         raise ValueError(f"method {method!r} is unknown: use one of {', '.join(METHODS)}")

@@ -4,7 +4,7 @@ Input is a run folder as the ServerApp (or ``experiments.centralized``) writes
 it: ``config.json`` rebuilds the network, ``final_model.pt`` (or a
 ``round-NNNN.pt``) holds its weights. The encoder is frozen; its backbone
 features (before the projection head) are fitted and scored with scikit-learn,
-exactly as the server's central evaluation does (``server_app.evaluation``):
+exactly as the server's central evaluation does (``ssl_method.feature_eval``):
 
 - **in-domain**: each modality's dataset, probe/kNN fitted on its training
   split and scored on its held-out split (for the embedded spoken digits the

@@ -4,7 +4,7 @@ The library behind ``python -m experiments.evaluate_encoder`` (see that
 module for what each number means) and the suite's evaluation
 (``experiments.suite_eval``). Features are the backbone's (before the
 projection head), fitted and scored with scikit-learn exactly as the server's
-central evaluation does (``server_app.evaluation``).
+central evaluation does (``ssl_method.feature_eval``).
 """
 
 from __future__ import annotations
@@ -70,7 +70,7 @@ class Features:
 def encode(encoder: Encoder, splits: DatasetSplits, modality: str) -> Features:
     """Backbone features of both splits through the run's deterministic evaluation preprocessing."""
     from models.factory import eval_transforms
-    from server_app.evaluation import extract_features
+    from ssl_method.feature_eval import extract_features
 
     preprocess = eval_transforms(encoder.config, encoder.device)[modality]
     train = extract_features(encoder.model, preprocess, splits.train, encoder.device) if len(splits.train) else \
@@ -82,7 +82,7 @@ def encode(encoder: Encoder, splits: DatasetSplits, modality: str) -> Features:
 # --------------------------------------------------------------------------- scores
 def score(features: Features, knn_k: int, seed: int) -> dict[str, float]:
     """kNN (cosine, distance-weighted) and linear-probe accuracy, as the server's central evaluation."""
-    from server_app.evaluation import knn_accuracy, linear_probe_accuracy
+    from ssl_method.feature_eval import knn_accuracy, linear_probe_accuracy
 
     f = features
     return {

@@ -152,7 +152,7 @@ def evaluate_floor(suite: Suite, entry: Entry, seed: int, row: Row, cache) -> No
     """The raw input (the evaluation transform's output flattened) under the same kNN, probe and draws."""
     from experiments.frozen_eval import Encoder, evaluate
     from models.device import resolve_device
-    from server_app.evaluation import RawInput
+    from ssl_method.feature_eval import RawInput
 
     config = fssuavl_job(suite, entry, seed).config()
     encoder = Encoder(config, RawInput().to(resolve_device(config.device)),

@@ -2,7 +2,7 @@
 
 A comparison table needs an upper reference beside the raw-input floor: what
 the encoder reaches when it is told the classes. This trainer replaces the
-contrastive loss of :func:`client_app.trainer.train_locally` by cross-entropy
+contrastive loss of :func:`ssl_method.local_training.train_locally` by cross-entropy
 of a linear classifier per modality on the backbone's features, and keeps
 everything else: the same random views (both of them, so a step passes as
 many samples through the network as an SSL step), the same batches, the same
@@ -22,8 +22,8 @@ import torch.nn as nn
 import torch.nn.functional as F
 
 from app_config.modalities import MODALITIES
-from client_app.trainer import TrainSettings, make_optimizer, seeded_batches
 from data_partition.client_data import LocalData
+from ssl_method.local_training import TrainSettings, make_optimizer, seeded_batches
 
 
 def classifiers(model: nn.Module, num_classes: dict[str, int]) -> nn.ModuleDict:

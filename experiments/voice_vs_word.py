@@ -44,7 +44,7 @@ def cv_probe(x: np.ndarray, y: np.ndarray, seed: int) -> float:
     """Mean 5-fold stratified cross-validated accuracy of the evaluation's probe (scaler + logistic regression)."""
     from sklearn.model_selection import StratifiedKFold, cross_val_score
 
-    from server_app.evaluation import linear_probe
+    from ssl_method.feature_eval import linear_probe
 
     folds = StratifiedKFold(5, shuffle=True, random_state=seed)
     return float(cross_val_score(linear_probe(seed), x, y, cv=folds).mean())
@@ -54,7 +54,7 @@ def voice_and_word(encoder, seed: int = 0) -> dict[str, float]:
     """kNN against the training clips, word and voice probes within the held-out split."""
     from data_partition.datasets import load_splits, resolve_data_root
     from experiments.frozen_eval import encode
-    from server_app.evaluation import knn_accuracy
+    from ssl_method.feature_eval import knn_accuracy
 
     name = encoder.config.audio_dataset
     splits = load_splits(name, resolve_data_root(encoder.config.data_root))
@@ -72,7 +72,7 @@ def encoders_of(run: Path):
 
     from experiments.frozen_eval import Encoder, load_encoder
     from models.factory import build_model
-    from server_app.evaluation import RawInput
+    from ssl_method.feature_eval import RawInput
 
     final = load_encoder(run)
     torch.manual_seed(final.config.seed)  # the ServerApp's initial global model

@@ -42,7 +42,7 @@ from threadpoolctl import threadpool_limits
 
 from data_partition.modality_data import DatasetSplits, ModalityData
 from models.ssl_model import SSLModel
-from server_app.evaluation import RawInput, extract_features, knn_accuracy, linear_probe_accuracy
+from ssl_method.feature_eval import RawInput, extract_features, knn_accuracy, linear_probe_accuracy
 
 
 class EvaluationSkipped(RuntimeError):

@@ -18,7 +18,7 @@ from pathlib import Path
 LAYERS: tuple[tuple[str, ...], ...] = (
     ("app_config", "file_io"),
     ("models", "data_partition"),
-    ("strategies",),
+    ("strategies", "ssl_method"),
     ("client_app", "server_app"),
     ("experiments",),
     ("deployment", "benchmarks", "tools"),

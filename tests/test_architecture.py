@@ -107,6 +107,21 @@ def test_app_bundle_holds_only_what_the_apps_import():
 
     names = zipfile.ZipFile(io.BytesIO(build_fab_from_disk(PROJECT))).namelist()
     tops = {name.split("/")[0] for name in names}
-    assert tops == {"pyproject.toml", ".info", "app_config", "file_io", "models", "data_partition", "strategies", "client_app",
-                    "server_app"}, tops
+    assert tops == {"pyproject.toml", ".info", "app_config", "file_io", "models", "ssl_method", "data_partition",
+                    "strategies", "client_app", "server_app"}, tops
     assert "server_app/app.py" in names and "client_app/app.py" in names
+
+
+def test_the_ssl_method_is_a_library_without_flower():
+    """Model, views, loss, local training and kNN / probe load in a process that never imports flwr."""
+    import subprocess
+    import sys
+
+    modules = sorted(f"{folder}.{path.stem}" for folder in ("ssl_method", "models")
+                     for path in (PROJECT / folder).glob("*.py") if path.stem != "__init__")
+    assert {"ssl_method.losses", "ssl_method.local_training", "ssl_method.feature_eval", "models.augment"} <= set(modules)
+    code = ("import sys\n" + "".join(f"import {m}\n" for m in modules)
+            + "print(sorted(n for n in sys.modules if n.split('.')[0] in ('flwr', 'flwr_datasets', 'ray')))")
+    done = subprocess.run([sys.executable, "-c", code], cwd=PROJECT, capture_output=True, text=True, timeout=120)
+    assert done.returncode == 0, done.stderr[-2000:]
+    assert done.stdout.strip() == "[]"

@@ -123,6 +123,6 @@ def test_run_config_is_a_frozen_hashable_dataclass_checked_on_every_construction
 def test_train_settings_take_every_value_from_the_run_config():
     import dataclasses
 
-    from client_app.trainer import TrainSettings
+    from ssl_method.local_training import TrainSettings
 
     assert all(f.default is dataclasses.MISSING for f in dataclasses.fields(TrainSettings))

@@ -7,10 +7,10 @@ import torch
 import torch.nn as nn
 
 from app_config.run_config import RunConfig
-from client_app.trainer import train_locally, train_settings
 from data_partition.federation import federation_part
 from experiments import centralized_training as central
 from models import factory
+from ssl_method.local_training import train_locally, train_settings
 
 
 class Counting(nn.Module):

@@ -103,7 +103,7 @@ def tiny_run(tmp_path_factory, data_root):
 def test_saved_encoder_in_domain_ood_and_fusion(tiny_run, data_root):
     from data_partition.datasets import load_splits
     from models.factory import eval_transforms
-    from server_app.evaluation import extract_features
+    from ssl_method.feature_eval import extract_features
 
     encoder = ev.load_encoder(tiny_run)
     settings = ev.EvalSettings(knn_k=5, out_of_domain=("digits:invert", "spoken-digits:noise0db"),

@@ -7,9 +7,9 @@ import pytest
 import torch
 import torch.nn as nn
 
-from client_app.trainer import TrainSettings, train_locally
 from data_partition.client_data import LocalData
 from models.ssl_model import SSLModel
+from ssl_method.local_training import TrainSettings, train_locally
 
 
 class Recorder(nn.Module):

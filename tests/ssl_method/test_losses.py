@@ -3,7 +3,7 @@ import math
 import pytest
 import torch
 
-from client_app.losses import nt_xent
+from ssl_method.losses import nt_xent
 
 
 def hand_nt_xent(z1, z2, t):

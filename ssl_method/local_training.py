@@ -16,10 +16,10 @@ import torch.nn as nn
 
 from app_config.modalities import MODALITIES
 from app_config.run_config import RunConfig
-from client_app.losses import nt_xent
 from data_partition.client_data import LocalData
 from models.factory import recipe
 from models.ssl_model import SSLModel
+from ssl_method.losses import nt_xent
 
 
 @dataclass(frozen=True)
