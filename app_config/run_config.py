@@ -32,7 +32,8 @@ from app_config.numbers import real_number
 # (strategies.registry.STRATEGIES, strategies.dp.DP_MODES, data_partition.datasets.DATASETS,
 # data_partition.partition.PARTITIONERS).
 StrategyName = Literal["bulyan", "fedadagrad", "fedadam", "fedavg", "fedavgm", "fedmedian", "fedprox",
-                       "fedtrimmedavg", "fedyogi", "krum", "ldawa", "multikrum"]
+                       "fedtrimmedavg", "fedvssl", "fedyogi", "krum", "ldawa", "multikrum"]
+FedVSSLLoss = Literal["modality-mean", "sum"]
 DPMode = Literal["none", "server-fixed", "client-fixed", "server-adaptive", "client-adaptive"]
 ImageDataset = Literal["", "cifar10", "cifar100", "cluttered-digits", "digits", "tiny-imagenet", "vggsound-frames"]
 AudioDataset = Literal["", "esc50", "noisy-spoken-digits", "speech-commands", "spoken-digits", "vggsound-audio"]
@@ -107,6 +108,17 @@ class _RunConfigFields:
     ldawa_weighting: bool = _key(False, "ldawa: weight clients by data size instead of the reference's uniform mean.")
     ldawa_normalise: bool = _key(False, "ldawa: divide by the sum of the deltas instead of the number of clients "
                                         "(not in the reference).")
+    fedvssl_alpha: float = _key(0.9, "fedvssl: share alpha of the loss-based mean (client weights exp(-loss)) in "
+                                     "alpha * theta_loss + (1 - alpha) * theta_fedavg; 0.9 is the paper's best.",
+                                ge=0, le=1)
+    fedvssl_beta: int = _key(1, "fedvssl: 1 = SWA, the new global model is the mean of the mixed aggregate and the "
+                                "previous global model (from round 2); 0 = off.", ge=0, le=1)
+    fedvssl_loss: FedVSSLLoss = _key("modality-mean", "fedvssl: the client loss L_k behind its weight exp(-L_k): "
+                                     "'modality-mean' (mean over the modalities it trained of each one's mean "
+                                     "NT-Xent) or 'sum' (its summed loss, the authors' rule taken literally).")
+    fedvssl_partial_update: bool = _key(True, "fedvssl: clients load only the encoder from the global model and keep "
+                                              "their own projection head across rounds (the paper's partial weight "
+                                              "updating; kept in the node's context, not in server checkpoints).")
     num_malicious_nodes: int = _key(0, "krum, multikrum, bulyan: number f of Byzantine clients to tolerate "
                                        "(bulyan needs at least 4f + 3 good replies a round).", ge=0, le=MAX_CLIENTS)
     multikrum_select: int = _key(2, "multikrum: replies with the best Krum scores averaged each round.",

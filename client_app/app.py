@@ -18,6 +18,7 @@ from app_config.run_config import RunConfig
 from client_app.device_data import is_deployed, local_source
 from client_app.dp_clipping import dp_clipping_mod
 from client_app.faults import maybe_inject_fault
+from client_app.partial_update import keep_head, keeps_own_head, load_global
 from client_app.proximal import proximal_mu, proximal_term
 from client_app.resources import record_bytes, reply_arrays, resource_report
 from client_app.worker_cache import ClientState, WorkerCache
@@ -84,7 +85,8 @@ def train(msg: Message, context: Context) -> Message:
     config, partition_id, state = _setup(context)
     maybe_inject_fault(config, server_round, partition_id)  # fault-rate (tests); no-op by default
     global_arrays = msg.content.array_records["arrays"]
-    state.model.load_state_dict(global_arrays.to_torch_state_dict())
+    own_head = keeps_own_head(config)  # FedVSSL's partial weight updating
+    used_own_head = load_global(state.model, global_arrays, context.state if own_head else None)
     extra_loss = proximal_term(state.model, proximal_mu(instruction))  # FedProx; None otherwise
     settings = train_settings(config, state.model, round_learning_rate(instruction))
     import_seconds = WORKER.take_import_seconds()
@@ -97,6 +99,9 @@ def train(msg: Message, context: Context) -> Message:
     metrics["learning-rate"] = settings.learning_rate
     metrics.update({"ready-seconds": ready, "import-seconds": import_seconds, **state.setup_seconds})
     metrics.update(resource_report())
+    if own_head:
+        keep_head(state.model, context.state)
+        metrics["own-head"] = float(used_own_head)
     arrays = reply_arrays(state.model, config.update_dtype)
     metrics["bytes-received"] = float(record_bytes(global_arrays))
     metrics["bytes-sent"] = float(record_bytes(arrays))

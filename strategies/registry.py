@@ -10,6 +10,8 @@ name           class                  run-config keys
 fedavg         FedAvg                 --
 ldawa          L-DAWA                 ldawa-warmup-rounds, ldawa-weighting,
                                       ldawa-normalise
+fedvssl        FedVSSL                fedvssl-alpha, fedvssl-beta, fedvssl-loss
+                                      (clients: fedvssl-partial-update)
 fedprox        flwr FedProx           proximal-mu (sent to clients)
 fedadam        flwr FedAdam           fedopt-eta, fedopt-beta1, fedopt-beta2,
                                       fedopt-tau
@@ -76,6 +78,7 @@ from strategies.robust import (
     RobustFedMedian,
     RobustFedProx,
     RobustFedTrimmedAvg,
+    RobustFedVSSL,
     RobustFedYogi,
     RobustKrum,
     RobustLDAWA,
@@ -124,6 +127,8 @@ STRATEGIES: dict[str, StrategySpec] = {
     "ldawa": StrategySpec(RobustLDAWA, {"warmup_rounds": "ldawa-warmup-rounds",
                                         "weighting": "ldawa-weighting",
                                         "normalise": "ldawa-normalise"}),
+    "fedvssl": StrategySpec(RobustFedVSSL, {"alpha": "fedvssl-alpha", "swa": "fedvssl-beta",
+                                            "loss_reduction": "fedvssl-loss"}),
     "fedprox": StrategySpec(RobustFedProx, {"proximal_mu": "proximal-mu"}),
     "fedadam": StrategySpec(RobustFedAdam, FEDOPT),
     "fedyogi": StrategySpec(RobustFedYogi, FEDOPT),

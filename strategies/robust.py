@@ -27,6 +27,7 @@ from flwr.serverapp.strategy import (
     MultiKrum,
 )
 
+from strategies.fedvssl import FedVSSL
 from strategies.ldawa import LDAWA
 from strategies.reply_filter import ReplyFilter
 from strategies.seeded_sampling import SeededSampling
@@ -39,6 +40,10 @@ class RobustFedAvg(ReplyFilter, StreamingFedAvg, SeededSampling):
 
 class RobustLDAWA(ReplyFilter, LDAWA, SeededSampling):
     """L-DAWA as in the reference (see ``strategies.ldawa``)."""
+
+
+class RobustFedVSSL(ReplyFilter, FedVSSL, SeededSampling):
+    """FedVSSL (Rehman et al. 2022): loss-mixed FedAvg, optionally averaged with the previous model (SWA)."""
 
 
 class RobustFedProx(ReplyFilter, FedProx, StreamingFedAvg, SeededSampling):

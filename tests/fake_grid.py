@@ -37,6 +37,10 @@ def task_identity(run_id: int = 1, node_id: int = 0, task_id: int = 1) -> Iterat
             setattr(TaskIdentity, name, value)  # None again where it was unset
 
 
+# What the ClientApp reports per modality beside ``loss`` (FedVSSL weighs clients by these losses).
+PER_MODALITY = {"loss-image": 1.0, "loss-audio": 1.5, "num-image-examples": 5.0, "num-audio-examples": 5.0}
+
+
 def arrays_of(values: Mapping[str, np.ndarray]) -> ArrayRecord:
     return ArrayRecord({k: Array(np.asarray(v)) for k, v in values.items()})
 
@@ -52,12 +56,13 @@ def instruction(node_id: int = 1, arrays: ArrayRecord | None = None) -> Message:
 
 def train_reply(to: Message, weights: Mapping[str, np.ndarray] | None, metrics: Mapping | None = None,
                 num_examples: float | None = 10.0, extra: Mapping | None = None) -> Message:
-    """A train reply holding ``weights`` (as ``arrays``) and ``metrics`` (+ ``num-examples``)."""
+    """A train reply holding ``weights`` (as ``arrays``) and ``metrics`` (+ ``num-examples``), over the
+    per-modality losses and counts every ClientApp reply carries (:data:`PER_MODALITY`)."""
     record = {}
     if weights is not None:
         record["arrays"] = arrays_of(weights)
     if metrics is not None or num_examples is not None:
-        values = dict(metrics or {"loss": 1.0})
+        values = {**PER_MODALITY, **dict(metrics or {"loss": 1.0})}
         if num_examples is not None:
             values["num-examples"] = num_examples
         record["metrics"] = MetricRecord(values)

@@ -37,7 +37,7 @@ from server_app.run_output import json_line
 from server_app.tensorboard_log import round_scalars
 from strategies.dp import DP_MODES, DPSettings, wrap_dp
 from strategies.registry import STRATEGIES, make_strategy
-from tests.fake_grid import FakeGrid, arrays_of, error_reply, numpy_of
+from tests.fake_grid import PER_MODALITY, FakeGrid, arrays_of, error_reply, numpy_of
 
 HONEST = list(range(1, 9))
 HOSTILE = list(range(100, 226))  # 126 a round
@@ -102,7 +102,7 @@ def hostile(node: int, rnd: int, norm_bit: bool) -> tuple[str | None, RecordDict
     """
     rng = np.random.default_rng([SEED, rnd, node])
     base = honest_weights(GLOBAL, node, rnd)
-    good_metrics = {"loss": 1.0, "num-examples": 10.0, **({"norm_bit": 0} if norm_bit else {})}
+    good_metrics = {"loss": 1.0, "num-examples": 10.0, **PER_MODALITY, **({"norm_bit": 0} if norm_bit else {})}
     info = _info(node)
 
     def with_arrays(arrays: dict, metrics=None, info_=info, extra=None):
@@ -191,8 +191,7 @@ def plan_for(norm_bit: bool):
     def honest(msg):
         node, rnd = msg.metadata.dst_node_id, int(msg.content["config"]["server-round"])
         received = numpy_of(msg.content["arrays"])
-        metrics = {"loss": 1.0, "num-examples": float(10 + node), "num-image-examples": 5.0,
-                   "num-audio-examples": float(5 + node)}
+        metrics = {"loss": 1.0, "num-examples": float(10 + node), **PER_MODALITY, "num-audio-examples": float(5 + node)}
         return _message(msg, _content(arrays_of(honest_weights(received, node, rnd)), metrics, _info(node)))
 
     def respond(msg):

@@ -13,7 +13,7 @@ import pytest
 from flwr.app import Array, ArrayRecord, ConfigRecord
 
 from strategies.registry import STRATEGIES, make_strategy
-from tests.fake_grid import FakeGrid, arrays_of, instruction, numpy_of, train_reply
+from tests.fake_grid import PER_MODALITY, FakeGrid, arrays_of, instruction, numpy_of, train_reply
 from tests.strategies.replies import global_weights, honest
 
 ALL = sorted(STRATEGIES)
@@ -28,7 +28,8 @@ def info(node: int, **over) -> ConfigRecord:
 
 
 def honest_reply(msg, node):
-    return train_reply(msg, honest(node), {"loss": float(node)}, 10.0 * node, extra={"client-info": info(node)})
+    return train_reply(msg, honest(node), {"loss": float(node), **PER_MODALITY}, 10.0 * node,
+                       extra={"client-info": info(node)})
 
 
 def common(n: int) -> dict:

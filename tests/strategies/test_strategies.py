@@ -19,7 +19,7 @@ from strategies.registry import STRATEGIES, STRATEGY_KEYS, build_strategy, make_
 from tests.conftest import PROJECT
 from tests.fake_grid import FakeGrid, arrays_of, numpy_of, train_reply
 
-ALL = ["fedavg", "ldawa", "fedprox", "fedadam", "fedyogi", "fedadagrad", "fedavgm", "fedmedian", "fedtrimmedavg",
+ALL = ["fedavg", "ldawa", "fedvssl", "fedprox", "fedadam", "fedyogi", "fedadagrad", "fedavgm", "fedmedian", "fedtrimmedavg",
        "krum", "multikrum", "bulyan"]
 NODES = [1, 2, 3, 4, 5, 6, 7]  # Bulyan with f = 1 needs 4f + 3 = 7 replies
 SIZES = {1: 10.0, 2: 40.0, 3: 25.0, 4: 5.0, 5: 20.0, 6: 30.0, 7: 15.0}
@@ -27,7 +27,7 @@ SIZES = {1: 10.0, 2: 40.0, 3: 25.0, 4: 5.0, 5: 20.0, 6: 30.0, 7: 15.0}
 # Non-default values, so a parameter that is not wired through would change the numbers.
 PARAMS = dict(proximal_mu=0.3, server_learning_rate=0.7, server_momentum=0.5, fedopt_eta=0.05,
               fedopt_beta1=0.8, fedopt_beta2=0.95, fedopt_tau=0.01, trimmed_beta=0.2,
-              ldawa_warmup_rounds=0, fraction_evaluate=0.0, min_train_nodes=len(NODES))
+              ldawa_warmup_rounds=0, fedvssl_alpha=0.7, fedvssl_beta=1, fraction_evaluate=0.0, min_train_nodes=len(NODES))
 # Robust strategies' keys, set away from their defaults too.
 NEW = dict(num_malicious_nodes=1, multikrum_select=3)
 
@@ -137,6 +137,9 @@ def reference(name: str, rounds: int) -> list[dict[str, np.ndarray]]:
                 new[k] = avg
             elif name == "ldawa":
                 new[k] = ldawa_layer(ws, gk)
+            elif name == "fedvssl":  # Rehman et al.: equal client losses, so theta_loss is the plain mean
+                theta = p["fedvssl_alpha"] * np.mean(np.stack(ws), axis=0) + (1 - p["fedvssl_alpha"]) * avg
+                new[k] = (theta + gk) / 2 if p["fedvssl_beta"] and rnd > 1 else theta
             elif name == "fedmedian":
                 new[k] = np.median(np.stack(ws), axis=0)
             elif name == "fedtrimmedavg":
