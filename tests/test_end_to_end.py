@@ -121,3 +121,18 @@ def test_a_launcher_stopped_mid_round_leaves_no_process_of_its_run(tmp_path, sma
             launcher.kill()
         subprocess.run([sys.executable, "-m", "experiments.launch", "--stop", "--flwr-home", str(flwr_home)],
                        cwd=PROJECT, capture_output=True, timeout=120)
+
+
+def test_fedvssl_clients_keep_their_own_head_between_rounds(tmp_path, small_root):
+    """FedVSSL through the real runtime: the node context keeps each client's head, SWA from round 2."""
+    runs = tmp_path / "runs"
+    config = (f"strategy='fedvssl' encoder='test_resnet' projection-hidden-dim=64 projection-dim=32 "
+              f"num-server-rounds=2 max-local-steps=2 eval-every=2 tensorboard=false "
+              f"data-root='{small_root}' run-dir='{runs}'")
+    done = launch(tmp_path, config, supernodes=3)
+    assert done.returncode == 0, done.stdout[-3000:] + done.stderr[-2000:]
+    (folder,) = runs.iterdir()
+    records = [json.loads(line) for line in (folder / "metrics.jsonl").read_text().splitlines()]
+    first, second = records[1]["train"], records[2]["train"]
+    assert first["own-head"] == 0.0 and second["own-head"] == pytest.approx(1.0)  # every client, round 2
+    assert first["fedvssl-swa"] == 0 and second["fedvssl-swa"] == 1
