@@ -34,6 +34,7 @@ from app_config.numbers import real_number
 StrategyName = Literal["bulyan", "fedadagrad", "fedadam", "fedavg", "fedavgm", "fedmedian", "fedprox",
                        "fedtrimmedavg", "fedvssl", "fedyogi", "krum", "ldawa", "multikrum"]
 FedVSSLLoss = Literal["modality-mean", "sum"]
+SSLObjective = Literal["nt-xent", "barlow-twins"]
 DPMode = Literal["none", "server-fixed", "client-fixed", "server-adaptive", "client-adaptive"]
 ImageDataset = Literal["", "cifar10", "cifar100", "cluttered-digits", "digits", "tiny-imagenet", "vggsound-frames"]
 AudioDataset = Literal["", "esc50", "noisy-spoken-digits", "speech-commands", "spoken-digits", "vggsound-audio"]
@@ -192,7 +193,12 @@ class _RunConfigFields:
                                  ge=0, le=MAX_ROUNDS)
     momentum: float = _key(0.9, "SGD momentum.", ge=0, lt=1)
     weight_decay: DecayOrAuto = _key("auto", "Weight decay, or 'auto' (convnets 5e-4, transformers 0.05).")
+    ssl_objective: SSLObjective = _key("nt-xent", "The SSL loss on two views' projections: 'nt-xent' (SimCLR, the "
+                                     "method's) or 'barlow-twins' (Zbontar et al. 2021; FASSL's feature-matching "
+                                     "comparison).")
     temperature: float = _key(0.2, "NT-Xent temperature.", gt=0, le=100)
+    barlow_lambda: float = _key(0.0051, "barlow-twins: weight of the off-diagonal (redundancy) term; 0.0051 is the "
+                                        "authors' value.", ge=0, le=10)
     # --- evaluation and output -------------------------------------------
     eval_every: int = _key(3, "Central kNN/linear-probe evaluation every k rounds (round 0 and the last always).",
                           ge=0, le=MAX_ROUNDS)

@@ -24,7 +24,7 @@ from client_app.resources import record_bytes, reply_arrays, resource_report
 from client_app.worker_cache import ClientState, WorkerCache
 from client_app.worker_info import worker_info
 from ssl_method.local_training import train_locally, train_settings, training_seed
-from ssl_method.losses import nt_xent
+from ssl_method.losses import pair_loss
 
 # Clips updates only when a client-side DP mode asks for it (dp='client-fixed' / 'client-adaptive').
 app = ClientApp(mods=[dp_clipping_mod])
@@ -116,16 +116,17 @@ def train(msg: Message, context: Context) -> Message:
 @app.evaluate()
 @torch.no_grad()
 def evaluate(msg: Message, context: Context) -> Message:
-    """NT-Xent of the global model on (augmented) local data: a label-free health check."""
+    """The SSL loss of the global model on (augmented) local data: a label-free health check."""
     config, partition_id, state = _setup(context)
     state.model.load_state_dict(msg.content.array_records["arrays"].to_torch_state_dict())
     state.model.eval()
     torch.manual_seed(training_seed(config.seed, -1, partition_id))
+    objective = pair_loss(config.ssl_objective, config.temperature, config.barlow_lambda)
     metrics = {"loss": 0.0}
     for modality in state.data.modalities:
         batch = state.data.tensors[modality][: config.batch_size].to(state.device)
         views = state.views[modality]
-        loss = nt_xent(state.model(views(batch)), state.model(views(batch)), config.temperature).item()
+        loss = objective(state.model(views(batch)), state.model(views(batch))).item()
         metrics[f"eval-loss-{modality}"] = loss
         metrics["loss"] += loss
     for modality in MODALITIES:

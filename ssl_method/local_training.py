@@ -19,7 +19,7 @@ from app_config.run_config import RunConfig
 from data_partition.client_data import LocalData
 from models.factory import recipe
 from models.ssl_model import SSLModel
-from ssl_method.losses import nt_xent
+from ssl_method.losses import pair_loss
 
 
 @dataclass(frozen=True)
@@ -34,6 +34,8 @@ class TrainSettings:
     momentum: float
     weight_decay: float
     temperature: float
+    objective: str  # "nt-xent" or "barlow-twins" (ssl_method.losses.OBJECTIVES)
+    barlow_lambda: float
     autocast: str  # "bf16": forward passes under bfloat16 autocast; "off"
     channels_last: bool
 
@@ -45,6 +47,7 @@ def train_settings(config: RunConfig, model: SSLModel, learning_rate: float | No
         local_epochs=config.local_epochs, max_local_steps=config.max_local_steps, batch_size=config.batch_size,
         optimizer=chosen.optimizer, learning_rate=chosen.learning_rate if learning_rate is None else learning_rate,
         momentum=config.momentum, weight_decay=chosen.weight_decay, temperature=config.temperature,
+        objective=config.ssl_objective, barlow_lambda=config.barlow_lambda,
         autocast=config.autocast, channels_last=config.channels_last,
     )
 
@@ -122,6 +125,7 @@ def train_locally(
     if layout is not None:
         model.to(memory_format=layout)
     optimizer = make_optimizer(model, settings)
+    objective = pair_loss(settings.objective, settings.temperature, settings.barlow_lambda)
     # Losses stay on the device and are read once after the last step: a per-step .item() would
     # wait for the GPU every step. A NaN/Inf step is caught then (its update is already useless).
     loss_sums = {m: torch.zeros((), device=device) for m in modalities}
@@ -138,7 +142,7 @@ def train_locally(
                 view1, view2 = view1.contiguous(memory_format=layout), view2.contiguous(memory_format=layout)
             with torch.autocast(device.type, dtype=torch.bfloat16, enabled=settings.autocast == "bf16"):
                 z1, z2 = model(view1), model(view2)
-            loss = nt_xent(z1.float(), z2.float(), settings.temperature)  # the loss in float32
+            loss = objective(z1.float(), z2.float())  # the loss in float32
             total = total + loss
             loss_sums[modality] += loss.detach()
             seen[modality] += len(batch)

@@ -77,6 +77,9 @@ def test_choices_known_to_app_config_equal_their_implementations():
     assert sorted(get_args(rc.StrategyName)) == sorted(STRATEGIES)
     assert get_args(rc.DPMode) == DP_MODES and set(DP_MODES) - {"none"} == set(WRAPPERS)
     assert get_args(rc.Partitioner) == PARTITIONERS
+    from ssl_method.losses import OBJECTIVES
+
+    assert get_args(rc.SSLObjective) == OBJECTIVES
     for literal, modality in ((rc.ImageDataset, "image"), (rc.AudioDataset, "audio")):
         assert sorted(set(get_args(literal)) - {""}) == sorted(n for n, s in DATASETS.items() if s.modality == modality)
 

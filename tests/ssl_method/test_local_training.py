@@ -43,7 +43,8 @@ def _data(image: int, audio: int) -> LocalData:
 
 
 SETTINGS = TrainSettings(local_epochs=1, max_local_steps=0, batch_size=4, optimizer="sgd", learning_rate=0.01,
-                         momentum=0.9, weight_decay=5e-4, temperature=0.5, autocast="off", channels_last=False)
+                         momentum=0.9, weight_decay=5e-4, temperature=0.5, objective="nt-xent", barlow_lambda=0.0051,
+                         autocast="off", channels_last=False)
 
 
 @pytest.fixture(scope="module")
@@ -80,7 +81,8 @@ def test_training_changes_the_shared_encoder_and_max_steps_caps_work(model):
     before = {k: v.clone() for k, v in model.state_dict().items()}
     views = _views()
     settings = TrainSettings(local_epochs=5, max_local_steps=2, batch_size=4, optimizer="sgd", learning_rate=0.01,
-                             momentum=0.9, weight_decay=5e-4, temperature=0.5, autocast="off", channels_last=False)
+                             momentum=0.9, weight_decay=5e-4, temperature=0.5, objective="nt-xent", barlow_lambda=0.0051,
+                         autocast="off", channels_last=False)
     metrics = train_locally(model, _data(40, 40), views, settings, torch.device("cpu"), seed=1)
     assert metrics["steps"] == 2
     assert not torch.equal(before["encoder.conv1.weight"], model.state_dict()["encoder.conv1.weight"])
@@ -109,3 +111,16 @@ def test_bf16_autocast_and_channels_last_train_with_finite_losses_and_usual_layo
     with torch.no_grad(), torch.autocast("cpu", dtype=torch.bfloat16, enabled=autocast == "bf16"):
         x = torch.rand(2, 3, 32, 32)
         assert fast(x).shape == reference(x).shape == (2, 16)
+
+
+def test_barlow_twins_trains_through_the_same_trainer():
+    """The objective key reaches the step: the same model, data and seed give another loss under Barlow Twins."""
+    def run(settings):
+        torch.manual_seed(0)
+        return train_locally(SSLModel("resnet18_cifar", 32, 16), _data(8, 0), _views(), settings,
+                             torch.device("cpu"), seed=3)
+
+    base = run(SETTINGS)
+    other = run(dataclasses.replace(SETTINGS, objective="barlow-twins"))
+    assert math.isfinite(other["loss-image"]) and other["loss-image"] != pytest.approx(base["loss-image"])
+    assert base["loss-image"] == pytest.approx(run(SETTINGS)["loss-image"])  # the difference is the objective's
