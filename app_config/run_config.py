@@ -202,6 +202,10 @@ class _RunConfigFields:
     # --- evaluation and output -------------------------------------------
     eval_every: int = _key(3, "Central kNN/linear-probe evaluation every k rounds (round 0 and the last always).",
                           ge=0, le=MAX_ROUNDS)
+    keep_best_models: bool = _key(False, "FASSL's task-aware selection: after each evaluated round keep, per "
+                                         "downstream task (knn-image, probe-audio, ...), the best global model so "
+                                         "far as best-<task>.pt, listed with its round in summary.json (selected "
+                                         "on the labelled held-out split).")
     save_every: int = _key(0, "Also save the global model every k rounds (and round 0) as round-NNNN.pt; "
                               "0 = final only.",
                           ge=0, le=MAX_ROUNDS)

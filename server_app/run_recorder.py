@@ -34,6 +34,7 @@ from server_app.checkpoint import (
     capture_strategy_state,
     save_checkpoint,
 )
+from server_app.model_selection import BestModels
 from server_app.round_loop import RoundTrain
 from server_app.round_record import client_entries
 from server_app.run_output import RunOutput, format_round
@@ -83,6 +84,8 @@ class RunRecorder:
                                           purge_step=None if resumed_after is None else resumed_after + 1)
         self._pending: dict[int, dict] = {}
         self._last = clock()
+        self._arrays: ArrayRecord | None = None  # the round's model, for the task-aware selection's saves
+        self.best_models = BestModels(self._save_current, self.history) if config.keep_best_models else None
 
     # --------------------------------------------------------------- round hooks
     def record_train(self, train: RoundTrain) -> None:
@@ -108,12 +111,22 @@ class RunRecorder:
                 record["eval-skipped"] = str(skipped)
         if scores is not None:
             record["eval"] = scores
+            if self.best_models is not None and server_round > 0:  # FASSL's task-aware selection
+                self._arrays = arrays
+                improved = self.best_models.offer(server_round, scores)
+                self._arrays = None
+                if improved:
+                    record["best-for"] = improved
         self.output.append_round(record)
         self.history.append(record)
         self.tensorboard.write_round(record)
         print("[fssuavl] " + format_round(record), flush=True)
         self._last = self.clock()
         return None if scores is None else as_metric_record(scores)
+
+    def _save_current(self, name: str) -> str:
+        assert self._arrays is not None, "only while a round's model is offered"
+        return str(self.output.save_model(self._arrays.to_torch_state_dict(), name))
 
     def write_checkpoint(self, server_round: int, arrays: ArrayRecord) -> None:
         every, last = self.config.checkpoint_every, self.config.num_server_rounds
@@ -145,6 +158,8 @@ class RunRecorder:
             summary.update({k: v for k, v in first.items() if k.startswith("floor-")})  # the raw input's scores
             summary.update({f"initial-{k}": v for k, v in first.items() if not k.startswith("floor-")})
             summary.update({f"final-{k}": v for k, v in latest.items() if not k.startswith("floor-")})
+        if self.best_models is not None:
+            summary["selected-models"] = self.best_models.summary()
         totals = self.reply_totals()
         rounds_run = sum(1 for r in self.history if r.get("round", 0) > 0)
         summary.update(totals)

@@ -74,6 +74,44 @@ def test_finish_writes_the_final_model_and_summary(tmp_path):
     assert (rec.output.folder / "final_model.pt").exists()
 
 
+def test_task_aware_selection_keeps_the_best_model_per_task_and_survives_a_resume(tmp_path):
+    import torch
+    from flwr.serverapp.strategy import Result
+
+    scores = iter([{"knn-image": 0.2, "probe-audio": 0.3, "floor-knn-image": 0.9},   # round 0: not selected
+                   {"knn-image": 0.5, "probe-audio": 0.4}, {"knn-image": 0.4, "probe-audio": 0.6},
+                   {"knn-image": 0.5, "probe-audio": 0.1}])
+    config = RunConfig(num_server_rounds=3, eval_every=1, keep_best_models=True, tensorboard=False)
+    output = RunOutput.create(str(tmp_path), config, run_id=7)
+    rec = RunRecorder(config, output, make_strategy("fedavg"), lambda arrays: next(scores), flower_run_id=7)
+    for server_round in range(4):
+        rec.evaluate_and_record(server_round, arrays_of(weights(float(server_round))))
+    folder = rec.output.folder
+    assert torch.load(folder / "best-knn-image.pt")["w"].tolist() == [1.0] * 3   # round 1; round 3 only ties
+    assert torch.load(folder / "best-probe-audio.pt")["w"].tolist() == [2.0] * 3
+    assert not (folder / "best-floor-knn-image.pt").exists()
+    records = [json.loads(line) for line in rec.output.metrics_file.read_text().splitlines()]
+    assert [r.get("best-for") for r in records] == [None, ["knn-image", "probe-audio"], ["probe-audio"], None]
+    selected = rec.finish(Result(), arrays_of(weights(3.0)))["selected-models"]
+    assert {t: (e["round"], e["value"]) for t, e in selected.items()} == {"knn-image": (1, 0.5),
+                                                                           "probe-audio": (2, 0.6)}
+    assert all("labelled" in e["selection"] for e in selected.values())
+    # A resumed run knows the best so far from its history and only saves what beats it.
+    resumed = RunRecorder(config, output, make_strategy("fedavg"), lambda arrays: {"knn-image": 0.45,
+                                                                                   "probe-audio": 0.7},
+                          history=records[:3])
+    resumed.evaluate_and_record(3, arrays_of(weights(9.0)))
+    assert torch.load(folder / "best-knn-image.pt")["w"].tolist() == [1.0] * 3
+    assert torch.load(folder / "best-probe-audio.pt")["w"].tolist() == [9.0] * 3
+
+
+def test_without_the_key_no_model_is_selected(tmp_path):
+    rec = recorder(tmp_path, [])
+    for server_round in range(3):
+        rec.evaluate_and_record(server_round, arrays_of(weights(1.0)))
+    assert list(rec.output.folder.glob("best-*.pt")) == []
+
+
 def test_a_skipped_evaluation_is_recorded_with_its_reason_and_the_run_goes_on(tmp_path, capsys):
     from server_app.central_eval import EvaluationSkipped
 
