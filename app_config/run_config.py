@@ -221,6 +221,9 @@ class _RunConfigFields:
     run_dir: str = _key("runs", "Where each run's folder (metrics, model) is written; relative = to the working dir.")
     tensorboard: bool = _key(True, "Also write per-round scalars as TensorBoard event files to "
                                    "<run folder>/tensorboard/.")
+    send_encoder_only: bool = _key(False, "FASSL's backbone-only transmission: the server sends only the encoder and "
+                                          "clients reply with only theirs, each keeping its own projection head "
+                                          "(from the seeded initial one); the head's bytes never travel.")
     update_dtype: UpdateDtype = _key("float32", "How model weights travel: 'float16' halves the bytes both ways (the "
                                                "server sends the global model as float16 and casts the clients' "
                                                "float16 replies back to float32 before its checks; float16 replies "

@@ -18,7 +18,7 @@ from app_config.run_config import RunConfig
 from client_app.device_data import is_deployed, local_source
 from client_app.dp_clipping import dp_clipping_mod
 from client_app.faults import maybe_inject_fault
-from client_app.partial_update import keep_head, keeps_own_head, load_global
+from client_app.partial_update import initial_head, keep_head, keeps_own_head, load_global, without_head
 from client_app.proximal import proximal_mu, proximal_term
 from client_app.resources import record_bytes, reply_arrays, resource_report
 from client_app.worker_cache import ClientState, WorkerCache
@@ -75,6 +75,11 @@ def round_learning_rate(train_config) -> float | None:
     return rate
 
 
+def seeded_head(context: Context, config: RunConfig) -> dict | None:
+    """The seeded initial head a client starts from when only the encoder travels (send-encoder-only)."""
+    return WORKER.initial_head(context.run_id, config, initial_head) if config.send_encoder_only else None
+
+
 @app.train()
 def train(msg: Message, context: Context) -> Message:
     arrived = time.perf_counter()
@@ -85,8 +90,9 @@ def train(msg: Message, context: Context) -> Message:
     config, partition_id, state = _setup(context)
     maybe_inject_fault(config, server_round, partition_id)  # fault-rate (tests); no-op by default
     global_arrays = msg.content.array_records["arrays"]
-    own_head = keeps_own_head(config)  # FedVSSL's partial weight updating
-    used_own_head = load_global(state.model, global_arrays, context.state if own_head else None)
+    own_head = keeps_own_head(config)  # FedVSSL's partial weight updating, FASSL's encoder-only transmission
+    used_own_head = load_global(state.model, global_arrays, context.state if own_head else None,
+                                seeded_head(context, config))
     extra_loss = proximal_term(state.model, proximal_mu(instruction))  # FedProx; None otherwise
     settings = train_settings(config, state.model, round_learning_rate(instruction))
     import_seconds = WORKER.take_import_seconds()
@@ -103,6 +109,8 @@ def train(msg: Message, context: Context) -> Message:
         keep_head(state.model, context.state)
         metrics["own-head"] = float(used_own_head)
     arrays = reply_arrays(state.model, config.update_dtype)
+    if config.send_encoder_only:
+        arrays = without_head(arrays)
     metrics["bytes-received"] = float(record_bytes(global_arrays))
     metrics["bytes-sent"] = float(record_bytes(arrays))
     reply = RecordDict({
@@ -118,7 +126,7 @@ def train(msg: Message, context: Context) -> Message:
 def evaluate(msg: Message, context: Context) -> Message:
     """The SSL loss of the global model on (augmented) local data: a label-free health check."""
     config, partition_id, state = _setup(context)
-    state.model.load_state_dict(msg.content.array_records["arrays"].to_torch_state_dict())
+    load_global(state.model, msg.content.array_records["arrays"], None, seeded_head(context, config))
     state.model.eval()
     torch.manual_seed(training_seed(config.seed, -1, partition_id))
     objective = pair_loss(config.ssl_objective, config.temperature, config.barlow_lambda)

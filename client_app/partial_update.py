@@ -1,10 +1,16 @@
-"""FedVSSL's partial weight updating: a client takes only the encoder from the global model and keeps its own
-projection head from round to round (Rehman et al. 2022; in the authors' client, ``set_parameters`` loads the
-``backbone`` weights and keeps the rest).
+"""Clients that keep their own projection head: FedVSSL's partial weight updating and FASSL's backbone-only
+transmission.
 
-The head lives in the node's ``Context.state``, which Flower keeps per node for the whole run (in the
+* FedVSSL (Rehman et al. 2022; in the authors' client ``set_parameters`` loads the ``backbone`` weights and
+  keeps the rest): the server sends the whole model, the client loads only its encoder
+  (``fedvssl-partial-update``); the reply carries the whole model, as the authors' clients send it.
+* FASSL (``send-encoder-only``): the server sends only the encoder and the client replies with only its
+  encoder, so the head never travels. In round 1 a client starts from the seeded initial head, the one the
+  server builds from the same ``seed`` (``initial_head``).
+
+The own head lives in the node's ``Context.state``, which Flower keeps per node for the whole run (in the
 simulation and on a SuperNode); it is not in the server's checkpoint, so a resumed run starts each client's
-head again from the global model's. The reply still carries the whole model, as the authors' clients send it.
+head again from the global (or seeded initial) one.
 """
 
 from __future__ import annotations
@@ -12,32 +18,55 @@ from __future__ import annotations
 import torch
 from flwr.app import ArrayRecord, RecordDict
 
-HEAD_PREFIX = "projector."
+from models.factory import build_model
+from models.ssl_model import HEAD_PREFIX
+
 STATE_KEY = "fedvssl-own-head"
 
 
 def keeps_own_head(config) -> bool:
-    """Whether this run's clients update only their encoder from the global model."""
-    return config.strategy == "fedvssl" and config.fedvssl_partial_update
+    """Whether this run's clients keep their own head between rounds."""
+    return (config.strategy == "fedvssl" and config.fedvssl_partial_update) or config.send_encoder_only
 
 
-def load_global(model: torch.nn.Module, global_arrays: ArrayRecord, state: RecordDict | None) -> bool:
-    """Load the global model into ``model``, with this client's own head instead of the global one when
-    ``state`` holds a head of the same names and shapes; True when the own head was used."""
+def head_of(state_dict: dict) -> dict:
+    return {k: v for k, v in state_dict.items() if k.startswith(HEAD_PREFIX)}
+
+
+def initial_head(config) -> dict[str, torch.Tensor]:
+    """The head of the seeded initial model (the server builds it after ``torch.manual_seed(seed)`` too)."""
+    with torch.random.fork_rng(devices=[]):
+        torch.manual_seed(config.seed)
+        return head_of(build_model(config).state_dict())
+
+
+def load_global(model: torch.nn.Module, global_arrays: ArrayRecord, state: RecordDict | None,
+                fallback_head: dict | None = None) -> bool:
+    """Load the global model into ``model`` with this client's own head from ``state`` when it holds one of the
+    model's names and shapes (True then); a global model without a head (encoder only) takes ``fallback_head``
+    until the client has its own."""
     weights = global_arrays.to_torch_state_dict()
+    expected = {k: v.shape for k, v in head_of(model.state_dict()).items()}
     own = state.array_records.get(STATE_KEY) if state is not None else None
     used = False
     if own is not None:
         head = own.to_torch_state_dict()
-        expected = {k: v.shape for k, v in weights.items() if k.startswith(HEAD_PREFIX)}
-        if {k: v.shape for k, v in head.items()} == expected:  # another architecture: start from the global head
+        if {k: v.shape for k, v in head.items()} == expected:  # another architecture: not this head
             weights.update(head)
             used = True
+    if not used and not head_of(weights):
+        if fallback_head is None:
+            raise ValueError("the global model holds no projection head and this client has none of its own")
+        weights.update(fallback_head)
     model.load_state_dict(weights)
     return used
 
 
 def keep_head(model: torch.nn.Module, state: RecordDict) -> None:
     """Store this client's trained head in its node state for the next round."""
-    head = {k: v.detach().cpu().clone() for k, v in model.state_dict().items() if k.startswith(HEAD_PREFIX)}
-    state[STATE_KEY] = ArrayRecord(head)
+    state[STATE_KEY] = ArrayRecord({k: v.detach().cpu().clone() for k, v in head_of(model.state_dict()).items()})
+
+
+def without_head(arrays: ArrayRecord) -> ArrayRecord:
+    """The encoder's arrays of a reply (backbone-only transmission)."""
+    return ArrayRecord({k: v for k, v in arrays.items() if not k.startswith(HEAD_PREFIX)})

@@ -55,6 +55,14 @@ class WorkerCache:
         self._federations: dict[int, Federation] = {}
         self._parts: dict[object, tuple[str, LocalData]] = {}
         self._import_seconds: float | None = None
+        self._head: dict | None = None
+
+    def initial_head(self, run_id: int, config: RunConfig, build) -> dict:
+        """``build(config)`` (the seeded initial projection head) once per run."""
+        self._start((run_id, config))
+        if self._head is None:
+            self._head = build(config)
+        return self._head
 
     def note_imports(self, seconds: float) -> None:
         """The app's import time in this process (reported with the first message only)."""
@@ -74,6 +82,7 @@ class WorkerCache:
     def _start(self, run_key: object) -> None:
         if self._run_key != run_key:  # a new run: forget the previous one's model and data
             self._model = None
+            self._head = None
             self._federations.clear()
             self._parts.clear()
             self._run_key = run_key

@@ -7,6 +7,9 @@ import torch.nn as nn
 
 from models.encoders import create_encoder
 
+# State-dict prefix of the projection head: the part FedVSSL's and FASSL's clients keep to themselves.
+HEAD_PREFIX = "projector."
+
 
 class ProjectionHead(nn.Sequential):
     """SimCLR's MLP head: Linear-BN-ReLU-Linear."""

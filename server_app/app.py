@@ -23,6 +23,7 @@ from data_partition.modality_data import DatasetSplits
 from models.device import resolve_device
 from models.factory import build_model, eval_transforms, scheduled_learning_rate
 from server_app.central_eval import CentralEvaluator
+from server_app.encoder_only import ModelParts
 from server_app.preflight import check_federation_plan, checked_run_config
 from server_app.round_loop import run_rounds
 from server_app.run_recorder import RunRecorder
@@ -62,15 +63,16 @@ def main(grid: Grid, context: Context) -> None:
     recorder = RunRecorder(config, start.output, strategy, evaluator, start.history, start.resumed_after,
                            context.run_id)
     print(f"[fssuavl] run folder: {start.output.folder}", flush=True)
+    parts = ModelParts(config.send_encoder_only, start.arrays(initial))  # FASSL: only the encoder travels
     with threadpool_limits(limits=1, user_api="blas"):  # numpy's OpenBLAS, threaded, can hang here: central_eval
         result = run_rounds(
-            strategy, grid, start.arrays(initial), num_rounds=config.num_server_rounds,
+            strategy, grid, parts.sent(start.arrays(initial)), num_rounds=config.num_server_rounds,
             start_round=start.start_round, timeout=config.round_timeout, seed=config.seed,
             min_replies=config.min_train_nodes, compact_updates=config.update_dtype == "float16",
             train_config=lambda server_round: ConfigRecord(
                 {"learning-rate": scheduled_learning_rate(config, model, server_round)}),
-            evaluate_and_record=recorder.evaluate_and_record, record_train=recorder.record_train,
-            write_checkpoint=recorder.write_checkpoint,
+            evaluate_and_record=parts.on_whole(recorder.evaluate_and_record), record_train=recorder.record_train,
+            write_checkpoint=parts.on_whole(recorder.write_checkpoint),
             result=start.result(),
         )
-    recorder.finish(result, start.arrays(initial))
+    recorder.finish(parts.whole_result(result), start.arrays(initial))

@@ -136,3 +136,34 @@ def test_fedvssl_clients_keep_their_own_head_between_rounds(tmp_path, small_root
     first, second = records[1]["train"], records[2]["train"]
     assert first["own-head"] == 0.0 and second["own-head"] == pytest.approx(1.0)  # every client, round 2
     assert first["fedvssl-swa"] == 0 and second["fedvssl-swa"] == 1
+
+
+def test_fassl_sends_only_the_encoder_selects_per_task_and_trains_barlow_twins(tmp_path, small_root):
+    """FASSL's three parts through the real runtime: the head's bytes never travel, the best model per task is
+    kept with its round, and Barlow Twins is the objective."""
+    from flwr.app import ArrayRecord
+
+    from client_app.resources import record_bytes
+
+    runs = tmp_path / "runs"
+    config = (f"encoder='test_resnet' projection-hidden-dim=64 projection-dim=32 num-server-rounds=2 "
+              f"max-local-steps=2 eval-every=1 tensorboard=false send-encoder-only=true keep-best-models=true "
+              f"ssl-objective='barlow-twins' data-root='{small_root}' run-dir='{runs}'")
+    done = launch(tmp_path, config, supernodes=3)
+    assert done.returncode == 0, done.stdout[-3000:] + done.stderr[-2000:]
+    (folder,) = runs.iterdir()
+    records = [json.loads(line) for line in (folder / "metrics.jsonl").read_text().splitlines()]
+    model = SSLModel("test_resnet", 64, 32)
+    whole = record_bytes(ArrayRecord(model.state_dict()))
+    encoder = record_bytes(ArrayRecord({k: v for k, v in model.state_dict().items() if not k.startswith("projector.")}))
+    for r in records[1:]:
+        assert r["bytes-sent"] == r["sent"] * encoder < r["sent"] * whole
+        assert r["train"]["own-head"] == (0.0 if r["round"] == 1 else pytest.approx(1.0))
+        assert r["train"]["loss-image"] > 0 and r["train"]["loss-audio"] > 0
+    summary = json.loads((folder / "summary.json").read_text())
+    selected = summary["selected-models"]
+    assert set(selected) == {"knn-image", "knn-audio", "probe-image", "probe-audio"}
+    for task, entry in selected.items():
+        assert entry["round"] in (1, 2) and "labelled" in entry["selection"]
+        SSLModel("test_resnet", 64, 32).load_state_dict(torch.load(folder / f"best-{task}.pt"))
+    SSLModel("test_resnet", 64, 32).load_state_dict(torch.load(folder / "final_model.pt"))

@@ -6,10 +6,8 @@ import math
 
 import numpy as np
 import pytest
-import torch
-from flwr.app import ConfigRecord, MetricRecord, RecordDict
+from flwr.app import ConfigRecord, MetricRecord
 
-from client_app.partial_update import STATE_KEY, keep_head, keeps_own_head, load_global
 from strategies.fedvssl import client_loss, mixing_coefficients
 from strategies.registry import make_strategy
 from tests.fake_grid import FakeGrid, arrays_of, numpy_of, train_reply
@@ -158,37 +156,3 @@ def test_bad_settings_are_refused():
         make_strategy("fedvssl", common=COMMON, swa=2)
     with pytest.raises(ValueError, match="fedvssl-loss"):
         make_strategy("fedvssl", common=COMMON, loss_reduction="max")
-
-
-class _Tiny(torch.nn.Module):
-    def __init__(self) -> None:
-        super().__init__()
-        self.encoder = torch.nn.Linear(3, 2)
-        self.projector = torch.nn.Linear(2, 2)
-
-
-def test_partial_update_loads_the_encoder_and_keeps_the_clients_own_head():
-    from app_config.run_config import RunConfig
-
-    assert keeps_own_head(RunConfig(strategy="fedvssl")) and not keeps_own_head(RunConfig(strategy="fedavg"))
-    assert not keeps_own_head(RunConfig(strategy="fedvssl", fedvssl_partial_update=False))
-    model, state = _Tiny(), RecordDict()
-    global_model = _Tiny()
-    from flwr.app import ArrayRecord
-
-    global_arrays = ArrayRecord(global_model.state_dict())
-    assert load_global(model, global_arrays, state) is False  # round 1: nothing of its own yet
-    assert torch.equal(model.projector.weight, global_model.projector.weight)
-    with torch.no_grad():
-        model.projector.weight.add_(1.0)
-        model.encoder.weight.add_(1.0)
-    keep_head(model, state)
-    assert STATE_KEY in state.array_records
-    own = model.projector.weight.clone()
-    assert load_global(model, global_arrays, state) is True
-    assert torch.equal(model.encoder.weight, global_model.encoder.weight)
-    assert torch.equal(model.projector.weight, own)
-    # A stored head of other shapes (another architecture) is not used.
-    state[STATE_KEY] = ArrayRecord({"projector.weight": torch.zeros(5, 5), "projector.bias": torch.zeros(5)})
-    assert load_global(model, global_arrays, state) is False
-    assert torch.equal(model.projector.weight, global_model.projector.weight)
