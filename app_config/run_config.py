@@ -91,7 +91,9 @@ class _RunConfigFields:
                                        "L-DAWA from round 4); 0 = L-DAWA from round 1.", ge=0, le=MAX_ROUNDS)
     fraction_train: float = _key(1.0, "Fraction of connected clients sampled each round for training.", gt=0, le=1)
     fraction_evaluate: float = _key(0.0, "Fraction sampled for client-side SSL-loss evaluation (0 = off).", ge=0, le=1)
-    min_train_nodes: int = _key(2, "Least clients a training round waits for.", ge=1, le=MAX_CLIENTS)
+    min_train_nodes: int = _key(2, "Least clients a training round waits for; a round with fewer usable replies "
+                                   "(after error replies and the reply checks) keeps the previous model.",
+                                ge=1, le=MAX_CLIENTS)
     # --- strategy parameters --- (read by strategies.registry; each strategy takes only its own)
     proximal_mu: float = _key(0.01, "fedprox: weight mu of the clients' proximal term (mu/2)*||w - w_global||^2; "
                                     "sent to clients as 'proximal-mu' (0 = FedAvg).", ge=0, le=1e4)

@@ -92,6 +92,19 @@ def accepted_clients(record: Mapping) -> list[Mapping]:
             and "dropped" not in c]
 
 
+SECONDS_SLACK = 1.0  # the server's wait includes the client's time; 1 s for clocks and rounding
+
+
+def credible_seconds(record: Mapping, seconds: float) -> bool:
+    """Whether a client's own time fits inside the round's wait that the server measured (a record without
+    phase times cannot tell: True). An accepted reply can still say ``train-seconds`` = 1e15."""
+    wait = (record.get("phase-seconds") or {}).get("wait") if isinstance(record.get("phase-seconds"), Mapping) \
+        else None
+    if not isinstance(wait, (int, float)) or isinstance(wait, bool) or wait != wait:
+        return True
+    return seconds <= wait + SECONDS_SLACK
+
+
 def client_value(entry: Mapping, key: str, default=None):
     """``key`` from a client entry's namespaces (or, for records written before them, the entry itself)."""
     for namespace in NAMESPACES:

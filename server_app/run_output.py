@@ -12,6 +12,7 @@ import json
 import math
 import re
 import time
+from collections.abc import Mapping
 from pathlib import Path
 
 import torch
@@ -129,17 +130,31 @@ def format_round(record: dict) -> str:
 
 def slowest_client(record: dict) -> str:
     """"slowest: partition 7 (node 12) 9.8s" from the clients' own train seconds ('' with fewer than 2)."""
-    from server_app.round_record import accepted_clients, client_value  # round_record imports this module
+    from server_app.round_record import accepted_clients, client_value, credible_seconds  # (imports this module)
 
     timed = [(_number(client_value(c, "train-seconds")), c) for c in accepted_clients(record)]
     timed = [(t, c) for t, c in timed if t == t]  # drops NaN: clients that reported no time
-    if len(timed) < 2:
+    beyond = [(t, c) for t, c in timed if not credible_seconds(record, t)]
+    timed = [(t, c) for t, c in timed if credible_seconds(record, t)]
+    if len(timed) + len(beyond) < 2:
         return ""
-    seconds, entry = max(timed, key=lambda item: item[0])
+    line = ""
+    if timed:
+        seconds, entry = max(timed, key=lambda item: item[0])
+        line = f"slowest: {_who(entry)} {seconds:.1f}s"
+    if beyond:
+        note = (f"{len(beyond)} client(s) reported more train seconds than the round's wait (ignored), e.g. "
+                f"{_who(beyond[0][1])} {beyond[0][0]:.3g}s")
+        line = f"{line} | {note}" if line else note
+    return line
+
+
+def _who(entry: Mapping) -> str:
+    from server_app.round_record import client_value
+
     partition = client_value(entry, "partition-id")
     node = f"node {entry.get('node-id')}"
-    who = f"partition {partition} ({node})" if partition is not None else node
-    return f"slowest: {who} {seconds:.1f}s"
+    return f"partition {partition} ({node})" if partition is not None else node
 
 
 def failure_summary(record: dict) -> str:

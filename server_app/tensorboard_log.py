@@ -30,7 +30,7 @@ import sys
 from pathlib import Path
 
 from app_config.numbers import real_number
-from server_app.round_record import accepted_clients, client_value
+from server_app.round_record import accepted_clients, client_value, credible_seconds
 
 SUBFOLDER = "tensorboard"
 
@@ -66,7 +66,8 @@ def round_scalars(record: dict) -> dict[str, float]:
         out["round/seconds"] = number
     clients = accepted_clients(record)
     for field in CLIENT_RESOURCES:  # the device report: the worst aggregated client of the round
-        values = [v for c in clients if (v := _number(client_value(c, field))) is not None]
+        values = [v for c in clients if (v := _number(client_value(c, field))) is not None
+                  and (not field.endswith("-seconds") or credible_seconds(record, v))]
         if values:
             out[f"clients/{field}-max"] = max(values)
     for field, tag in (("host", "round/hosts"), ("ray-node-id", "round/ray-nodes")):

@@ -117,6 +117,7 @@ class StrategySpec:
         strategy.weight_cap_factor = check_factor(config_value(config, "weight-cap-factor"))
         strategy.update_norm_cap_factor = check_factor(config_value(config, "update-norm-cap-factor"),
                                                        "update-norm-cap-factor")
+        strategy.min_usable_replies = config.min_train_nodes  # counted after the reply checks, not before
         return strategy
 
 

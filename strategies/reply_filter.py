@@ -182,6 +182,7 @@ class ReplyFilter(_Strategy):
     uniform_weights: bool = False
     trusted_replies: bool = False
     required_metrics: tuple[str, ...] = ()
+    min_usable_replies: int = 1  # fewer replies left after the checks: the previous model is kept
     last_dropped: dict[int, str] = {}
 
     def configure_train(self, server_round: int, arrays: ArrayRecord, config: ConfigRecord,
@@ -213,6 +214,10 @@ class ReplyFilter(_Strategy):
         summary = {"replies-received": len(replies), "replies-aggregated": len(good), "replies-weight-capped": capped,
                    "replies-norm-bounded": 0}
         summary.update({key: counts.get(cat, 0) for cat, key in COUNT_KEYS.items()})
+        if good and len(good) < self.min_usable_replies:
+            log(WARNING, "aggregate_train (round %d): %d usable of %d replies, fewer than the minimum %d; the "
+                "previous global model is kept", server_round, len(good), len(replies), self.min_usable_replies)
+            return None, MetricRecord({**summary, "aggregation-skipped": 1, "aggregation-nonfinite": 0})
         if not good:
             log(WARNING, "aggregate_train (round %d): none of %d replies can be aggregated; "
                 "the previous global model is kept", server_round, len(replies))

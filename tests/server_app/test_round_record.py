@@ -104,6 +104,22 @@ def test_round_line_names_the_slowest_client():
     assert "slowest" not in format_round({"round": 1, "clients": clients[:1]})
 
 
+def test_an_accepted_reply_cannot_claim_more_train_seconds_than_the_round_lasted():
+    from server_app.run_output import format_round
+    from server_app.tensorboard_log import round_scalars
+
+    clients = [{"node-id": 11, "client-info": {"partition-id": 3}, "metrics": {"train-seconds": 2.0}},
+               {"node-id": 12, "client-info": {"partition-id": 7}, "metrics": {"train-seconds": 9.75}},
+               {"node-id": 66, "client-info": {"partition-id": 1}, "metrics": {"train-seconds": 1e15}}]
+    record = {"round": 1, "clients": clients, "phase-seconds": {"wait": 10.0}}
+    line = format_round(record)
+    assert "slowest: partition 7 (node 12) 9.8s" in line
+    assert "1 client(s) reported more train seconds than the round's wait (ignored), e.g. partition 1 " \
+           "(node 66) 1e+15s" in line
+    assert round_scalars(record)["clients/train-seconds-max"] == 9.75
+    assert "ignored" not in format_round({**record, "clients": clients[:2]})
+
+
 def test_a_dropped_replys_own_numbers_name_no_slowest_client_and_no_device_maximum():
     """Reports can be spoofed: a reply the filter dropped said train-seconds 1e15 and 1e12 MB of memory."""
     from server_app.run_output import format_round

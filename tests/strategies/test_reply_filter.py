@@ -113,6 +113,40 @@ def test_round_with_only_bad_replies_keeps_the_previous_model(name):
     assert not np.array_equal(seen[2]["w"], global_weights()["w"])
 
 
+@pytest.mark.parametrize("name", ["fedavg", "fedadam", "krum"])
+def test_min_train_nodes_counts_the_replies_left_after_the_checks(name):
+    """Three replies arrive, one malformed: with min-train-nodes 3 the round keeps the previous model before
+    the strategy sees anything (FedAdam's moments stay untouched); with 2 it aggregates the other two."""
+    import dataclasses
+
+    from app_config.run_config import RunConfig
+    from strategies.registry import build_strategy
+
+    nodes = [1, 2, 3]
+
+    def respond(msg):
+        if msg.metadata.dst_node_id == 3:
+            return train_reply(msg, good(3), {"loss": float("nan")}, 10.0)
+        return train_reply(msg, good(msg.metadata.dst_node_id), {"loss": 1.0}, 10.0)
+
+    def built(minimum):
+        config = dataclasses.replace(RunConfig(), strategy=name, min_train_nodes=minimum, fraction_evaluate=0.0,
+                                     num_malicious_nodes=0)
+        return build_strategy(config)
+
+    strict = built(3)
+    result, seen = run(strict, nodes, respond)
+    metrics = result.train_metrics_clientapp[1]
+    assert metrics["aggregation-skipped"] == 1 and metrics["replies-dropped-metrics"] == 1
+    for key, value in global_weights().items():
+        np.testing.assert_array_equal(seen[1][key], value)
+    if name == "fedadam":
+        assert strict.m_t is None and strict.v_t is None  # never reached
+    result, seen = run(built(2), nodes, respond)
+    assert result.train_metrics_clientapp[1]["aggregation-skipped"] == 0
+    assert result.train_metrics_clientapp[1]["replies-aggregated"] == 2
+
+
 def test_all_bad_round_logs_that_the_model_is_kept(caplog):
     import logging
 
