@@ -54,7 +54,7 @@ def load_global(model: torch.nn.Module, global_arrays: ArrayRecord, state: Recor
         if {k: v.shape for k, v in head.items()} == expected:  # another architecture: not this head
             weights.update(head)
             used = True
-    if not used and not head_of(weights):
+    if not used and expected and not head_of(weights):  # the model has a head the global lacks
         if fallback_head is None:
             raise ValueError("the global model holds no projection head and this client has none of its own")
         weights.update(fallback_head)

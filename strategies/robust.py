@@ -5,7 +5,8 @@ replies are dropped and counted before anything is averaged) and, for the
 strategies that build on FedAvg's weighted mean, :class:`StreamingFedAvg`
 after the Flower class, so the mean is streamed while the server-side formula
 (FedProx's ``proximal-mu``, FedAvgM's momentum, FedOpt's moments) is Flower's
-code. FedMedian and FedTrimmedAvg aggregate by their own coordinate-wise rules,
+code; :class:`~strategies.finite_state.FiniteServerState` before FedAvgM and the FedOpt family keeps their
+server state finite. FedMedian and FedTrimmedAvg aggregate by their own coordinate-wise rules,
 and the Byzantine-robust Krum, MultiKrum and Bulyan by their own selection
 rules; they are used as Flower ships them. Every class ends with
 :class:`~strategies.seeded_sampling.SeededSampling`, so node sampling draws from
@@ -28,6 +29,7 @@ from flwr.serverapp.strategy import (
 )
 
 from strategies.fedvssl import FedVSSL
+from strategies.finite_state import FiniteServerState
 from strategies.ldawa import LDAWA
 from strategies.reply_filter import ReplyFilter
 from strategies.seeded_sampling import SeededSampling
@@ -50,19 +52,19 @@ class RobustFedProx(ReplyFilter, FedProx, StreamingFedAvg, SeededSampling):
     """FedProx: FedAvg on the server; clients add ``(mu/2)||w - w_global||^2``."""
 
 
-class RobustFedAvgM(ReplyFilter, FedAvgM, StreamingFedAvg, SeededSampling):
+class RobustFedAvgM(ReplyFilter, FiniteServerState, FedAvgM, StreamingFedAvg, SeededSampling):
     """FedAvgM: server momentum on the pseudo-gradient ``w_global - FedAvg``."""
 
 
-class RobustFedAdam(ReplyFilter, FedAdam, StreamingFedAvg, SeededSampling):
+class RobustFedAdam(ReplyFilter, FiniteServerState, FedAdam, StreamingFedAvg, SeededSampling):
     """FedAdam (Reddi et al.): Adam on the pseudo-gradient ``FedAvg - w_global``."""
 
 
-class RobustFedYogi(ReplyFilter, FedYogi, StreamingFedAvg, SeededSampling):
+class RobustFedYogi(ReplyFilter, FiniteServerState, FedYogi, StreamingFedAvg, SeededSampling):
     """FedYogi (Reddi et al.)."""
 
 
-class RobustFedAdagrad(ReplyFilter, FedAdagrad, StreamingFedAvg, SeededSampling):
+class RobustFedAdagrad(ReplyFilter, FiniteServerState, FedAdagrad, StreamingFedAvg, SeededSampling):
     """FedAdagrad (Reddi et al.)."""
 
 
