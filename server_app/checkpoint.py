@@ -144,7 +144,13 @@ INNER_STATE = "strategy"  # a wrapper's wrapped strategy, captured recursively
 
 
 def _adaptive(strategy) -> bool:
-    return hasattr(strategy, "_geometric_update") and hasattr(strategy, NORM_STATE)
+    from flwr.serverapp.strategy import (
+        DifferentialPrivacyClientSideAdaptiveClipping,
+        DifferentialPrivacyServerSideAdaptiveClipping,
+    )
+
+    return isinstance(strategy, (DifferentialPrivacyClientSideAdaptiveClipping,
+                                 DifferentialPrivacyServerSideAdaptiveClipping)) and hasattr(strategy, NORM_STATE)
 
 
 def capture_strategy_state(strategy) -> dict:

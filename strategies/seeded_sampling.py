@@ -58,7 +58,8 @@ class SeededSampling(FedAvg):
         log(INFO, "configure_%s: Sampled %s nodes (out of %s)", message_type, len(node_ids), len(all_nodes))
         config["server-round"] = server_round
         record = RecordDict({self.arrayrecord_key: arrays, self.configrecord_key: config})
-        return self._construct_messages(record, node_ids, message_type)
+        # One message per node carrying the same content, as Flower's FedAvg builds them (public API only).
+        return [Message(content=record, message_type=message_type, dst_node_id=node) for node in node_ids]
 
     def configure_train(self, server_round: int, arrays: ArrayRecord, config: ConfigRecord,
                         grid: Grid) -> Iterable[Message]:
