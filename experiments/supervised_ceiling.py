@@ -23,12 +23,13 @@ import torch.nn.functional as F
 
 from app_config.modalities import MODALITIES
 from data_partition.client_data import LocalData
+from models.encoders import output_width
 from ssl_method.local_training import TrainSettings, make_optimizer, seeded_batches
 
 
 def classifiers(model: nn.Module, num_classes: dict[str, int]) -> nn.ModuleDict:
     """A linear classifier per modality on the backbone's output (as wide as the projection head's input)."""
-    width = model.encoder.num_features
+    width = output_width(model.encoder)
     return nn.ModuleDict({m: nn.Linear(width, n) for m, n in num_classes.items()})
 
 

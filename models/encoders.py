@@ -64,3 +64,17 @@ def create_encoder(name: str) -> nn.Module:
             "'vit_tiny_cifar' or a name from timm.list_models()"
         )
     return timm.create_model(name, pretrained=False, num_classes=0)
+
+
+def output_width(encoder: nn.Module) -> int:
+    """The width of a headless timm encoder's pooled output, what the projection head takes.
+
+    Not always ``num_features``: models with a pre-logits stage keep it with ``num_classes=0``
+    (``repghostnet_050``: 1280 out, ``num_features`` 480; ``inception_next_atto``: 960 and 320), and timm
+    reports that width as ``head_hidden_size``. A test checks this against a forward pass for every
+    encoder the project registers and for such models.
+    """
+    width = getattr(encoder, "head_hidden_size", None) or getattr(encoder, "num_features", None)
+    if not isinstance(width, int) or width <= 0:
+        raise ValueError(f"{type(encoder).__name__} reports no output width (head_hidden_size / num_features)")
+    return width

@@ -5,7 +5,7 @@ from __future__ import annotations
 import torch
 import torch.nn as nn
 
-from models.encoders import create_encoder
+from models.encoders import create_encoder, output_width
 
 # State-dict prefix of the projection head: the part FedVSSL's and FASSL's clients keep to themselves.
 HEAD_PREFIX = "projector."
@@ -29,8 +29,7 @@ class SSLModel(nn.Module):
     def __init__(self, encoder_name: str, projection_hidden_dim: int, projection_dim: int) -> None:
         super().__init__()
         self.encoder = create_encoder(encoder_name)
-        width = self.encoder.num_features
-        assert isinstance(width, int), "a timm encoder reports its feature width as num_features"
+        width = output_width(self.encoder)
         self.projector = ProjectionHead(width, projection_hidden_dim, projection_dim)
 
     def features(self, x: torch.Tensor) -> torch.Tensor:

@@ -45,3 +45,4 @@ def test_constant_schedule_and_no_warm_up():
 def test_rounds_past_the_last_keep_the_last_rate():
     last = round_learning_rate(0.1, 6, 6, "cosine", 1)
     assert round_learning_rate(0.1, 9, 6, "cosine", 1) == pytest.approx(last) and last > 0
+

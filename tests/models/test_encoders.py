@@ -1,0 +1,21 @@
+"""Encoders from the registry: the projection head is sized from what each one really outputs."""
+
+import pytest
+
+
+@pytest.mark.parametrize("name", ["resnet18_cifar", "resnet18_half_cifar", "vit_tiny_cifar", "test_resnet",
+                                  "repghostnet_050", "inception_next_atto", "mobilenetv3_small_050"])
+def test_the_projection_head_takes_the_encoders_real_output_width(name):
+    """timm's num_features is not every model's pooled output (pre-logits stages): a forward pass decides."""
+    import torch
+
+    from models.encoders import create_encoder, output_width
+    from models.ssl_model import SSLModel
+
+    encoder = create_encoder(name).eval()
+    with torch.no_grad():
+        out = encoder(torch.zeros(2, 3, 32, 32))
+    assert output_width(encoder) == out.shape[1]
+    model = SSLModel(name, 32, 16).eval()
+    with torch.no_grad():
+        assert model(torch.zeros(2, 3, 32, 32)).shape == (2, 16)
