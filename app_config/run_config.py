@@ -35,6 +35,7 @@ StrategyName = Literal["bulyan", "fedadagrad", "fedadam", "fedavg", "fedavgm", "
                        "fedtrimmedavg", "fedvssl", "fedyogi", "krum", "ldawa", "multikrum"]
 FedVSSLLoss = Literal["modality-mean", "sum"]
 SSLObjective = Literal["nt-xent", "barlow-twins"]
+WireFormat = Literal["arrays", "packed"]
 DPMode = Literal["none", "server-fixed", "client-fixed", "server-adaptive", "client-adaptive"]
 ImageDataset = Literal["", "cifar10", "cifar100", "cluttered-digits", "digits", "tiny-imagenet", "vggsound-frames"]
 AudioDataset = Literal["", "esc50", "noisy-spoken-digits", "speech-commands", "spoken-digits", "vggsound-audio"]
@@ -226,6 +227,10 @@ class _RunConfigFields:
     send_encoder_only: bool = _key(False, "FASSL's backbone-only transmission: the server sends only the encoder and "
                                           "clients reply with only theirs, each keeping its own projection head "
                                           "(from the seeded initial one); the head's bytes never travel.")
+    wire_format: WireFormat = _key("arrays", "How the model travels in train messages: 'arrays' (Flower's ArrayRecord, "
+                                   "one object per array, about 120 for the default encoder) or 'packed' (one "
+                                   "buffer per dtype plus a layout, three objects; unpacked and checked on "
+                                   "arrival).")
     update_dtype: UpdateDtype = _key("float32", "How model weights travel: 'float16' halves the bytes both ways (the "
                                                "server sends the global model as float16 and casts the clients' "
                                                "float16 replies back to float32 before its checks; float16 replies "

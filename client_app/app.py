@@ -21,13 +21,15 @@ from client_app.faults import maybe_inject_fault
 from client_app.partial_update import initial_head, keep_head, keeps_own_head, load_global, without_head
 from client_app.proximal import proximal_mu, proximal_term
 from client_app.resources import record_bytes, reply_arrays, resource_report
+from client_app.wire_mod import wire_mod
 from client_app.worker_cache import ClientState, WorkerCache
 from client_app.worker_info import worker_info
 from ssl_method.local_training import train_locally, train_settings, training_seed
 from ssl_method.losses import pair_loss
 
-# Clips updates only when a client-side DP mode asks for it (dp='client-fixed' / 'client-adaptive').
-app = ClientApp(mods=[dp_clipping_mod])
+# Outermost: unpacks a packed model and packs the reply (wire-format='packed'); then clips updates when a
+# client-side DP mode asks for it (dp='client-fixed' / 'client-adaptive').
+app = ClientApp(mods=[wire_mod, dp_clipping_mod])
 # This process's run config, model and client data between messages (one run at a time).
 WORKER = WorkerCache()
 WORKER.note_imports(time.perf_counter() - client_app.IMPORT_STARTED)  # the app's imports, timed from its package

@@ -69,6 +69,7 @@ def main(grid: Grid, context: Context) -> None:
             strategy, grid, parts.sent(start.arrays(initial)), num_rounds=config.num_server_rounds,
             start_round=start.start_round, timeout=config.round_timeout, seed=config.seed,
             min_replies=config.min_train_nodes, compact_updates=config.update_dtype == "float16",
+            packed=config.wire_format == "packed",
             train_config=lambda server_round: ConfigRecord(
                 {"learning-rate": scheduled_learning_rate(config, model, server_round)}),
             evaluate_and_record=parts.on_whole(recorder.evaluate_and_record), record_train=recorder.record_train,

@@ -48,6 +48,7 @@ from flwr.serverapp import Grid
 from flwr.serverapp.strategy import Result
 
 from server_app.compact_updates import narrow_messages, widen_reply
+from server_app.packed_wire import pack_messages, unpack_reply
 from strategies.seeded_sampling import seed_node_sampling
 
 NO_REPLY = "no reply within round-timeout (client hung, crashed or disconnected)"
@@ -116,7 +117,7 @@ def arrays_bytes(message: Message, key: str = "arrays") -> int:
 
 def train_round(strategy, grid: Grid, server_round: int, arrays: ArrayRecord, config: ConfigRecord,
                 timeout: float, min_replies: int,
-                compact_updates: bool = False) -> tuple[RoundTrain, ArrayRecord | None]:
+                compact_updates: bool = False, packed: bool = False) -> tuple[RoundTrain, ArrayRecord | None]:
     """One round's training phase: send, collect (in partition order), count failures, aggregate.
 
     Returns what happened and the new global arrays (None: the previous model is kept).
@@ -126,10 +127,14 @@ def train_round(strategy, grid: Grid, server_round: int, arrays: ArrayRecord, co
     messages = list(strategy.configure_train(server_round, arrays, config, grid))
     if compact_updates:  # update-dtype='float16': the global model goes out as float16
         messages = narrow_messages(messages, arrays)
+    if packed:  # wire-format='packed': one buffer per dtype instead of one object per array
+        messages = pack_messages(messages)
     configured = clock()
     replies = list(grid.send_and_receive(messages=messages, timeout=timeout)) if messages else []
     received = clock()
     bytes_received = sum(map(arrays_bytes, replies))  # as they travelled
+    if packed:  # unpacked against the global model's layout before any check
+        replies = [unpack_reply(reply, arrays) for reply in replies]
     if compact_updates:  # and the replies come back to the global dtypes before any check
         replies = [widen_reply(reply, arrays) for reply in replies]
     replies.sort(key=reply_order)
@@ -206,6 +211,7 @@ def run_rounds(
     seed: int = 0,
     min_replies: int = 1,
     compact_updates: bool = False,
+    packed: bool = False,
     train_config: ConfigRecord | Callable[[int], ConfigRecord] | None = None,
     evaluate_config: ConfigRecord | None = None,
     evaluate_and_record: Callable[[int, ArrayRecord], MetricRecord | None] | None = None,
@@ -248,7 +254,7 @@ def run_rounds(
             round_config = config_of_round(current_round)
             train, aggregated = train_round(strategy, grid, current_round, arrays,
                                             ConfigRecord() if round_config is None else round_config,
-                                            timeout, min_replies, compact_updates)
+                                            timeout, min_replies, compact_updates, packed)
             if aggregated is not None:
                 result.arrays = arrays = aggregated
             if train.metrics is not None:

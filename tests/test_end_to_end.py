@@ -167,3 +167,22 @@ def test_fassl_sends_only_the_encoder_selects_per_task_and_trains_barlow_twins(t
         assert entry["round"] in (1, 2) and "labelled" in entry["selection"]
         SSLModel("test_resnet", 64, 32).load_state_dict(torch.load(folder / f"best-{task}.pt"))
     SSLModel("test_resnet", 64, 32).load_state_dict(torch.load(folder / "final_model.pt"))
+
+
+def test_a_packed_float16_run_trains_through_the_real_runtime(tmp_path, small_root):
+    """wire-format='packed' with update-dtype='float16': three objects per model each way, the same checks."""
+    runs = tmp_path / "runs"
+    config = (f"encoder='test_resnet' projection-hidden-dim=64 projection-dim=32 num-server-rounds=2 "
+              f"max-local-steps=2 eval-every=2 tensorboard=false wire-format='packed' update-dtype='float16' "
+              f"data-root='{small_root}' run-dir='{runs}'")
+    done = launch(tmp_path, config, supernodes=3)
+    assert done.returncode == 0, done.stdout[-3000:] + done.stderr[-2000:]
+    (folder,) = runs.iterdir()
+    records = [json.loads(line) for line in (folder / "metrics.jsonl").read_text().splitlines()]
+    for r in records[1:]:
+        assert r["aggregated"] and r["train"]["replies-aggregated"] == 3 and r["failures"] == 0
+        assert r["train"]["replies-dropped-shape"] == 0 and r["train"]["replies-dropped-dtype"] == 0
+    model = SSLModel("test_resnet", 64, 32)
+    whole = sum(v.numel() * v.element_size() for v in model.state_dict().values())
+    assert records[1]["bytes-sent"] < 0.6 * records[1]["sent"] * whole  # float16, packed
+    assert records[2]["eval"]["knn-image"] > 0
