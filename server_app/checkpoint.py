@@ -135,10 +135,9 @@ def decode(value):
 
 
 # --------------------------------------------------------------------------- strategy state
-# The server-side state of the registered strategies, by attribute name: Flower's FedOpt family
-# (``current_arrays``, ``m_t``, ``v_t``), FedAvgM (``current_arrays``, ``momentum_vector``), L-DAWA's
-# previous global model (``_global``), the server-side DP wrappers' ``current_arrays``.
-ARRAY_STATE = frozenset({"current_arrays", "m_t", "v_t", "momentum_vector", "_global"})
+# Each registered strategy names the attributes of its server-side state in ``state_attributes``
+# (strategies.robust, strategies.dp): FedOpt's moments, FedAvgM's momentum, L-DAWA's previous global model,
+# the server-side DP wrappers' current arrays. A strategy that names none has nothing to restore.
 NORM_STATE = "clipping_norm"  # the adaptive DP wrappers' current clipping norm
 INNER_STATE = "strategy"  # a wrapper's wrapped strategy, captured recursively
 
@@ -153,14 +152,20 @@ def _adaptive(strategy) -> bool:
                                  DifferentialPrivacyServerSideAdaptiveClipping)) and hasattr(strategy, NORM_STATE)
 
 
+def state_names(strategy) -> frozenset[str]:
+    """The attributes ``strategy`` declares as its server-side state."""
+    return frozenset(getattr(strategy, "state_attributes", ()))
+
+
 def capture_strategy_state(strategy) -> dict:
-    """The strategy's server-side state, encoded: the ``ARRAY_STATE`` attributes holding arrays, the
+    """The strategy's server-side state, encoded: its ``state_attributes`` that hold arrays, the
     adaptive DP wrappers' clipping norm, and (for a wrapper) the wrapped strategy's state.
 
     Hyper-parameters are rebuilt from the run config; attributes still
     ``None`` are left at their constructor default.
     """
-    held = {name: value for name, value in vars(strategy).items() if name in ARRAY_STATE and _holds_arrays(value)}
+    names = state_names(strategy)
+    held = {name: value for name, value in vars(strategy).items() if name in names and _holds_arrays(value)}
     for name, value in held.items():
         if not state_is_finite(value):
             raise CheckpointError(f"strategy state {name!r} of {type(strategy).__name__} holds NaN or Inf")
@@ -205,7 +210,7 @@ def restore_strategy_state(strategy, state: dict) -> None:
     """
     if not isinstance(state, dict):
         raise CheckpointError("checkpoint: the strategy state is not a mapping")
-    known = sorted(ARRAY_STATE | {NORM_STATE, INNER_STATE})
+    known = sorted(state_names(strategy) | {NORM_STATE, INNER_STATE})
     for name, value in state.items():
         if name not in known:
             raise CheckpointError(f"checkpoint: unknown strategy state {str(name)[:40]!r}; known: {', '.join(known)}")

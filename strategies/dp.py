@@ -135,17 +135,25 @@ class _DPFilter(ReplyFilter):
 class DPServerFixed(_DPFilter, _ServerFixedClipping):
     """Central DP, updates clipped to a fixed norm on the server."""
 
+    state_attributes = ("current_arrays",)
+
 
 class DPServerAdaptive(_DPFilter, _ServerAdaptiveClipping):
     """Central DP, clipped on the server to a norm that tracks a quantile of the update norms."""
+
+    state_attributes = ("current_arrays",)
 
 
 class DPClientFixed(_DPFilter, _FloatNoise, DifferentialPrivacyClientSideFixedClipping):
     """Central DP, clients clip to a fixed norm (``dp_clipping_mod``); the server adds the noise."""
 
+    state_attributes = ()
+
 
 class DPClientAdaptive(_DPFilter, _FloatNoise, DifferentialPrivacyClientSideAdaptiveClipping):
     """Central DP, clients clip and report ``norm_bit``; the server adapts the norm and adds the noise."""
+
+    state_attributes = ()
 
     required_metrics = (KEY_NORM_BIT,)
 

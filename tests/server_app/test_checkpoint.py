@@ -346,3 +346,13 @@ def test_metrics_file_keeps_its_mode_when_cut_back_on_resume(tmp_path):
         assert output.metrics_file.read_text().splitlines() == ['{"round": 0}', '{"round": 1}']
     finally:
         os.umask(old)
+
+
+def test_every_registered_strategy_names_its_own_server_state():
+    """The checkpoint keeps no list of strategy attributes: each class declares its own state."""
+    from strategies.dp import WRAPPERS
+    from strategies.registry import STRATEGIES
+
+    for cls in [spec.cls for spec in STRATEGIES.values()] + list(WRAPPERS.values()):
+        assert "state_attributes" in vars(cls), cls.__name__
+    assert STRATEGIES["fedadam"].cls.state_attributes == ("current_arrays", "m_t", "v_t")
