@@ -118,6 +118,9 @@ class Deployment:
     log: callable = logging.getLogger("fssuavl.deploy").info
     procs: dict[str, subprocess.Popen] = field(default_factory=dict)
     node_ids: dict[str, int] = field(default_factory=dict)
+    # None: the SuperLink keeps its state in memory (runs, registered SuperNode keys, messages); a path: in that
+    # SQLite file, which survives a SuperLink restart but adds a write per request.
+    database: Path | None = None
 
     def __post_init__(self) -> None:
         self.workdir = Path(self.workdir).resolve()
@@ -160,7 +163,7 @@ class Deployment:
             "flower-superlink", "--ssl-ca-certfile", str(self.tls["ca"]), "--ssl-certfile", str(self.tls["cert"]),
             "--ssl-keyfile", str(self.tls["key"]), "--enable-supernode-auth", "--isolation", "subprocess",
             "--host", "127.0.0.1", "--port", str(self.superlink_port),
-            "--database", str(self.workdir / "superlink-home" / "state.db"),
+            *(("--database", str(self.database)) if self.database is not None else ()),
             "--disable-runtime-dependency-installation",
         ], self.workdir / "superlink-home")
         self.write_connection()
@@ -309,13 +312,13 @@ def _check_free(port: int) -> None:
 
 # --------------------------------------------------------------------------- command line
 def deploy(num_supernodes: int, run_config: str, workdir: Path, data_root: Path, node_data: list[str],
-           superlink_port: int, supernode_port: int, timeout: float) -> int:
+           superlink_port: int, supernode_port: int, timeout: float, database: Path | None = None) -> int:
     try:
         check_config(parse_overrides(run_config))
     except ValueError as err:
         print(f"error: {err}", file=sys.stderr)
         return 2
-    with Deployment(workdir, superlink_port, supernode_port) as dep:
+    with Deployment(workdir, superlink_port, supernode_port, database=database) as dep:
         if node_data:
             nodes = [(Path(p.split(":")[0]).resolve(), p.split(":")[1] if ":" in p else "") for p in node_data]
         else:
@@ -356,6 +359,9 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--superlink-port", type=int, default=SUPERLINK_PORT)
     parser.add_argument("--supernode-port", type=int, default=SUPERNODE_PORT, help="first SuperNode's port")
     parser.add_argument("--timeout", type=float, default=3600.0)
+    parser.add_argument("--database", type=Path, default=None,
+                        help="keep the SuperLink's state in this SQLite file (default: in memory; a restarted "
+                             "SuperLink then forgets runs, registered SuperNode keys and messages in flight)")
     args = parser.parse_args(argv)
     workdir = args.workdir or Path(tempfile.mkdtemp(prefix="fssuavl-deploy-"))
     run_config = args.run_config
@@ -374,7 +380,7 @@ def main(argv: list[str] | None = None) -> int:
             run_config = (run_config + f" data-root='{data_root}'").strip()
     log.info("work folder %s", workdir)
     return deploy(args.num_supernodes, run_config, workdir, data_root, args.node_data,
-                  args.superlink_port, args.supernode_port, args.timeout)
+                  args.superlink_port, args.supernode_port, args.timeout, args.database)
 
 
 def parse_overrides_safe(text: str) -> dict:
