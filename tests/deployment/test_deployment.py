@@ -49,7 +49,10 @@ def test_node_config_keys_are_checked_and_server_paths_are_not_required_on_a_dev
     assert config.data_root == "/only/on/the/server" and config.resume_from == "/server/run"
 
 
-def test_tls_auth_deployment_runs_two_rounds_and_refuses_an_unregistered_supernode(tmp_path, small_root, node_data):
+def test_tls_auth_deployment_runs_three_packed_float16_rounds_and_refuses_an_unregistered_supernode(
+        tmp_path, small_root, node_data):
+    """Three SuperNodes (visual, audio, audio-visual) over TLS with SuperNode auth and an in-memory SuperLink;
+    the model travels packed and as float16 both ways."""
     workdir, runs = tmp_path / "deploy", tmp_path / "runs"
     lines: list[str] = []
     started = time.monotonic()
@@ -57,16 +60,16 @@ def test_tls_auth_deployment_runs_two_rounds_and_refuses_an_unregistered_superno
         with Deployment(workdir, SUPERLINK_PORT, SUPERNODE_PORT, log=lines.append) as dep:
             dep.start_superlink()
             registered = []
-            for i, (data_dir, kind) in enumerate(node_data[:2]):  # a visual-only and an audio-only device
+            for i, (data_dir, kind) in enumerate(node_data):  # a visual-only, an audio-only, an audio-visual device
                 private, public = make_supernode_keys(workdir / "keys", f"supernode-{i}")
                 registered.append(dep.register(public))
                 dep.start_supernode(i, private, {"data-dir": str(data_dir), "modality": kind})
-            online = dep.wait_online(2)
+            online = dep.wait_online(3)
             assert sorted(int(n["node-id"]) for n in online) == sorted(registered)
 
             # A SuperNode with a valid TLS setup but an unregistered key is refused.
             private, _ = make_supernode_keys(workdir / "keys", "intruder")
-            intruder = dep.start_supernode(5, private, {"data-dir": str(node_data[2][0])},
+            intruder = dep.start_supernode(5, private, {"data-dir": str(node_data[0][0])},
                                            extra=("--max-retries", "0"))
             try:
                 intruder.wait(timeout=60)
@@ -76,11 +79,11 @@ def test_tls_auth_deployment_runs_two_rounds_and_refuses_an_unregistered_superno
                     intruder.wait()
             assert intruder.returncode != 0, dep.log_text("supernode-5")[-2000:]
             assert "Failed to activate SuperNode" in dep.log_text("supernode-5")
-            assert len(dep.connected_nodes()) == 2
+            assert len(dep.connected_nodes()) == 3
 
             run_id, status, output = dep.run(
-                f"{TINY} num-server-rounds=2 max-local-steps=1 batch-size=8 eval-every=0 tensorboard=false "
-                f"data-root='{small_root}' run-dir='{runs}'", timeout=600)
+                f"{TINY} num-server-rounds=3 max-local-steps=1 batch-size=8 eval-every=0 tensorboard=false "
+                f"update-dtype='float16' wire-format='packed' data-root='{small_root}' run-dir='{runs}'", timeout=600)
             assert run_id is not None and "completed" in status, output[-3000:] + dep.log_text("superlink")[-3000:]
     finally:
         assert processes_of(workdir) == []  # every process the deployment started is gone
@@ -88,11 +91,12 @@ def test_tls_auth_deployment_runs_two_rounds_and_refuses_an_unregistered_superno
 
     (folder,) = runs.iterdir()
     records = [json.loads(line) for line in (folder / "metrics.jsonl").read_text().splitlines()]
-    assert [r["round"] for r in records] == [0, 1, 2]
+    assert [r["round"] for r in records] == [0, 1, 2, 3]
     for record in records[1:]:
-        assert record["failures"] == 0 and record["replies"] == 2
-        assert sorted(client_value(c, "kind") for c in record["clients"]) == ["audio", "visual"]
-        assert record["train"]["clients-image"] == 1 and record["train"]["clients-audio"] == 1
+        assert record["failures"] == 0 and record["replies"] == 3 and record["train"]["replies-aggregated"] == 3
+        assert sorted(client_value(c, "kind") for c in record["clients"]) == ["audio", "audiovisual", "visual"]
+        assert record["train"]["clients-image"] == 2 and record["train"]["clients-audio"] == 2
+        print(f"round {record['round']}: {record['round-seconds']:.1f}s, phases {record['phase-seconds']}")
     assert (folder / "final_model.pt").exists()
 
 
