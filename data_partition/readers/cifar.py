@@ -199,7 +199,7 @@ def _plain(value, depth: int = 0, done: dict | None = None, budget: list[int] | 
     if isinstance(value, (list, tuple, dict)):
         budget[0] -= len(value)
         if budget[0] < 0:
-            raise PickleRefused(f"more than {MAX_REFERENCED} items through shared references: not a CIFAR file")
+            raise PickleRefused("more items through shared references than the file's size allows: not a CIFAR file")
         if id(value) in done:
             return done[id(value)]
     if isinstance(value, (list, tuple)):
@@ -214,6 +214,13 @@ def _plain(value, depth: int = 0, done: dict | None = None, budget: list[int] | 
         return value
     done[id(value)] = out
     return out
+
+
+def reference_budget(file_bytes: int) -> int:
+    """Items the parsed value may reach through references, repeats counted: proportional to the file's size
+    (a real CIFAR file reaches about one item per 1,500 bytes; every item costs at least 2 bytes of pickle
+    without sharing), so a small crafted file is refused after work of the order of its own size."""
+    return min(MAX_REFERENCED, 1000 + file_bytes)
 
 
 def _key(value):
@@ -258,7 +265,7 @@ def parse_pickle(data: bytes):
             elif name == "STOP":
                 if len(stack) != 1 or marks:
                     raise PickleRefused("malformed end")
-                return _plain(stack[0])
+                return _plain(stack[0], budget=[reference_budget(len(data))])
             elif name == "MARK":
                 marks.append(len(stack))
             elif name in ("EMPTY_DICT", "EMPTY_LIST", "EMPTY_TUPLE"):

@@ -334,6 +334,12 @@ def test_shared_references_cannot_blow_a_small_file_up_into_billions_of_items(tm
     assert path.stat().st_size < 60_000
     with pytest.raises(cifar.PickleRefused, match="through shared references"):
         cifar.read_pickle(path)
+    # 2 MB of pickle describing 1e10 items: refused after work of the order of the file's size
+    big = list(range(100_000))
+    path.write_bytes(pickle.dumps({f"k{i}": big for i in range(100_000)}, protocol=2))
+    with pytest.raises(cifar.PickleRefused, match="through shared references"):
+        cifar.read_pickle(path)
+    assert cifar.reference_budget(path.stat().st_size) == 1000 + path.stat().st_size < cifar.MAX_REFERENCED
     # a value the memo shares a few times is still read, and converted once
     path.write_bytes(pickle.dumps({"labels": inner, "fine_labels": inner}, protocol=2))
     back = cifar.read_pickle(path)
