@@ -34,27 +34,41 @@ from strategies.reply_check import decode_checked
 NPY_HEADER_MAX = 4096  # an .npy header of a plain array is far smaller
 
 
-def narrow_messages(messages: list[Message], global_arrays: ArrayRecord, key: str = "arrays") -> list[Message]:
-    """Instructions whose copy of ``global_arrays`` goes out as float16 (in place; returns them).
+def transform_records(messages: list[Message], transform, key: str = "arrays") -> list[Message]:
+    """Each message's ``key`` record replaced by ``transform(record)`` (None: left as it is), in place.
 
-    Only a record holding the global model's arrays (same names and shapes) is narrowed:
-    a strategy sending anything else under ``key`` sends it as it is. Messages sharing
-    one record (Flower's strategies send the same one to every node) share one copy.
-    """
-    layout = {name: tuple(a.shape) for name, a in global_arrays.items()}
-    done: dict[int, tuple[ArrayRecord, ArrayRecord]] = {}  # id -> (record kept alive, its float16 copy)
+    Flower's strategies send one record to every node: messages that share a record share one transformed
+    copy, made once."""
+    done: dict[int, tuple[ArrayRecord, ArrayRecord | None]] = {}  # id -> (record kept alive, its copy)
     for message in messages:
         if message.has_error() or key not in message.content.array_records:
             continue
         record = message.content.array_records[key]
         if id(record) not in done:
-            if {name: tuple(a.shape) for name, a in record.items()} != layout:
-                continue
-            narrowed = narrow_arrays(record)
-            done[id(record)] = (record, narrowed)
-            done[id(narrowed)] = (narrowed, narrowed)  # a record shared by several messages: already narrowed
-        message.content.array_records[key] = done[id(record)][1]
+            copy = transform(record)
+            done[id(record)] = (record, copy)
+            if copy is not None:
+                done[id(copy)] = (copy, copy)  # a record shared by several messages: already transformed
+        copy = done[id(record)][1]
+        if copy is not None:
+            message.content.array_records[key] = copy
     return messages
+
+
+def narrow_messages(messages: list[Message], global_arrays: ArrayRecord, key: str = "arrays") -> list[Message]:
+    """Instructions whose copy of ``global_arrays`` goes out as float16 (in place; returns them).
+
+    Only a record holding the global model's arrays (same names and shapes) is narrowed:
+    a strategy sending anything else under ``key`` sends it as it is.
+    """
+    layout = {name: tuple(a.shape) for name, a in global_arrays.items()}
+
+    def narrowed(record: ArrayRecord) -> ArrayRecord | None:
+        if {name: tuple(a.shape) for name, a in record.items()} != layout:
+            return None
+        return narrow_arrays(record)
+
+    return transform_records(messages, narrowed, key)
 
 
 def widen_reply(reply: Message, global_arrays: ArrayRecord, key: str = "arrays") -> Message:

@@ -10,22 +10,13 @@ from __future__ import annotations
 
 from flwr.app import ArrayRecord, Message
 
+from server_app.compact_updates import transform_records
 from strategies.packed_arrays import is_packed, pack, unpack
 
 
 def pack_messages(messages: list[Message], key: str = "arrays") -> list[Message]:
-    """The instructions with their ``key`` record packed (in place; returns them)."""
-    done: dict[int, tuple[ArrayRecord, ArrayRecord]] = {}
-    for message in messages:
-        if message.has_error() or key not in message.content.array_records:
-            continue
-        record = message.content.array_records[key]
-        if id(record) not in done:
-            packed = pack(record)
-            done[id(record)] = (record, packed)
-            done[id(packed)] = (packed, packed)
-        message.content.array_records[key] = done[id(record)][1]
-    return messages
+    """The instructions with their ``key`` record packed (in place; returns them; one copy per shared record)."""
+    return transform_records(messages, pack, key)
 
 
 def unpack_reply(reply: Message, global_arrays: ArrayRecord, key: str = "arrays") -> Message:

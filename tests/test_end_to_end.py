@@ -123,16 +123,20 @@ def test_a_launcher_stopped_mid_round_leaves_no_process_of_its_run(tmp_path, sma
                        cwd=PROJECT, capture_output=True, timeout=120)
 
 
-def test_fedvssl_clients_keep_their_own_head_between_rounds(tmp_path, small_root):
-    """FedVSSL through the real runtime: the node context keeps each client's head, SWA from round 2."""
+def small_run(tmp_path: Path, small_root: Path, overrides: str) -> tuple[Path, list[dict]]:
+    """A 2-round run of the tiny CNN on 3 SuperNodes with ``overrides``: its folder and metrics records."""
     runs = tmp_path / "runs"
-    config = (f"strategy='fedvssl' encoder='test_resnet' projection-hidden-dim=64 projection-dim=32 "
-              f"num-server-rounds=2 max-local-steps=2 eval-every=2 tensorboard=false "
-              f"data-root='{small_root}' run-dir='{runs}'")
+    config = (f"encoder='test_resnet' projection-hidden-dim=64 projection-dim=32 num-server-rounds=2 "
+              f"max-local-steps=2 tensorboard=false {overrides} data-root='{small_root}' run-dir='{runs}'")
     done = launch(tmp_path, config, supernodes=3)
     assert done.returncode == 0, done.stdout[-3000:] + done.stderr[-2000:]
     (folder,) = runs.iterdir()
-    records = [json.loads(line) for line in (folder / "metrics.jsonl").read_text().splitlines()]
+    return folder, [json.loads(line) for line in (folder / "metrics.jsonl").read_text().splitlines()]
+
+
+def test_fedvssl_clients_keep_their_own_head_between_rounds(tmp_path, small_root):
+    """FedVSSL through the real runtime: the node context keeps each client's head, SWA from round 2."""
+    _, records = small_run(tmp_path, small_root, "strategy='fedvssl' eval-every=2")
     first, second = records[1]["train"], records[2]["train"]
     assert first["own-head"] == 0.0 and second["own-head"] == pytest.approx(1.0)  # every client, round 2
     assert first["fedvssl-swa"] == 0 and second["fedvssl-swa"] == 1
@@ -145,14 +149,8 @@ def test_fassl_sends_only_the_encoder_selects_per_task_and_trains_barlow_twins(t
 
     from client_app.resources import record_bytes
 
-    runs = tmp_path / "runs"
-    config = (f"encoder='test_resnet' projection-hidden-dim=64 projection-dim=32 num-server-rounds=2 "
-              f"max-local-steps=2 eval-every=1 tensorboard=false send-encoder-only=true keep-best-models=true "
-              f"ssl-objective='barlow-twins' data-root='{small_root}' run-dir='{runs}'")
-    done = launch(tmp_path, config, supernodes=3)
-    assert done.returncode == 0, done.stdout[-3000:] + done.stderr[-2000:]
-    (folder,) = runs.iterdir()
-    records = [json.loads(line) for line in (folder / "metrics.jsonl").read_text().splitlines()]
+    folder, records = small_run(tmp_path, small_root, "eval-every=1 send-encoder-only=true keep-best-models=true "
+                                                      "ssl-objective='barlow-twins'")
     model = SSLModel("test_resnet", 64, 32)
     whole = record_bytes(ArrayRecord(model.state_dict()))
     encoder = record_bytes(ArrayRecord({k: v for k, v in model.state_dict().items() if not k.startswith("projector.")}))
@@ -171,14 +169,7 @@ def test_fassl_sends_only_the_encoder_selects_per_task_and_trains_barlow_twins(t
 
 def test_a_packed_float16_run_trains_through_the_real_runtime(tmp_path, small_root):
     """wire-format='packed' with update-dtype='float16': three objects per model each way, the same checks."""
-    runs = tmp_path / "runs"
-    config = (f"encoder='test_resnet' projection-hidden-dim=64 projection-dim=32 num-server-rounds=2 "
-              f"max-local-steps=2 eval-every=2 tensorboard=false wire-format='packed' update-dtype='float16' "
-              f"data-root='{small_root}' run-dir='{runs}'")
-    done = launch(tmp_path, config, supernodes=3)
-    assert done.returncode == 0, done.stdout[-3000:] + done.stderr[-2000:]
-    (folder,) = runs.iterdir()
-    records = [json.loads(line) for line in (folder / "metrics.jsonl").read_text().splitlines()]
+    _, records = small_run(tmp_path, small_root, "eval-every=2 wire-format='packed' update-dtype='float16'")
     for r in records[1:]:
         assert r["aggregated"] and r["train"]["replies-aggregated"] == 3 and r["failures"] == 0
         assert r["train"]["replies-dropped-shape"] == 0 and r["train"]["replies-dropped-dtype"] == 0
