@@ -87,7 +87,10 @@ def test_a_thousand_supernodes_train_on_the_embedded_data(tmp_path, data_root):
     assert [r["round"] for r in records] == [0, 1, 2]
     for r in records[1:]:
         assert (r["sent"], r["replies"], r["failures"], r["aggregated"]) == (4, 4, 0, True)
-        assert r["train"]["clients"] == 4 and r["train"]["loss-image"] + r["train"]["loss-audio"] > 0
+        # Flower gives the 1,000 nodes random ids, so the 4 sampled may all hold one modality (about 5 % of
+        # runs): a round reports only the losses of the modalities it trained.
+        losses = [r["train"][key] for key in ("loss-image", "loss-audio") if key in r["train"]]
+        assert r["train"]["clients"] == 4 and losses and sum(losses) > 0
     assert records[2]["eval"]["eval-train-samples-image"] == 100
 
 
