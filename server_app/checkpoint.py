@@ -40,6 +40,7 @@ from flwr.app import Array, ArrayRecord
 
 from app_config.run_config import MAX_ROUNDS
 from file_io.atomic import TMP_SUFFIX, atomic_write
+from strategies.finite_state import state_is_finite
 from strategies.reply_check import array_spec
 
 CHECKPOINT_NAME = "checkpoint.pt"
@@ -176,19 +177,6 @@ def capture_strategy_state(strategy) -> dict:
     if inner is not None and hasattr(inner, "aggregate_train"):
         state[INNER_STATE] = {"__state__": capture_strategy_state(inner)}
     return state
-
-
-def state_is_finite(value) -> bool:
-    """Every float value of an arrays-like strategy state is finite (FedOpt's moments, FedAvgM's momentum)."""
-    if isinstance(value, Array):
-        value = value.numpy()
-    if isinstance(value, (np.ndarray, np.generic)):
-        return value.dtype.kind not in "fc" or bool(np.isfinite(value).all())
-    if isinstance(value, (ArrayRecord, dict)):
-        return all(state_is_finite(v) for v in value.values())
-    if isinstance(value, (list, tuple)):
-        return all(state_is_finite(v) for v in value)
-    return True
 
 
 def _arrays_like(value) -> bool:

@@ -17,32 +17,36 @@ from collections.abc import Iterable
 import numpy as np
 from flwr.app import Array, ArrayRecord, Message, MetricRecord
 
-STATE_ATTRIBUTES = ("m_t", "v_t", "momentum_vector", "current_arrays")
 
-
-def finite(value) -> bool:
-    """Whether every array in a state attribute (dict, list, ArrayRecord or None) is finite."""
-    if value is None:
-        return True
-    if isinstance(value, ArrayRecord):
-        value = dict(value.items())
-    items = value.values() if isinstance(value, dict) else value
-    for item in items:
-        array = item.numpy() if isinstance(item, Array) else np.asarray(item)
-        if array.dtype.kind in "fc" and not np.isfinite(array).all():
-            return False
+def state_is_finite(value) -> bool:
+    """Every float value of an arrays-like strategy state is finite: an Array, an ndarray, an ArrayRecord, a
+    dict or list of them (FedOpt's moments, FedAvgM's momentum); None and other values count as finite. The
+    checkpoint applies the same test to the state it writes and restores."""
+    if isinstance(value, Array):
+        value = value.numpy()
+    if isinstance(value, (np.ndarray, np.generic)):
+        return value.dtype.kind not in "fc" or bool(np.isfinite(value).all())
+    if isinstance(value, (ArrayRecord, dict)):
+        return all(state_is_finite(v) for v in value.values())
+    if isinstance(value, (list, tuple)):
+        return all(state_is_finite(v) for v in value)
     return True
 
 
 class FiniteServerState:
-    """Mixin placed before a Flower FedOpt / FedAvgM class: refuse a round that leaves its state non-finite."""
+    """Mixin placed before a Flower FedOpt / FedAvgM class: refuse a round that leaves its state non-finite.
+
+    The state is what the class declares in ``state_attributes`` (``strategies.robust``), the same attributes
+    the checkpoint saves."""
+
+    state_attributes: tuple[str, ...] = ()
 
     def aggregate_train(self, server_round: int, replies: Iterable[Message]
                         ) -> tuple[ArrayRecord | None, MetricRecord | None]:
-        before = {name: getattr(self, name) for name in STATE_ATTRIBUTES if hasattr(self, name)}
+        before = {name: getattr(self, name) for name in self.state_attributes if hasattr(self, name)}
         arrays, metrics = super().aggregate_train(server_round, replies)  # type: ignore[misc]
-        broken = [name for name in before if not finite(getattr(self, name))]
-        if broken or (arrays is not None and not finite(arrays)):
+        broken = [name for name in before if not state_is_finite(getattr(self, name))]
+        if broken or not state_is_finite(arrays):
             for name, value in before.items():
                 setattr(self, name, value)
             raise FloatingPointError(f"the server optimiser's state ({', '.join(broken) or 'aggregate'}) became "

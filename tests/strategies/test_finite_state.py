@@ -6,7 +6,7 @@ import numpy as np
 import pytest
 from flwr.app import ConfigRecord
 
-from strategies.finite_state import STATE_ATTRIBUTES, finite
+from strategies.finite_state import state_is_finite as finite
 from strategies.registry import make_strategy
 from tests.fake_grid import FakeGrid, arrays_of, numpy_of, train_reply
 from tests.strategies.replies import global_weights, honest
@@ -34,7 +34,7 @@ def run(name, rounds=3):
 
     def evaluate(r, a):
         seen[r] = numpy_of(a)
-        states.append({n: getattr(strategy, n) for n in STATE_ATTRIBUTES if hasattr(strategy, n)})
+        states.append({n: getattr(strategy, n) for n in strategy.state_attributes if hasattr(strategy, n)})
 
     result = strategy.start(grid=FakeGrid([1, 2, 3, 4], lambda m: respond(m)), initial_arrays=arrays_of(
         global_weights()), num_rounds=rounds, train_config=ConfigRecord({}), evaluate_fn=evaluate)
