@@ -18,7 +18,7 @@ from app_config.run_config import RunConfig
 from client_app.device_data import is_deployed, local_source
 from client_app.dp_clipping import dp_clipping_mod
 from client_app.faults import maybe_inject_fault
-from client_app.partial_update import initial_head, keep_head, keeps_own_head, load_global, without_head
+from client_app.partial_update import keep_head, keeps_own_head, load_global, without_head
 from client_app.proximal import proximal_mu, proximal_term
 from client_app.resources import record_bytes, reply_arrays, resource_report
 from client_app.wire_mod import wire_mod
@@ -79,7 +79,7 @@ def round_learning_rate(train_config) -> float | None:
 
 def seeded_head(context: Context, config: RunConfig) -> dict | None:
     """The seeded initial head a client starts from when only the encoder travels (send-encoder-only)."""
-    return WORKER.initial_head(context.run_id, config, initial_head) if config.send_encoder_only else None
+    return WORKER.initial_head(context.run_id, config) if config.send_encoder_only else None
 
 
 @app.train()

@@ -19,7 +19,7 @@ import torch
 from flwr.app import ArrayRecord, RecordDict
 
 from models.factory import build_model
-from models.ssl_model import HEAD_PREFIX
+from models.ssl_model import encoder_part, head_part
 
 STATE_KEY = "fedvssl-own-head"
 
@@ -29,15 +29,11 @@ def keeps_own_head(config) -> bool:
     return (config.strategy == "fedvssl" and config.fedvssl_partial_update) or config.send_encoder_only
 
 
-def head_of(state_dict: dict) -> dict:
-    return {k: v for k, v in state_dict.items() if k.startswith(HEAD_PREFIX)}
-
-
 def initial_head(config) -> dict[str, torch.Tensor]:
     """The head of the seeded initial model (the server builds it after ``torch.manual_seed(seed)`` too)."""
     with torch.random.fork_rng(devices=[]):
         torch.manual_seed(config.seed)
-        return head_of(build_model(config).state_dict())
+        return head_part(build_model(config).state_dict())
 
 
 def load_global(model: torch.nn.Module, global_arrays: ArrayRecord, state: RecordDict | None,
@@ -46,7 +42,7 @@ def load_global(model: torch.nn.Module, global_arrays: ArrayRecord, state: Recor
     model's names and shapes (True then); a global model without a head (encoder only) takes ``fallback_head``
     until the client has its own."""
     weights = global_arrays.to_torch_state_dict()
-    expected = {k: v.shape for k, v in head_of(model.state_dict()).items()}
+    expected = {k: v.shape for k, v in head_part(model.state_dict()).items()}
     own = state.array_records.get(STATE_KEY) if state is not None else None
     used = False
     if own is not None:
@@ -54,7 +50,7 @@ def load_global(model: torch.nn.Module, global_arrays: ArrayRecord, state: Recor
         if {k: v.shape for k, v in head.items()} == expected:  # another architecture: not this head
             weights.update(head)
             used = True
-    if not used and expected and not head_of(weights):  # the model has a head the global lacks
+    if not used and expected and not head_part(weights):  # the model has a head the global lacks
         if fallback_head is None:
             raise ValueError("the global model holds no projection head and this client has none of its own")
         weights.update(fallback_head)
@@ -64,9 +60,9 @@ def load_global(model: torch.nn.Module, global_arrays: ArrayRecord, state: Recor
 
 def keep_head(model: torch.nn.Module, state: RecordDict) -> None:
     """Store this client's trained head in its node state for the next round."""
-    state[STATE_KEY] = ArrayRecord({k: v.detach().cpu().clone() for k, v in head_of(model.state_dict()).items()})
+    state[STATE_KEY] = ArrayRecord({k: v.detach().cpu().clone() for k, v in head_part(model.state_dict()).items()})
 
 
 def without_head(arrays: ArrayRecord) -> ArrayRecord:
     """The encoder's arrays of a reply (backbone-only transmission)."""
-    return ArrayRecord({k: v for k, v in arrays.items() if not k.startswith(HEAD_PREFIX)})
+    return ArrayRecord(encoder_part(arrays))

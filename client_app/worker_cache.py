@@ -27,6 +27,7 @@ import torch.nn as nn
 
 from app_config.run_config import RunConfig
 from client_app.device_data import LocalSource, load_local_data
+from client_app.partial_update import initial_head
 from data_partition.client_data import LocalData
 from data_partition.federation import Federation
 from models.device import resolve_device
@@ -57,11 +58,11 @@ class WorkerCache:
         self._import_seconds: float | None = None
         self._head: dict | None = None
 
-    def initial_head(self, run_id: int, config: RunConfig, build) -> dict:
-        """``build(config)`` (the seeded initial projection head) once per run."""
+    def initial_head(self, run_id: int, config: RunConfig) -> dict:
+        """The seeded initial projection head (:func:`client_app.partial_update.initial_head`), built once per run."""
         self._start((run_id, config))
         if self._head is None:
-            self._head = build(config)
+            self._head = initial_head(config)
         return self._head
 
     def note_imports(self, seconds: float) -> None:

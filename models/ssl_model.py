@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from collections.abc import Mapping
+
 import torch
 import torch.nn as nn
 
@@ -9,6 +11,16 @@ from models.encoders import create_encoder, output_width
 
 # State-dict prefix of the projection head: the part FedVSSL's and FASSL's clients keep to themselves.
 HEAD_PREFIX = "projector."
+
+
+def head_part(named: Mapping) -> dict:
+    """The projection head's entries of a state dict (or any name -> array mapping)."""
+    return {k: v for k, v in named.items() if k.startswith(HEAD_PREFIX)}
+
+
+def encoder_part(named: Mapping) -> dict:
+    """Everything but the projection head: the encoder's entries."""
+    return {k: v for k, v in named.items() if not k.startswith(HEAD_PREFIX)}
 
 
 class ProjectionHead(nn.Sequential):

@@ -12,7 +12,7 @@ from typing import TypeVar
 from flwr.app import ArrayRecord
 from flwr.serverapp.strategy import Result
 
-from models.ssl_model import HEAD_PREFIX
+from models.ssl_model import encoder_part, head_part
 
 Returned = TypeVar("Returned")
 
@@ -22,12 +22,12 @@ class ModelParts:
 
     def __init__(self, encoder_only: bool, model: ArrayRecord) -> None:
         self.encoder_only = encoder_only
-        self.head = ArrayRecord({k: v for k, v in model.items() if k.startswith(HEAD_PREFIX)})
+        self.head = ArrayRecord(head_part(model))
 
     def sent(self, arrays: ArrayRecord) -> ArrayRecord:
         if not self.encoder_only:
             return arrays
-        return ArrayRecord({k: v for k, v in arrays.items() if not k.startswith(HEAD_PREFIX)})
+        return ArrayRecord(encoder_part(arrays))
 
     def whole(self, arrays: ArrayRecord) -> ArrayRecord:
         if not self.encoder_only or not len(arrays):
