@@ -5,12 +5,13 @@ A task is one central-evaluation score (``knn-image``, ``probe-audio``, ...). Th
 held-out split, so a selected model is **selected with labelled data**: its score is optimistic as a test
 figure, and the run's summary says so beside each one. The final model stays the last round's; the selected
 ones are saved as ``best-<task>.pt`` (written atomically) and listed in ``summary.json`` under
-``selected-models`` with their round. A resumed run recovers the best scores from its history.
+``selected-models`` with their round (round 0, the initial weights, is never selected). A resumed run
+recovers the best scores from its history.
 """
 
 from __future__ import annotations
 
-from collections.abc import Callable, Iterable
+from collections.abc import Iterable
 
 TASK_PREFIXES = ("knn-", "probe-")
 SELECTION_NOTE = "selected on the labelled held-out split (task-aware selection): optimistic as a test score"
@@ -21,24 +22,28 @@ def task_scores(scores: dict) -> dict[str, float]:
     return {k: float(v) for k, v in scores.items() if k.startswith(TASK_PREFIXES)}
 
 
-class BestModels:
-    """Best score and round per task; ``offer`` saves the model when it beats a task's best so far."""
+def best_file(task: str) -> str:
+    """The run-folder file holding the best global model for ``task``."""
+    return f"best-{task}.pt"
 
-    def __init__(self, save: Callable[[str], str], history: Iterable[dict] = ()) -> None:
-        self.save = save  # file name -> written path
+
+class BestModels:
+    """Best score and round per task; ``offer`` says which tasks a round's model improves (its caller saves
+    that model as :func:`best_file` of each)."""
+
+    def __init__(self, history: Iterable[dict] = ()) -> None:
         self.best: dict[str, dict] = {}
         for record in history:  # a resumed run: the files of earlier rounds are already on disk
-            for task, value in task_scores(record.get("eval", {})).items():
-                if task not in self.best or value > self.best[task]["value"]:
-                    self.best[task] = {"round": record["round"], "value": value, "file": f"best-{task}.pt"}
+            if record["round"] > 0:  # as when live: the initial weights are not a selection
+                self.offer(record["round"], record.get("eval", {}))
 
     def offer(self, server_round: int, scores: dict) -> list[str]:
-        """Save the round's model for every task it improves (ties keep the earlier round); the tasks saved."""
-        improved = [task for task, value in task_scores(scores).items()
-                    if task not in self.best or value > self.best[task]["value"]]
-        for task in improved:
-            path = self.save(f"best-{task}.pt")
-            self.best[task] = {"round": server_round, "value": task_scores(scores)[task], "file": str(path)}
+        """The tasks whose best score this round beats (ties keep the earlier round), recorded as the best."""
+        improved = []
+        for task, value in task_scores(scores).items():
+            if task not in self.best or value > self.best[task]["value"]:
+                self.best[task] = {"round": server_round, "value": value, "file": best_file(task)}
+                improved.append(task)
         return improved
 
     def summary(self) -> dict:

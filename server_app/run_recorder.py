@@ -34,7 +34,7 @@ from server_app.checkpoint import (
     capture_strategy_state,
     save_checkpoint,
 )
-from server_app.model_selection import BestModels
+from server_app.model_selection import BestModels, best_file
 from server_app.round_loop import RoundTrain
 from server_app.round_record import client_entries
 from server_app.run_output import RunOutput, format_round
@@ -84,8 +84,7 @@ class RunRecorder:
                                           purge_step=None if resumed_after is None else resumed_after + 1)
         self._pending: dict[int, dict] = {}
         self._last = clock()
-        self._arrays: ArrayRecord | None = None  # the round's model, for the task-aware selection's saves
-        self.best_models = BestModels(self._save_current, self.history) if config.keep_best_models else None
+        self.best_models = BestModels(self.history) if config.keep_best_models else None
 
     # --------------------------------------------------------------- round hooks
     def record_train(self, train: RoundTrain) -> None:
@@ -112,10 +111,11 @@ class RunRecorder:
         if scores is not None:
             record["eval"] = scores
             if self.best_models is not None and server_round > 0:  # FASSL's task-aware selection
-                self._arrays = arrays
                 improved = self.best_models.offer(server_round, scores)
-                self._arrays = None
                 if improved:
+                    state = arrays.to_torch_state_dict()
+                    for task in improved:
+                        self.output.save_model(state, best_file(task))
                     record["best-for"] = improved
         self.output.append_round(record)
         self.history.append(record)
@@ -123,10 +123,6 @@ class RunRecorder:
         print("[fssuavl] " + format_round(record), flush=True)
         self._last = self.clock()
         return None if scores is None else as_metric_record(scores)
-
-    def _save_current(self, name: str) -> str:
-        assert self._arrays is not None, "only while a round's model is offered"
-        return str(self.output.save_model(self._arrays.to_torch_state_dict(), name))
 
     def write_checkpoint(self, server_round: int, arrays: ArrayRecord) -> None:
         every, last = self.config.checkpoint_every, self.config.num_server_rounds
