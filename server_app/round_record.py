@@ -24,6 +24,7 @@ from collections.abc import Iterable, Mapping
 
 from flwr.app import Message
 
+from app_config.numbers import real_number
 from server_app.round_loop import NO_REPLY
 from server_app.run_output import json_safe
 
@@ -98,11 +99,9 @@ SECONDS_SLACK = 1.0  # the server's wait includes the client's time; 1 s for clo
 def credible_seconds(record: Mapping, seconds: float) -> bool:
     """Whether a client's own time fits inside the round's wait that the server measured (a record without
     phase times cannot tell: True). An accepted reply can still say ``train-seconds`` = 1e15."""
-    wait = (record.get("phase-seconds") or {}).get("wait") if isinstance(record.get("phase-seconds"), Mapping) \
-        else None
-    if not isinstance(wait, (int, float)) or isinstance(wait, bool) or wait != wait:
-        return True
-    return seconds <= wait + SECONDS_SLACK
+    phases = record.get("phase-seconds")
+    wait = real_number(phases.get("wait")) if isinstance(phases, Mapping) else None
+    return wait is None or seconds <= wait + SECONDS_SLACK
 
 
 def client_value(entry: Mapping, key: str, default=None):

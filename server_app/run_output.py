@@ -134,13 +134,15 @@ def slowest_client(record: dict) -> str:
 
     timed = [(_number(client_value(c, "train-seconds")), c) for c in accepted_clients(record)]
     timed = [(t, c) for t, c in timed if t == t]  # drops NaN: clients that reported no time
-    beyond = [(t, c) for t, c in timed if not credible_seconds(record, t)]
-    timed = [(t, c) for t, c in timed if credible_seconds(record, t)]
-    if len(timed) + len(beyond) < 2:
+    if len(timed) < 2:
         return ""
+    credible: list[tuple[float, Mapping]] = []
+    beyond: list[tuple[float, Mapping]] = []
+    for item in timed:
+        (credible if credible_seconds(record, item[0]) else beyond).append(item)
     line = ""
-    if timed:
-        seconds, entry = max(timed, key=lambda item: item[0])
+    if credible:
+        seconds, entry = max(credible, key=lambda item: item[0])
         line = f"slowest: {_who(entry)} {seconds:.1f}s"
     if beyond:
         note = (f"{len(beyond)} client(s) reported more train seconds than the round's wait (ignored), e.g. "
