@@ -164,6 +164,11 @@ class _RunConfigFields:
     image_min_crop_scale: float = _key(0.5, "Smallest area share of a random resized crop (SimCLR on CIFAR: 0.08-0.2; "
                                             "0.5 keeps small digits legible).", gt=0, le=1)
     image_hflip: bool = _key(False, "Random horizontal flips (SimCLR default on; off for orientation-bound digits).")
+    image_hue_jitter: float = _key(0.1, "Largest hue shift of the colour jitter, as a share of the hue circle "
+                                        "(SimCLR: 0.1-0.2; 0.5 = any hue, for sets whose colours are arbitrary, "
+                                        "as cluttered-digits).", ge=0, le=0.5)
+    image_grayscale_p: float = _key(0.2, "Probability that a view is turned to grey (SimCLR: 0.2; 0.5 on "
+                                         "cluttered-digits).", ge=0, le=1)
     audio_n_mels: int = _key(32, "Mel bands of the log-mel spectrogram.", ge=8, le=512)
     audio_hop_ms: float = _key(32.0, "Spectrogram hop in ms (1 s clip -> 1000/hop frames).", gt=0, le=1000)
     audio_win_ms: float = _key(64.0, "Spectrogram window in ms.", gt=0, le=1000)

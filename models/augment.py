@@ -36,13 +36,14 @@ def normalise_images(x: torch.Tensor) -> torch.Tensor:
 class ImageViews(nn.Module):
     """SimCLR image pipeline: random resized crop, flip, colour jitter, grayscale."""
 
-    def __init__(self, size: int, min_crop_scale: float = 0.2, hflip: bool = True) -> None:
+    def __init__(self, size: int, min_crop_scale: float = 0.2, hflip: bool = True, hue: float = 0.1,
+                 grayscale_p: float = 0.2) -> None:
         super().__init__()
         self.augment = K.AugmentationSequential(
             K.RandomResizedCrop((size, size), scale=(min_crop_scale, 1.0)),
             K.RandomHorizontalFlip(p=0.5 if hflip else 0.0),
-            K.ColorJitter(0.4, 0.4, 0.4, 0.1, p=0.8),
-            K.RandomGrayscale(p=0.2),
+            K.ColorJitter(0.4, 0.4, 0.4, hue, p=0.8),
+            K.RandomGrayscale(p=grayscale_p),
         )
 
     def forward(self, batch_uint8: torch.Tensor) -> torch.Tensor:

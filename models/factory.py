@@ -29,7 +29,8 @@ def frontend(config: RunConfig) -> LogMelFrontEnd:
 
 def training_views(config: RunConfig, device: torch.device) -> dict[str, nn.Module]:
     return {
-        IMAGE: ImageViews(config.image_size, config.image_min_crop_scale, config.image_hflip).to(device),
+        IMAGE: ImageViews(config.image_size, config.image_min_crop_scale, config.image_hflip,
+                          config.image_hue_jitter, config.image_grayscale_p).to(device),
         AUDIO: AudioViews(frontend(config), config.audio_n_mels).to(device),
     }
 

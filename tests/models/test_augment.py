@@ -85,3 +85,29 @@ def test_stretch_is_drawn_per_sample_and_pads_with_silence():
     distinct = {tuple(v.flatten().round(decimals=3).tolist()) for v in levels}
     assert len(distinct) == 8
     assert levels.min() > -1e-4  # padding and masks are silence (level 0), never below it
+
+
+def _hue_spread(hue: float) -> float:
+    """Spread of the mean hue angle (as the red-green-blue order) over views of one saturated red image."""
+    torch.manual_seed(5)
+    red = torch.zeros(64, 8, 8, 3, dtype=torch.uint8)
+    red[..., 0] = 220
+    views = ImageViews(8, min_crop_scale=1.0, hflip=False, hue=hue, grayscale_p=0.0)
+    out = views.augment(red.permute(0, 3, 1, 2).float() / 255)  # before normalisation: RGB in [0, 1]
+    dominant = out.mean(dim=(2, 3)).argmax(dim=1)
+    return float((dominant != 0).float().mean())
+
+
+def test_image_hue_jitter_reaches_other_colours_only_when_asked():
+    # +-0.1 of the hue circle keeps a red image red; 0.5 (any hue) turns about two thirds of views green or blue
+    assert _hue_spread(0.1) == 0.0
+    assert _hue_spread(0.5) > 0.3
+
+
+def test_image_grayscale_probability_is_the_configured_one():
+    torch.manual_seed(6)
+    colour = torch.randint(0, 256, (400, 8, 8, 3), dtype=torch.uint8)
+    out = ImageViews(8, min_crop_scale=1.0, hflip=False, grayscale_p=0.5).augment(
+        colour.permute(0, 3, 1, 2).float() / 255)
+    grey = (out.amax(dim=1) - out.amin(dim=1)).amax(dim=(1, 2)) < 1e-6
+    assert 0.4 < float(grey.float().mean()) < 0.6
