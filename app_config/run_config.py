@@ -40,7 +40,7 @@ DPMode = Literal["none", "server-fixed", "client-fixed", "server-adaptive", "cli
 ImageDataset = Literal["", "cifar10", "cifar100", "cluttered-digits", "digits", "tiny-imagenet", "vggsound-frames"]
 AudioDataset = Literal["", "esc50", "noisy-spoken-digits", "speech-commands", "spoken-digits", "vggsound-audio"]
 Partitioner = Literal["iid", "dirichlet", "pathological", "resample"]
-Optimizer = Literal["auto", "sgd", "adamw"]
+Optimizer = Literal["auto", "sgd", "adamw", "repopt-sgd"]
 LRSchedule = Literal["cosine", "constant"]
 FaultMode = Literal["raise", "hang"]
 Autocast = Literal["off", "bf16"]
@@ -192,7 +192,9 @@ class _RunConfigFields:
     batch_size: int = _key(16, "Samples per modality per step (16: twice the local steps of 32 for about 1.25x "
                                "the time on a CPU; raise it on a GPU).", ge=2, le=65_536)
     optimizer: Optimizer = _key("auto", "'auto' (the encoder family's recipe: SGD for convnets, AdamW for vision "
-                                  "transformers; models/recipes.py), 'sgd' (momentum) or 'adamw'.")
+                                  "transformers; models/recipes.py), 'sgd' (momentum), 'adamw' or 'repopt-sgd' "
+                                  "(RepOptimizer: SGD with the gradient multipliers of repopt-scales, for the plain "
+                                  "repopt_vgg_* encoders; models/repopt.py).")
     learning_rate: PositiveOrAuto = _key("auto", "Base local learning rate, or 'auto' (convnets 0.1, transformers "
                                               "2e-4 x sqrt(batch-size / 16)); each round's rate follows lr-schedule.")
     lr_schedule: LRSchedule = _key("cosine", "Learning rate across rounds, sent by the server each round: 'cosine' "
@@ -201,6 +203,8 @@ class _RunConfigFields:
                                  ge=0, le=MAX_ROUNDS)
     momentum: float = _key(0.9, "SGD momentum.", ge=0, lt=1)
     weight_decay: DecayOrAuto = _key("auto", "Weight decay, or 'auto' (convnets 5e-4, transformers 0.05).")
+    repopt_scales: str = _key("", "File of a hyper-searched RepOpt-VGG's CSLA scales (python -m "
+                                  "experiments.repopt_search); required by optimizer='repopt-sgd'.", max_length=4096)
     ssl_objective: SSLObjective = _key("nt-xent", "The SSL loss on two views' projections: 'nt-xent' (SimCLR, the "
                                      "method's) or 'barlow-twins' (Zbontar et al. 2021; FASSL's feature-matching "
                                      "comparison).")
@@ -289,6 +293,16 @@ class _RunConfigFields:
         if self.update_dtype == "float16" and self.dp.startswith("client-"):
             raise ValueError(f"update-dtype: 'float16' cannot be combined with dp={self.dp!r} (the clipping runs "
                              "on the reply's arrays); use a server-side dp mode or update-dtype='float32'")
+        if self.optimizer == "repopt-sgd":
+            if not self.encoder.startswith("repopt_vgg") or self.encoder.endswith(("_csla", "_hs", "_repvgg")):
+                raise ValueError(f"optimizer: 'repopt-sgd' trains a plain RepOpt-VGG target encoder (e.g. "
+                                 f"'repopt_vgg_tiny_cifar'), not {self.encoder!r}")
+            if not self.repopt_scales:
+                raise ValueError("repopt-scales: optimizer='repopt-sgd' needs the file of CSLA scales "
+                                 "(python -m experiments.repopt_search)")
+            if self.dp.startswith("client-"):
+                raise ValueError(f"dp: {self.dp!r} clips each client's update, which breaks RepOpt's equivalence "
+                                 "with the CSLA network; use a server-side dp mode with optimizer='repopt-sgd'")
         return self
 
 

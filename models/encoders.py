@@ -12,6 +12,8 @@ multiple of 4, e.g. 101 frames of a 1 s clip at a 10 ms hop, are zero-padded
 up to one), and features averaged over the patch tokens rather than read from
 the class token: at initialisation that gives kNN 0.631 instead of 0.486 on the
 embedded digits, and it stays ahead after training (README, "Training recipe").
+``repopt_vgg_tiny_cifar`` (+ ``_csla``, ``_hs``, ``_repvgg``): RepOpt-VGG, the plain
+network FedRepOpt trains for small devices (:mod:`models.repopt_vgg`).
 Any other timm model name works too (always ``pretrained=False``).
 """
 
@@ -20,6 +22,8 @@ from __future__ import annotations
 import timm
 import torch.nn as nn
 from timm.models import register_model
+
+import models.repopt_vgg  # noqa: F401 -- registers the RepOpt-VGG encoders (repopt_vgg_*) in timm's registry
 
 
 def _cifar_stem(model: nn.Module, in_chans: int, width: int) -> nn.Module:

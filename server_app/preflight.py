@@ -92,6 +92,18 @@ def preflight(config: RunConfig) -> RunConfig:
     if config.resume_from:
         problem = resume_problem(config.resume_from)
         _need(problem is None, f"resume-from: {problem}")
+    if config.optimizer == "repopt-sgd":
+        problem = path_problem(config.repopt_scales)
+        _need(problem is None, f"repopt-scales: the path {problem}")
+        _need(Path(config.repopt_scales).expanduser().is_file(),
+              f"repopt-scales: file {config.repopt_scales!r} does not exist; write it with "
+              "python -m experiments.repopt_search")
+        from models.factory import build_model
+
+        try:
+            build_model(config)  # reads the scales against the encoder: a mismatch fails here, in one line
+        except ValueError as err:
+            raise ConfigError(str(err)) from None
     return config
 
 

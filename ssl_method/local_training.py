@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import time
 from dataclasses import dataclass
+from pathlib import Path
 
 import torch
 import torch.nn as nn
@@ -38,6 +39,7 @@ class TrainSettings:
     barlow_lambda: float
     autocast: str  # "bf16": forward passes under bfloat16 autocast; "off"
     channels_last: bool
+    repopt_scales: str  # optimizer "repopt-sgd": the CSLA scales file (models.repopt); "" otherwise
 
 
 def train_settings(config: RunConfig, model: SSLModel, learning_rate: float | None = None) -> TrainSettings:
@@ -48,7 +50,7 @@ def train_settings(config: RunConfig, model: SSLModel, learning_rate: float | No
         optimizer=chosen.optimizer, learning_rate=chosen.learning_rate if learning_rate is None else learning_rate,
         momentum=config.momentum, weight_decay=chosen.weight_decay, temperature=config.temperature,
         objective=config.ssl_objective, barlow_lambda=config.barlow_lambda,
-        autocast=config.autocast, channels_last=config.channels_last,
+        autocast=config.autocast, channels_last=config.channels_last, repopt_scales=config.repopt_scales,
     )
 
 
@@ -63,7 +65,22 @@ def make_optimizer(model: nn.Module, settings: TrainSettings) -> torch.optim.Opt
                                momentum=settings.momentum, weight_decay=settings.weight_decay)
     if settings.optimizer == "adamw":
         return torch.optim.AdamW(model.parameters(), lr=settings.learning_rate, weight_decay=settings.weight_decay)
-    raise ValueError(f"optimizer {settings.optimizer!r} is unknown: use 'sgd' or 'adamw'")
+    if settings.optimizer == "repopt-sgd":
+        return repopt_optimizer(model, settings)
+    raise ValueError(f"optimizer {settings.optimizer!r} is unknown: use 'sgd', 'adamw' or 'repopt-sgd'")
+
+
+def repopt_optimizer(model: nn.Module, settings: TrainSettings) -> torch.optim.Optimizer:
+    """RepOptimizer SGD over ``model``, multiplying the gradients of its RepOpt-VGG's kernels (models.repopt)."""
+    from models.repopt import RepOptSGD, gradient_multipliers, load_scales
+    from models.repopt_vgg import RepOptVGG
+
+    networks = [m for m in model.modules() if isinstance(m, RepOptVGG)]
+    if len(networks) != 1:
+        raise ValueError("optimizer 'repopt-sgd' needs exactly one RepOpt-VGG encoder in the model")
+    scales = load_scales(Path(settings.repopt_scales), networks[0])
+    return RepOptSGD(model.parameters(), gradient_multipliers(networks[0], scales), lr=settings.learning_rate,
+                     momentum=settings.momentum, weight_decay=settings.weight_decay)
 
 
 class Batches:

@@ -42,7 +42,7 @@ def _data(image: int, audio: int) -> LocalData:
     return LocalData(tensors)
 
 
-SETTINGS = TrainSettings(local_epochs=1, max_local_steps=0, batch_size=4, optimizer="sgd", learning_rate=0.01,
+SETTINGS = TrainSettings(repopt_scales="", local_epochs=1, max_local_steps=0, batch_size=4, optimizer="sgd", learning_rate=0.01,
                          momentum=0.9, weight_decay=5e-4, temperature=0.5, objective="nt-xent", barlow_lambda=0.0051,
                          autocast="off", channels_last=False)
 
@@ -80,7 +80,7 @@ def test_audiovisual_client_sums_both_losses_through_the_same_encoder(model):
 def test_training_changes_the_shared_encoder_and_max_steps_caps_work(model):
     before = {k: v.clone() for k, v in model.state_dict().items()}
     views = _views()
-    settings = TrainSettings(local_epochs=5, max_local_steps=2, batch_size=4, optimizer="sgd", learning_rate=0.01,
+    settings = TrainSettings(repopt_scales="", local_epochs=5, max_local_steps=2, batch_size=4, optimizer="sgd", learning_rate=0.01,
                              momentum=0.9, weight_decay=5e-4, temperature=0.5, objective="nt-xent", barlow_lambda=0.0051,
                          autocast="off", channels_last=False)
     metrics = train_locally(model, _data(40, 40), views, settings, torch.device("cpu"), seed=1)

@@ -1,0 +1,144 @@
+"""RepOptimizer for RepOpt-VGG: gradient multipliers and the target's initialisation from CSLA scales.
+
+Why: SGD on a CSLA block's 3x3 kernel W3 (constant scale s3), 1x1 kernel W1
+(constant scale s1) and per-channel identity scale a (trainable) moves the
+merged kernel W' = s3 W3 + s1 pad(W1) + diag(a) by
+
+    dW' = -lr (s3^2 G + s1^2 G_centre + [diagonal centre] G)
+
+where G is the gradient with respect to W'. Multiplying the plain network's
+gradient by M = s3^2 (+ s1^2 at the centre, + 1 at the diagonal's centre)
+therefore takes exactly the CSLA network's steps; momentum is linear in the
+gradient, so it carries over too. The plain network starts from the merged
+kernel of a freshly initialised CSLA network (:func:`reinitialise_target`).
+Rules as in the authors' RepOptimizer code (``RepOptVGGHandler``,
+``RepOptimizerSGD``): multipliers of order 2 for SGD, weight decay added
+to the multiplied gradient. Weight decay on W' is not CSLA's decay on W3 and
+W1 (it also decays the identity): the equivalence holds without it, as in the
+paper's derivation; a test checks k steps of both within 1e-5.
+
+Scales come from the hyper-search network (``mode='hs'``) trained centrally
+(``python -m experiments.repopt_search``), saved as a file of one
+``(scale_identity | None, scale_1x1, scale_conv)`` triple per block, and named by
+the run-config key ``repopt-scales``.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import torch
+import torch.nn as nn
+import torch.nn.functional as F
+
+from models.repopt_vgg import LinearAddBlock, PlainBlock, RepOptVGG
+
+Scales = list[tuple[torch.Tensor | None, torch.Tensor, torch.Tensor]]  # per block: identity, 1x1, 3x3
+
+
+def extract_scales(model: RepOptVGG) -> Scales:
+    """The per-block scales of a CSLA or hyper-search network, stem first."""
+    scales: Scales = []
+    for block in model.blocks():
+        if not isinstance(block, LinearAddBlock):
+            raise ValueError(f"scales come from a 'csla' or 'hs' RepOpt-VGG, not mode {model.mode!r}")
+        identity = None if block.scale_identity is None else block.scale_identity.weight.detach().clone()
+        scales.append((identity, block.scale_1x1.weight.detach().clone(), block.scale_conv.weight.detach().clone()))
+    return scales
+
+
+def save_scales(scales: Scales, path: Path) -> None:
+    """Write ``scales`` atomically (a crash leaves the old file or none, never half of one)."""
+    from file_io.atomic import atomic_write
+
+    atomic_write(path, lambda out: torch.save([tuple(triple) for triple in scales], out))
+
+
+def load_scales(path: Path, model: RepOptVGG) -> Scales:
+    """Scales from ``path``, checked block by block against ``model``'s channels (one-line error otherwise)."""
+    try:
+        raw = torch.load(path, map_location="cpu", weights_only=True)
+    except Exception as exc:  # noqa: BLE001 -- any unreadable file is the same user error
+        raise ValueError(f"repopt-scales: {path} is not a scales file ({type(exc).__name__}: {exc})") from None
+    blocks = model.blocks()
+    if not isinstance(raw, (list, tuple)) or len(raw) != len(blocks):
+        raise ValueError(f"repopt-scales: {path} holds {len(raw) if isinstance(raw, (list, tuple)) else 'no'} "
+                         f"block scales; the encoder has {len(blocks)} blocks")
+    scales: Scales = []
+    for index, (triple, block) in enumerate(zip(raw, blocks, strict=True)):
+        conv = block.conv
+        assert isinstance(conv, nn.Conv2d)
+        channels, has_identity = conv.out_channels, conv.in_channels == conv.out_channels and conv.stride == (1, 1)
+        ok = isinstance(triple, (list, tuple)) and len(triple) == 3 and all(
+            isinstance(t, torch.Tensor) and t.shape == (channels,) and bool(torch.isfinite(t).all())
+            for t in triple[1:]) and ((triple[0] is None) != has_identity) and (
+            triple[0] is None or (isinstance(triple[0], torch.Tensor) and triple[0].shape == (channels,)
+                                  and bool(torch.isfinite(triple[0]).all())))
+        if not ok:
+            raise ValueError(f"repopt-scales: block {index} of {path} does not fit the encoder "
+                             f"({channels} channels, identity branch {'yes' if has_identity else 'no'})")
+        scales.append((None if triple[0] is None else triple[0].float(), triple[1].float(), triple[2].float()))
+    return scales
+
+
+def gradient_multipliers(model: RepOptVGG, scales: Scales) -> dict[torch.Tensor, torch.Tensor]:
+    """Each target conv kernel's multiplier M (shape of the kernel)."""
+    multipliers: dict[torch.Tensor, torch.Tensor] = {}
+    for block, (identity, scale_1x1, scale_conv) in zip(model.blocks(), scales, strict=True):
+        if not isinstance(block, PlainBlock):
+            raise ValueError(f"RepOptimizer trains the plain 'target' RepOpt-VGG, not mode {model.mode!r}")
+        kernel = block.conv.weight
+        mask = torch.ones_like(kernel) * (scale_conv ** 2).view(-1, 1, 1, 1)
+        mask[:, :, 1, 1] += (scale_1x1 ** 2).view(-1, 1)
+        if identity is not None:
+            channels = torch.arange(kernel.shape[0])
+            mask[channels, channels, 1, 1] += 1.0
+        multipliers[kernel] = mask.detach()
+    return multipliers
+
+
+@torch.no_grad()
+def reinitialise_target(target: RepOptVGG, scales: Scales, seed: int | None = None) -> None:
+    """Set every target kernel to the merged kernel of a fresh CSLA block with these scales.
+
+    The CSLA block's own kernels are drawn as PyTorch initialises convolutions
+    (from ``seed`` when given); the identity branch enters with its scale, as
+    the authors' ``use_identity_scales_for_reinit``.
+    """
+    generator_state = torch.random.get_rng_state()
+    if seed is not None:
+        torch.manual_seed(seed)
+    try:
+        for block, (identity, scale_1x1, scale_conv) in zip(target.blocks(), scales, strict=True):
+            assert isinstance(block, PlainBlock)
+            cin, cout = block.conv.in_channels, block.conv.out_channels
+            conv_3x3 = nn.Conv2d(cin, cout, 3, bias=False).weight
+            conv_1x1 = nn.Conv2d(cin, cout, 1, bias=False).weight
+            kernel = conv_3x3 * scale_conv.view(-1, 1, 1, 1) + F.pad(conv_1x1 * scale_1x1.view(-1, 1, 1, 1),
+                                                                      [1, 1, 1, 1])
+            if identity is not None:
+                eye = torch.eye(cout).reshape(cout, cout, 1, 1)
+                kernel = kernel + F.pad(eye * identity.view(-1, 1, 1, 1), [1, 1, 1, 1])
+            block.conv.weight.copy_(kernel)
+    finally:
+        if seed is not None:
+            torch.random.set_rng_state(generator_state)
+
+
+class RepOptSGD(torch.optim.SGD):
+    """SGD whose gradient of each multiplied kernel is scaled element-wise before the step.
+
+    The scaling happens in place on ``.grad`` and then torch's own SGD runs (weight decay and
+    momentum as usual), so the update is the authors' ``RepOptimizerSGD`` without a hand-written step.
+    """
+
+    def __init__(self, params, multipliers: dict[torch.Tensor, torch.Tensor], **sgd_args) -> None:
+        super().__init__(params, **sgd_args)
+        self.multipliers = multipliers
+
+    @torch.no_grad()
+    def step(self, closure=None):
+        for parameter, mask in self.multipliers.items():
+            if parameter.grad is not None:
+                parameter.grad.mul_(mask.to(parameter.grad.device, parameter.grad.dtype))
+        return super().step(closure)
