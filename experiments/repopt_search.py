@@ -19,6 +19,7 @@ Command::
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import logging
 from pathlib import Path
 
@@ -44,8 +45,7 @@ def search_scales(config, num_partitions: int, steps: int, output: Path, seed: i
     if not isinstance(encoder, RepOptVGG) or encoder.mode != "hs":
         raise ValueError(f"encoder: the hyper-search trains a '..._hs' RepOpt-VGG, not {config.encoder!r}")
     device = torch.device("cpu")
-    settings = train_settings(config, model)
-    settings = type(settings)(**{**settings.__dict__, "local_epochs": 10**6, "max_local_steps": steps})
+    settings = dataclasses.replace(train_settings(config, model), local_epochs=10**6, max_local_steps=steps)
     metrics = train_locally(model, pooled_data(config, num_partitions), training_views(config, device), settings,
                             device, seed)
     save_scales(extract_scales(encoder), output)

@@ -54,8 +54,14 @@ def save_scales(scales: Scales, path: Path) -> None:
     atomic_write(path, lambda out: torch.save([tuple(triple) for triple in scales], out))
 
 
+def _channel_scale(value: object, channels: int) -> bool:
+    """Whether ``value`` is a finite per-channel scale of ``channels`` entries."""
+    return isinstance(value, torch.Tensor) and value.shape == (channels,) and bool(torch.isfinite(value).all())
+
+
 def load_scales(path: Path, model: RepOptVGG) -> Scales:
     """Scales from ``path``, checked block by block against ``model``'s channels (one-line error otherwise)."""
+    path = Path(path).expanduser()  # as preflight checks it
     try:
         raw = torch.load(path, map_location="cpu", weights_only=True)
     except Exception as exc:  # noqa: BLE001 -- any unreadable file is the same user error
@@ -69,15 +75,15 @@ def load_scales(path: Path, model: RepOptVGG) -> Scales:
         conv = block.conv
         assert isinstance(conv, nn.Conv2d)
         channels, has_identity = conv.out_channels, conv.in_channels == conv.out_channels and conv.stride == (1, 1)
-        ok = isinstance(triple, (list, tuple)) and len(triple) == 3 and all(
-            isinstance(t, torch.Tensor) and t.shape == (channels,) and bool(torch.isfinite(t).all())
-            for t in triple[1:]) and ((triple[0] is None) != has_identity) and (
-            triple[0] is None or (isinstance(triple[0], torch.Tensor) and triple[0].shape == (channels,)
-                                  and bool(torch.isfinite(triple[0]).all())))
-        if not ok:
+        fits = isinstance(triple, (list, tuple)) and len(triple) == 3
+        if fits:
+            identity, scale_1x1, scale_conv = triple
+            identity_fits = _channel_scale(identity, channels) if has_identity else identity is None
+            fits = identity_fits and _channel_scale(scale_1x1, channels) and _channel_scale(scale_conv, channels)
+        if not fits:
             raise ValueError(f"repopt-scales: block {index} of {path} does not fit the encoder "
                              f"({channels} channels, identity branch {'yes' if has_identity else 'no'})")
-        scales.append((None if triple[0] is None else triple[0].float(), triple[1].float(), triple[2].float()))
+        scales.append((None if identity is None else identity.float(), scale_1x1.float(), scale_conv.float()))
     return scales
 
 

@@ -125,3 +125,9 @@ def test_registered_repopt_encoders_build_headless_with_their_width(name):
     model = timm.create_model(name, pretrained=False, num_classes=0)
     out = model(torch.randn(2, 3, 16, 16))
     assert out.shape == (2, model.num_features) == (2, 256)
+
+
+def test_a_scales_path_with_a_tilde_is_read_as_preflight_checks_it(tmp_path, monkeypatch):
+    monkeypatch.setenv("HOME", str(tmp_path))
+    save_scales(extract_scales(_csla_with_random_scales(5)), tmp_path / "scales.pt")
+    assert len(load_scales("~/scales.pt", RepOptVGG(**TINY, mode="target", in_chans=4))) == 3
