@@ -145,10 +145,9 @@ def flower_fedavg(replies: list[RecordDict]) -> ArrayRecord:
 
 def robust_fedavg(replies: list[RecordDict], global_arrays: ArrayRecord) -> ArrayRecord:
     from strategies.registry import make_strategy
-    from strategies.reply_filter import array_spec
 
     strategy = make_strategy("fedavg", common={"fraction_evaluate": 0.0})
-    strategy._reply_spec = array_spec(global_arrays)  # as configure_train would
+    strategy.expect_model(global_arrays)  # as configure_train does
     return aggregated_as_messages(strategy, replies)
 
 

@@ -138,19 +138,16 @@ def decode(value):
 # --------------------------------------------------------------------------- strategy state
 # Each registered strategy names the attributes of its server-side state in ``state_attributes``
 # (strategies.robust, strategies.dp): FedOpt's moments, FedAvgM's momentum, L-DAWA's previous global model,
-# the server-side DP wrappers' current arrays. A strategy that names none has nothing to restore.
+# Flower's adaptive DP wrappers' clipping norm. A strategy that names none has nothing to restore.
 NORM_STATE = "clipping_norm"  # the adaptive DP wrappers' current clipping norm
 INNER_STATE = "strategy"  # a wrapper's wrapped strategy, captured recursively
 
 
 def _adaptive(strategy) -> bool:
-    from flwr.serverapp.strategy import (
-        DifferentialPrivacyClientSideAdaptiveClipping,
-        DifferentialPrivacyServerSideAdaptiveClipping,
-    )
+    from flwr.serverapp.strategy import DifferentialPrivacyClientSideAdaptiveClipping
 
-    return isinstance(strategy, (DifferentialPrivacyClientSideAdaptiveClipping,
-                                 DifferentialPrivacyServerSideAdaptiveClipping)) and hasattr(strategy, NORM_STATE)
+    # every adaptive mode runs Flower's client-side adaptive wrapper (strategies.dp)
+    return isinstance(strategy, DifferentialPrivacyClientSideAdaptiveClipping) and hasattr(strategy, NORM_STATE)
 
 
 def state_names(strategy) -> frozenset[str]:

@@ -1,16 +1,16 @@
-"""Differential privacy around any registered strategy: Flower's four DP wrappers.
+"""Differential privacy around any registered strategy: Flower's DP wrappers, unchanged, behind one adapter.
 
 The run-config key ``dp`` wraps the strategy chosen by ``strategy``:
 
-================== =============================================== ==========================
-``dp``             Flower wrapper                                  clipping happens
-================== =============================================== ==========================
-``none``           (no wrapper)                                    --
-``server-fixed``   DifferentialPrivacyServerSideFixedClipping      on the server, norm fixed
-``client-fixed``   DifferentialPrivacyClientSideFixedClipping      on the clients, norm fixed
-``server-adaptive`` DifferentialPrivacyServerSideAdaptiveClipping  on the server, norm adapted
-``client-adaptive`` DifferentialPrivacyClientSideAdaptiveClipping  on the clients, norm adapted
-================== =============================================== ==========================
+=================== ================================================ =====================================
+``dp``              Flower wrapper (unchanged)                       clipping happens
+=================== ================================================ =====================================
+``none``            (no wrapper)                                     --
+``server-fixed``    DifferentialPrivacyClientSideFixedClipping       on the server (this adapter), norm fixed
+``client-fixed``    DifferentialPrivacyClientSideFixedClipping       on the clients (``dp_clipping_mod``)
+``server-adaptive`` DifferentialPrivacyClientSideAdaptiveClipping    on the server (this adapter), norm adapted
+``client-adaptive`` DifferentialPrivacyClientSideAdaptiveClipping    on the clients, norm adapted
+=================== ================================================ =====================================
 
 Parameters (run-config keys): ``dp-noise-multiplier`` (sigma >= 0; the noise
 added to the aggregate has standard deviation ``sigma * C / m``),
@@ -23,146 +23,162 @@ learning rate > 0) and ``dp-clipped-count-stddev`` (adaptive: the noise on
 the count of clipped updates, >= 0; 0 = Flower's default ``m / 20``; with
 noise it must exceed ``sigma / 2``, so small federations have to set it).
 
-What the project adds around Flower's classes:
+How the project uses Flower's classes: **unchanged, through one adapter**
+(:class:`DPAdapter`), which sits between the round loop and Flower's wrapper:
 
-* the reply filter runs *before* clipping (``ReplyFilter`` first in the
-  bases): Flower's wrappers skip a whole round when one reply is an error and
-  crash on replies of other shapes; here those are dropped and counted and the
-  good replies are clipped. The wrapped strategy then trusts them
-  (``trusted_replies``) instead of checking them twice;
+* the reply filter runs first (``DPAdapter`` is a :class:`~strategies.reply_filter.ReplyFilter`):
+  Flower's wrappers skip a whole round when one reply is an error and crash
+  on replies of other shapes; here those are dropped and counted and the good
+  replies go on. The wrapped strategy then trusts them (``trusted_replies``)
+  instead of checking them twice;
 * clients are weighted equally (``uniform_weights``): the noise ``sigma C / m``
   is calibrated for a uniform mean of m clipped updates (Flower's privacy
   accounting requires it too); a data-size weight of ``p_k > 1/m`` would give
   client k ``p_k C`` of influence;
-* clipping and noise act on float arrays only (:mod:`strategies.dp_clip`):
-  BatchNorm step counters would otherwise dominate the update norm, and a zero
-  update would divide by zero. The server-side wrappers' ``aggregate_train``
-  is therefore Flower's with the clipping step replaced.
-
-The client-side modes need the clipping mod on the ClientApp
-(:func:`client_app.dp_clipping.dp_clipping_mod`), and the
-client-adaptive mode drops replies without its ``norm_bit`` metric.
+* Flower's wrapper sees the model's **float arrays only**: BatchNorm step
+  counters would otherwise dominate the update norm and be noised
+  (:mod:`strategies.dp_clip`). The adapter sends the clients the whole model,
+  hands Flower the float part of the global model and of each reply, and
+  averages the integer buffers itself (equal weights, rounded by the filter's
+  cast);
+* every mode runs Flower's *client-side* wrapper
+  (``DifferentialPrivacyClientSide{Fixed,Adaptive}Clipping``), which owns the
+  noise (Flower's ``compute_stdv`` from its current norm), the privacy events
+  and, for the adaptive modes, the norm's geometric update from the replies'
+  ``norm_bit``. In the server modes the adapter clips each float update on the
+  server exactly where a client's clipping mod would have (Flower's FlatClip
+  with the norm accumulated in float64, and a zero update left as it is,
+  :func:`strategies.dp_clip.clip_update`), writes each reply's ``norm_bit``,
+  and removes ``clipping_norm`` from the messages so that no client clips
+  again. Flower's server-side wrappers are not used: their clipping step is
+  the one thing the project does differently, and a zero update makes it
+  divide by zero.
 """
 
 from __future__ import annotations
 
+import copy
 import math
 from collections.abc import Iterable
 from dataclasses import dataclass
 
-from flwr.app import ArrayRecord, Message, MetricRecord
+import numpy as np
+from flwr.app import Array, ArrayRecord, ConfigRecord, Message, MetricRecord, RecordDict
+from flwr.serverapp import Grid
 from flwr.serverapp.strategy import (
     DifferentialPrivacyClientSideAdaptiveClipping,
     DifferentialPrivacyClientSideFixedClipping,
-    DifferentialPrivacyServerSideAdaptiveClipping,
-    DifferentialPrivacyServerSideFixedClipping,
     Strategy,
 )
-from flwr.serverapp.strategy.dp_fixed_clipping import validate_replies
-from flwr.supercore.differential_privacy import KEY_NORM_BIT, compute_stdv
+from flwr.supercore.differential_privacy import KEY_CLIPPING_NORM, KEY_NORM_BIT
 
 from app_config.run_config import RunConfig
-from strategies.dp_clip import clip_update, noise_floats
+from strategies.dp_clip import clip_update, float_names
 from strategies.reply_filter import ReplyFilter
 
 NONE = "none"
 DP_MODES = (NONE, "server-fixed", "client-fixed", "server-adaptive", "client-adaptive")
+FlowerDP = DifferentialPrivacyClientSideFixedClipping | DifferentialPrivacyClientSideAdaptiveClipping
+WRAPPERS: dict[str, type[FlowerDP]] = {
+    "server-fixed": DifferentialPrivacyClientSideFixedClipping,
+    "client-fixed": DifferentialPrivacyClientSideFixedClipping,
+    "server-adaptive": DifferentialPrivacyClientSideAdaptiveClipping,
+    "client-adaptive": DifferentialPrivacyClientSideAdaptiveClipping,
+}  # the Flower class each mode runs, unchanged
+SERVER_CLIPPING = frozenset({"server-fixed", "server-adaptive"})
 
 
-class _FloatNoise:
-    """Noise the aggregate's float arrays only (with Flower's stdv); mixed into Flower's DP wrappers,
-    which set these attributes."""
-
-    noise_multiplier: float
-    clipping_norm: float
-    num_sampled_clients: int
-
-    def _add_noise_to_aggregated_arrays(self, aggregated_arrays: ArrayRecord) -> ArrayRecord:
-        stdv = compute_stdv(self.noise_multiplier, self.clipping_norm, self.num_sampled_clients)
-        return noise_floats(aggregated_arrays, stdv)
+def _only(record: ArrayRecord, names: Iterable[str]) -> ArrayRecord:
+    return ArrayRecord({name: record[name] for name in names})
 
 
-def _clip_replies(replies: list[Message], reference: ArrayRecord, clipping_norm: float) -> int:
-    """Clip each reply's float update (the replies are the filter's copies); return how many were clipped."""
-    clipped = 0
-    for reply in replies:
-        (key, record), = reply.content.array_records.items()
-        reply.content[key], was_clipped = clip_update(record, reference, clipping_norm)
-        clipped += int(was_clipped)
-    return clipped
+def _mean_of(arrays: list[Array]) -> Array:
+    """Equal-weight mean in float64 (the reply filter casts it back to the model's dtype)."""
+    return Array(np.asarray(np.mean(np.stack([a.numpy().astype(np.float64) for a in arrays]), axis=0)))
 
 
-class _ServerFixedClipping(_FloatNoise, DifferentialPrivacyServerSideFixedClipping):
-    """Flower's server-side fixed-clipping ``aggregate_train`` with the float-only clipping step."""
+class _FloatsThroughFlower(Strategy):
+    """Below the reply filter: Flower's DP wrapper on the float arrays, the rest averaged here."""
+
+    _reference: ArrayRecord | None
+
+    def __init__(self, flower: FlowerDP, clip_on_server: bool) -> None:
+        self.strategy = flower  # named as Flower's wrappers name theirs: the checkpoint walks the chain
+        self.clip_on_server = clip_on_server
+
+    def configure_train(self, server_round: int, arrays: ArrayRecord, config: ConfigRecord,
+                        grid: Grid) -> Iterable[Message]:
+        config = ConfigRecord(dict(config.items()))  # Flower writes its clipping norm into it
+        floats = _only(arrays, float_names(arrays))
+        return [self._with_whole_model(msg, arrays)
+                for msg in self.strategy.configure_train(server_round, floats, config, grid)]
+
+    def _with_whole_model(self, msg: Message, arrays: ArrayRecord) -> Message:
+        """The instruction as built by the strategies, carrying the whole model (and, in the server modes,
+        no clipping norm: the clients must not clip)."""
+        content = RecordDict()
+        for key, record in msg.content.items():
+            if isinstance(record, ArrayRecord):
+                record = arrays
+            elif isinstance(record, ConfigRecord) and self.clip_on_server and KEY_CLIPPING_NORM in record:
+                record = ConfigRecord({k: v for k, v in record.items() if k != KEY_CLIPPING_NORM})
+            content[key] = record
+        return Message(content=content, dst_node_id=msg.metadata.dst_node_id,
+                       message_type=msg.metadata.message_type)
 
     def aggregate_train(self, server_round: int, replies: Iterable[Message]
                         ) -> tuple[ArrayRecord | None, MetricRecord | None]:
-        replies = list(replies)
-        event = self._pop_pending_event(server_round)
-        if not validate_replies(replies, self.num_sampled_clients, strict=self.accountant is not None):
-            return None, None
-        self._validate_uniform_weights(replies)
-        _clip_replies(replies, self.current_arrays, self.clipping_norm)
-        arrays, metrics = self.strategy.aggregate_train(server_round, replies)
-        if arrays:
-            arrays = self._add_noise_to_aggregated_arrays(arrays)
-            self._compose_release(event)
-        return arrays, metrics
+        replies = list(replies)  # the filter's copies: one ArrayRecord and one MetricRecord each
+        reference = self._reference if self._reference is not None else \
+            next(iter(replies[0].content.array_records.values()))
+        floats = float_names(reference)
+        float_reference = _only(reference, floats)
+        clipping_norm = float(self.strategy.clipping_norm)
+        float_replies = []
+        for reply in replies:
+            (array_key, record), = reply.content.array_records.items()
+            (metric_key, metrics), = reply.content.metric_records.items()
+            part = _only(record, floats)
+            if self.clip_on_server:
+                part, clipped = clip_update(part, float_reference, clipping_norm)
+                metrics = MetricRecord({**dict(metrics.items()), KEY_NORM_BIT: int(clipped)})
+            duplicate = copy.copy(reply)
+            duplicate.content = RecordDict({array_key: part, metric_key: metrics})
+            float_replies.append(duplicate)
+        aggregate, aggregated_metrics = self.strategy.aggregate_train(server_round, float_replies)
+        if aggregate is None:
+            return None, aggregated_metrics
+        whole = ArrayRecord()
+        for name in reference.keys():
+            whole[name] = aggregate[name] if name in aggregate else _mean_of(
+                [next(iter(r.content.array_records.values()))[name] for r in replies])
+        return whole, aggregated_metrics
+
+    def configure_evaluate(self, server_round: int, arrays: ArrayRecord, config: ConfigRecord,
+                           grid: Grid) -> Iterable[Message]:
+        return self.strategy.configure_evaluate(server_round, arrays, config, grid)
+
+    def aggregate_evaluate(self, server_round: int, replies: Iterable[Message]) -> MetricRecord | None:
+        return self.strategy.aggregate_evaluate(server_round, replies)
+
+    def summary(self) -> None:
+        self.strategy.summary()
 
 
-class _ServerAdaptiveClipping(_FloatNoise, DifferentialPrivacyServerSideAdaptiveClipping):
-    """Flower's server-side adaptive-clipping ``aggregate_train`` with the float-only clipping step."""
-
-    def aggregate_train(self, server_round: int, replies: Iterable[Message]
-                        ) -> tuple[ArrayRecord | None, MetricRecord | None]:
-        replies = list(replies)
-        if not validate_replies(replies, self.num_sampled_clients):
-            return None, None
-        clipped = _clip_replies(replies, self.current_arrays, self.clipping_norm)
-        self._geometric_update(self._noisy_fraction(clipped, len(replies)))
-        arrays, metrics = self.strategy.aggregate_train(server_round, replies)
-        if arrays:
-            arrays = self._add_noise_to_aggregated_arrays(arrays)
-        return arrays, metrics
-
-
-class _DPFilter(ReplyFilter):
-    """The reply filter of the DP wrappers: first in their bases, equal client weights."""
+class DPAdapter(ReplyFilter, _FloatsThroughFlower):
+    """One DP mode: the reply filter (equal weights), then Flower's wrapper on the float arrays."""
 
     uniform_weights = True
+    state_attributes = ()  # Flower's wrapper (its clipping norm) and the wrapped strategy carry the state
 
+    def __init__(self, flower: FlowerDP, mode: str) -> None:
+        super().__init__(flower, clip_on_server=mode in SERVER_CLIPPING)
+        self.mode = mode
+        if mode == "client-adaptive":
+            self.required_metrics = (KEY_NORM_BIT,)
 
-class DPServerFixed(_DPFilter, _ServerFixedClipping):
-    """Central DP, updates clipped to a fixed norm on the server."""
-
-    state_attributes = ("current_arrays",)
-
-
-class DPServerAdaptive(_DPFilter, _ServerAdaptiveClipping):
-    """Central DP, clipped on the server to a norm that tracks a quantile of the update norms."""
-
-    state_attributes = ("current_arrays",)
-
-
-class DPClientFixed(_DPFilter, _FloatNoise, DifferentialPrivacyClientSideFixedClipping):
-    """Central DP, clients clip to a fixed norm (``dp_clipping_mod``); the server adds the noise."""
-
-    state_attributes = ()
-
-
-class DPClientAdaptive(_DPFilter, _FloatNoise, DifferentialPrivacyClientSideAdaptiveClipping):
-    """Central DP, clients clip and report ``norm_bit``; the server adapts the norm and adds the noise."""
-
-    state_attributes = ()
-
-    required_metrics = (KEY_NORM_BIT,)
-
-
-FIXED: dict[str, type[DPServerFixed] | type[DPClientFixed]] = {
-    "server-fixed": DPServerFixed, "client-fixed": DPClientFixed}
-ADAPTIVE: dict[str, type[DPServerAdaptive] | type[DPClientAdaptive]] = {
-    "server-adaptive": DPServerAdaptive, "client-adaptive": DPClientAdaptive}
-WRAPPERS = {**FIXED, **ADAPTIVE}
+    def __repr__(self) -> str:
+        return f"DPAdapter({self.mode}: {self.strategy!r})"
 
 
 _DEFAULT = RunConfig()  # the defaults are RunConfig's
@@ -216,15 +232,19 @@ def wrap_dp(strategy: Strategy, settings: DPSettings, min_train_nodes: int = 2) 
         return strategy
     sampled = settings.sampled_clients or int(min_train_nodes)
     if isinstance(strategy, ReplyFilter):
-        strategy.trusted_replies = True  # the wrapper's own filter checks the replies first
-    if settings.mode in FIXED:
-        return FIXED[settings.mode](strategy, settings.noise_multiplier, settings.clipping_norm, sampled)
+        strategy.trusted_replies = True  # the adapter's filter checks the replies first
+    flower: FlowerDP
+    if WRAPPERS[settings.mode] is DifferentialPrivacyClientSideFixedClipping:
+        flower = DifferentialPrivacyClientSideFixedClipping(strategy, settings.noise_multiplier,
+                                                            settings.clipping_norm, sampled)
+        return DPAdapter(flower, settings.mode)
     count_stddev = settings.clipped_count_stddev or None  # None: Flower's default, sampled / 20
     if settings.noise_multiplier > 0 and settings.noise_multiplier >= 2 * (count_stddev or sampled / 20):
         raise ValueError(f"dp-clipped-count-stddev: {settings.mode} with dp-noise-multiplier "
                          f"{settings.noise_multiplier} needs it above {settings.noise_multiplier / 2:g} "
                          f"(0 means sampled clients / 20 = {sampled / 20:g})")
-    return ADAPTIVE[settings.mode](strategy, settings.noise_multiplier, sampled,
-                                   initial_clipping_norm=settings.clipping_norm,
-                                   target_clipped_quantile=settings.target_quantile,
-                                   clip_norm_lr=settings.clip_norm_lr, clipped_count_stddev=count_stddev)
+    flower = DifferentialPrivacyClientSideAdaptiveClipping(
+        strategy, settings.noise_multiplier, sampled, initial_clipping_norm=settings.clipping_norm,
+        target_clipped_quantile=settings.target_quantile, clip_norm_lr=settings.clip_norm_lr,
+        clipped_count_stddev=count_stddev)
+    return DPAdapter(flower, settings.mode)

@@ -185,10 +185,15 @@ class ReplyFilter(_Strategy):
     min_usable_replies: int = 1  # fewer replies left after the checks: the previous model is kept
     last_dropped: dict[int, str] = {}
 
+    def expect_model(self, arrays: ArrayRecord) -> None:
+        """Check the next replies against ``arrays``: their names, shapes and dtypes, and updates measured
+        from it (not copied). ``configure_train`` calls it with the model it sends."""
+        self._reply_spec = array_spec(arrays)
+        self._reference = arrays
+
     def configure_train(self, server_round: int, arrays: ArrayRecord, config: ConfigRecord,
                         grid: Grid) -> Iterable[Message]:
-        self._reply_spec = array_spec(arrays)
-        self._reference = arrays  # the global model the updates are measured from (not copied)
+        self.expect_model(arrays)
         return super().configure_train(server_round, arrays, config, grid)
 
     def _weights(self, good: list[Message], weighted_by_key: str) -> tuple[list[float], int]:

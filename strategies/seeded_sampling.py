@@ -41,6 +41,11 @@ class SeededSampling(FedAvg):
     sampling_seed: int = 0
     _sampling_rng: random.Random | None = None
 
+    def seed_sampling(self, seed: int) -> None:
+        """Draw the following rounds' nodes from ``seed`` (each round re-seeds from it and the round)."""
+        self.sampling_seed = int(seed)
+        self._sampling_rng = None
+
     def _sample(self, grid: Grid, sample_size: int) -> tuple[list[int], list[int]]:
         """Flower's ``sample_nodes`` (wait for ``min_available_nodes``, then sample) with this strategy's RNG."""
         min_available = max(self.min_available_nodes, sample_size)
@@ -81,6 +86,5 @@ def seed_node_sampling(strategy, seed: int) -> None:
     """Seed the node sampling of ``strategy`` (and of the strategy a DP wrapper wraps)."""
     while strategy is not None:
         if isinstance(strategy, SeededSampling):
-            strategy.sampling_seed = int(seed)
-            strategy._sampling_rng = None
+            strategy.seed_sampling(seed)
         strategy = vars(strategy).get("strategy")

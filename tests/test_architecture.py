@@ -11,6 +11,7 @@ from typing import get_args
 from tests.conftest import PROJECT
 from tests.import_graph import LAYER_OF, arrows, cycles, imported_modules, upward
 from tests.module_state import scan
+from tests.private_names import private_uses
 
 
 def test_import_graph_has_no_cycle_and_no_upward_arrow():
@@ -31,6 +32,21 @@ def test_the_graph_script_sees_a_planted_upward_arrow(tmp_path):
     (tmp_path / "server_app" / "ok.py").write_text("import app_config.run_config\n")
     edges = arrows(tmp_path)
     assert upward(edges) == [("app_config", "server_app")] and cycles(edges) == [["app_config", "server_app"]]
+
+
+def test_no_private_name_of_flower_or_of_another_object_is_used():
+    assert private_uses(PROJECT) == []
+
+
+def test_the_private_name_scan_sees_planted_uses(tmp_path):
+    (tmp_path / "strategies").mkdir()
+    (tmp_path / "strategies" / "bad.py").write_text(
+        "from flwr.serverapp.strategy import _hidden\nfrom flwr.common._internal import x\n"
+        "def f(strategy):\n    self_ok = 1\n    return strategy._pop_pending_event(1)\n"
+        "class A:\n    def g(self):\n        return self._mine + len(self.__dict__)\n")
+    assert private_uses(tmp_path) == ["strategies/bad.py:1: from flwr.serverapp.strategy import _hidden",
+                                      "strategies/bad.py:2: from flwr.common._internal import ...",
+                                      "strategies/bad.py:5: strategy._pop_pending_event"]
 
 
 def test_no_hidden_module_level_mutable_state():

@@ -18,7 +18,7 @@ from flwr.app import ConfigRecord, Context, Message, RecordDict
 
 from app_config.run_config import RunConfig
 from client_app.dp_clipping import dp_clipping_mod
-from strategies.dp import DP_MODES, DPSettings, wrap_dp
+from strategies.dp import DP_MODES, WRAPPERS, DPSettings, wrap_dp
 from strategies.registry import build_strategy, make_strategy
 from tests.fake_grid import FakeGrid, arrays_of, error_reply, numpy_of, train_reply
 
@@ -131,7 +131,8 @@ def test_adaptive_clipping_matches_numpy(mode, respond):
     assert_models(seen, models)
     assert norms[1] != C  # the reference did adapt the norm, so round 2's numbers test the adaptation
     # after round 2 the norm moved once more by the same rule
-    assert strategy.clipping_norm == pytest.approx(norms[1] * math.exp(-LR * (_clipped_fraction(2, norms[1]) - Q)))
+    flower = strategy.strategy  # Flower's wrapper, unchanged, owns the norm
+    assert flower.clipping_norm == pytest.approx(norms[1] * math.exp(-LR * (_clipped_fraction(2, norms[1]) - Q)))
 
 
 def _clipped_fraction(rnd: int, norm: float) -> float:
@@ -245,8 +246,10 @@ def test_build_strategy_wraps_the_chosen_strategy(mode):
     if mode == "none":
         assert isinstance(strategy, FedAdam) and not strategy.trusted_replies
     else:
-        assert isinstance(strategy.strategy, FedAdam) and strategy.strategy.trusted_replies
-        assert strategy.num_sampled_clients == RunConfig().min_train_nodes
+        flower = strategy.strategy  # the adapter holds Flower's wrapper, of Flower's own class, around FedAdam
+        assert type(flower) is WRAPPERS[mode] and type(flower).__module__.startswith("flwr.")
+        assert isinstance(flower.strategy, FedAdam) and flower.strategy.trusted_replies
+        assert flower.num_sampled_clients == RunConfig().min_train_nodes
 
 
 @pytest.mark.parametrize("field, value, key", [
@@ -264,7 +267,7 @@ def test_invalid_dp_settings_are_one_line_errors_naming_the_key(field, value, ke
 def test_adaptive_noise_too_large_for_the_count_noise_names_the_key():
     with pytest.raises(ValueError, match="^dp-clipped-count-stddev: server-adaptive with dp-noise-multiplier 1.0"):
         dp_strategy("server-adaptive", noise=1.0)
-    assert dp_strategy("server-adaptive", noise=1.0, clipped_count_stddev=1.0).noise_multiplier > 1.0
+    assert dp_strategy("server-adaptive", noise=1.0, clipped_count_stddev=1.0).strategy.noise_multiplier > 1.0
 
 
 def test_dp_defaults_match_the_registry_table():
