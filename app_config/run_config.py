@@ -55,6 +55,12 @@ MAX_CLIENTS = 1_000_000
 MAX_WIDTH = 65_536
 MAX_RATE = 100.0
 MAX_TIMEOUT = 7 * 24 * 3600.0
+KERNELS_PATTERN = r"^[1-9][0-9]?(,[1-9][0-9]?){0,3}$"  # 1 to 4 sizes; odd and <= 63 checked below
+
+
+def kernel_sizes(text: str) -> tuple[int, ...]:
+    """``'3,5,7'`` -> ``(3, 5, 7)`` (a kernel-size key's value, checked by the config)."""
+    return tuple(int(part) for part in text.split(","))
 DEVICE_PATTERN = r"^(auto|cpu|cuda(:[0-9]+)?)$"
 DEVICE_CHOICES = "auto, cpu, cuda, cuda:N"
 
@@ -154,6 +160,13 @@ class _RunConfigFields:
     encoder: str = _key("resnet18_half_cifar", "timm model name: resnet18_half_cifar (ResNet-18 at half width, "
                                                 "the CPU default), resnet18_cifar, vit_tiny_cifar or any timm model.",
                                                 min_length=1, max_length=200)
+    inceptionnext_time_kernels: str = _key("3,5,7", "audio_(rep)inceptionnext_* encoders: the depth-wise kernel "
+                                                    "size along time of each branch, comma-separated odd sizes "
+                                                    "(the papers' 3,11,21 is near-global on a 32-frame clip).",
+                                           pattern=KERNELS_PATTERN)
+    inceptionnext_freq_kernels: str = _key("3,5,7", "audio_(rep)inceptionnext_* encoders: the kernel size along "
+                                                    "frequency of each branch (as many as along time).",
+                                           pattern=KERNELS_PATTERN)
     projection_hidden_dim: int = _key(512, "Hidden width of the SimCLR projection MLP.", ge=1, le=MAX_WIDTH)
     projection_dim: int = _key(128, "Output width of the projection MLP (NT-Xent space).", ge=1, le=MAX_WIDTH)
     # --- data -------------------------------------------------------------
@@ -293,6 +306,13 @@ class _RunConfigFields:
         if self.update_dtype == "float16" and self.dp.startswith("client-"):
             raise ValueError(f"update-dtype: 'float16' cannot be combined with dp={self.dp!r} (the clipping runs "
                              "on the reply's arrays); use a server-side dp mode or update-dtype='float32'")
+        for key, text in (("inceptionnext-time-kernels", self.inceptionnext_time_kernels),
+                          ("inceptionnext-freq-kernels", self.inceptionnext_freq_kernels)):
+            if any(k % 2 == 0 or k > 63 for k in kernel_sizes(text)):
+                raise ValueError(f"{key}: odd kernel sizes from 1 to 63 (e.g. '3,5,7'), got {text!r}")
+        if len(kernel_sizes(self.inceptionnext_time_kernels)) != len(kernel_sizes(self.inceptionnext_freq_kernels)):
+            raise ValueError(f"inceptionnext-freq-kernels: one size per branch, as many as inceptionnext-time-kernels "
+                             f"({self.inceptionnext_time_kernels!r}), got {self.inceptionnext_freq_kernels!r}")
         if self.optimizer == "repopt-sgd":
             if not self.encoder.startswith("repopt_vgg") or self.encoder.endswith(("_csla", "_hs", "_repvgg")):
                 raise ValueError(f"optimizer: 'repopt-sgd' trains a plain RepOpt-VGG target encoder (e.g. "

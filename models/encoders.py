@@ -14,6 +14,9 @@ the class token: at initialisation that gives kNN 0.631 instead of 0.486 on the
 embedded digits, and it stays ahead after training (README, "Training recipe").
 ``repopt_vgg_tiny_cifar`` (+ ``_csla``, ``_hs``, ``_repvgg``): RepOpt-VGG, the plain
 network FedRepOpt trains for small devices (:mod:`models.repopt_vgg`).
+``audio_inceptionnext_{tiny,base}``, ``audio_repinceptionnext_{tiny,base}``: multi-scale depth-wise
+time-then-frequency kernels for spectrograms, the second merged into one branch per axis for inference
+(:mod:`models.audio_inceptionnext`; kernel sizes from ``inceptionnext-*-kernels``).
 Any other timm model name works too (always ``pretrained=False``).
 """
 
@@ -23,6 +26,7 @@ import timm
 import torch.nn as nn
 from timm.models import register_model
 
+import models.audio_inceptionnext  # noqa: F401 -- registers audio_(rep)inceptionnext_* in timm's registry
 import models.repopt_vgg  # noqa: F401 -- registers the RepOpt-VGG encoders (repopt_vgg_*) in timm's registry
 
 
@@ -60,14 +64,15 @@ def is_encoder_name(name: str) -> bool:
     return timm.is_model(name)
 
 
-def create_encoder(name: str) -> nn.Module:
-    """A headless timm backbone (``num_classes=0``) returning pooled features."""
+def create_encoder(name: str, **options) -> nn.Module:
+    """A headless timm backbone (``num_classes=0``) returning pooled features; ``options`` go to the
+    model's constructor (e.g. the kernel sizes of the InceptionNeXt encoders)."""
     if not is_encoder_name(name):
         raise ValueError(
             f"encoder {name!r} is not a timm model: use 'resnet18_half_cifar', 'resnet18_cifar', "
             "'vit_tiny_cifar' or a name from timm.list_models()"
         )
-    return timm.create_model(name, pretrained=False, num_classes=0)
+    return timm.create_model(name, pretrained=False, num_classes=0, **options)
 
 
 def output_width(encoder: nn.Module) -> int:

@@ -12,8 +12,9 @@ import torch
 import torch.nn as nn
 
 from app_config.modalities import AUDIO, IMAGE
-from app_config.run_config import RunConfig
+from app_config.run_config import RunConfig, kernel_sizes
 from models.audio_frontend import LogMelFrontEnd
+from models.audio_inceptionnext import is_inceptionnext
 from models.augment import AudioEval, AudioViews, ImageEval, ImageViews
 from models.recipes import Recipe, resolve_recipe, round_learning_rate
 from models.ssl_model import SSLModel
@@ -22,7 +23,7 @@ from models.ssl_model import SSLModel
 def build_model(config: RunConfig) -> SSLModel:
     """The run's model; with ``optimizer='repopt-sgd'`` its plain RepOpt-VGG starts as RepOpt says
     (the merged kernels of a CSLA network with the scales of ``repopt-scales``, drawn from ``seed``)."""
-    model = SSLModel(config.encoder, config.projection_hidden_dim, config.projection_dim)
+    model = SSLModel(config.encoder, config.projection_hidden_dim, config.projection_dim, encoder_options(config))
     if config.optimizer == "repopt-sgd":
         from pathlib import Path
 
@@ -33,6 +34,14 @@ def build_model(config: RunConfig) -> SSLModel:
         assert isinstance(encoder, RepOptVGG)
         reinitialise_target(encoder, load_scales(Path(config.repopt_scales), encoder), seed=config.seed)
     return model
+
+
+def encoder_options(config: RunConfig) -> dict:
+    """The run-config keys that shape the chosen encoder (the InceptionNeXt encoders' kernel sizes)."""
+    if is_inceptionnext(config.encoder):
+        return {"time_kernels": kernel_sizes(config.inceptionnext_time_kernels),
+                "freq_kernels": kernel_sizes(config.inceptionnext_freq_kernels)}
+    return {}
 
 
 def frontend(config: RunConfig) -> LogMelFrontEnd:

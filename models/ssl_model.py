@@ -38,9 +38,10 @@ class ProjectionHead(nn.Sequential):
 class SSLModel(nn.Module):
     """``features`` is what evaluation probes; ``forward`` returns projections for the loss."""
 
-    def __init__(self, encoder_name: str, projection_hidden_dim: int, projection_dim: int) -> None:
+    def __init__(self, encoder_name: str, projection_hidden_dim: int, projection_dim: int,
+                 encoder_options: dict | None = None) -> None:
         super().__init__()
-        self.encoder = create_encoder(encoder_name)
+        self.encoder = create_encoder(encoder_name, **(encoder_options or {}))
         width = output_width(self.encoder)
         self.projector = ProjectionHead(width, projection_hidden_dim, projection_dim)
 

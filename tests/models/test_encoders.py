@@ -3,8 +3,24 @@
 import pytest
 
 
-@pytest.mark.parametrize("name", ["resnet18_cifar", "resnet18_half_cifar", "vit_tiny_cifar", "test_resnet",
-                                  "repghostnet_050", "inception_next_atto", "mobilenetv3_small_050"])
+PROJECT_ENCODERS = ["resnet18_cifar", "resnet18_half_cifar", "vit_tiny_cifar", "repopt_vgg_tiny_cifar",
+                    "repopt_vgg_tiny_cifar_csla", "repopt_vgg_tiny_cifar_hs", "repopt_vgg_tiny_cifar_repvgg",
+                    "audio_inceptionnext_tiny", "audio_repinceptionnext_tiny", "audio_inceptionnext_base",
+                    "audio_repinceptionnext_base"]
+
+
+def test_the_list_holds_every_encoder_the_project_registers():
+    import timm
+
+    import models.encoders  # noqa: F401 -- registers them
+
+    registered = {name for module in ("encoders", "repopt_vgg", "audio_inceptionnext")
+                  for name in timm.list_models(module=module)}
+    assert registered == set(PROJECT_ENCODERS)
+
+
+@pytest.mark.parametrize("name", [*PROJECT_ENCODERS, "test_resnet", "repghostnet_050", "inception_next_atto",
+                                  "mobilenetv3_small_050"])
 def test_the_projection_head_takes_the_encoders_real_output_width(name):
     """timm's num_features is not every model's pooled output (pre-logits stages): a forward pass decides."""
     import torch
