@@ -207,7 +207,7 @@ class _RunConfigFields:
     optimizer: Optimizer = _key("auto", "'auto' (the encoder family's recipe: SGD for convnets, AdamW for vision "
                                   "transformers; models/recipes.py), 'sgd' (momentum), 'adamw' or 'repopt-sgd' "
                                   "(RepOptimizer: SGD with the gradient multipliers of repopt-scales, for the plain "
-                                  "repopt_vgg_* encoders; models/repopt.py).")
+                                  "repopt_vgg_* / repopt_ghostnet_* encoders; models/repopt.py).")
     learning_rate: PositiveOrAuto = _key("auto", "Base local learning rate, or 'auto' (convnets 0.1, transformers "
                                               "2e-4 x sqrt(batch-size / 16)); each round's rate follows lr-schedule.")
     lr_schedule: LRSchedule = _key("cosine", "Learning rate across rounds, sent by the server each round: 'cosine' "
@@ -216,7 +216,7 @@ class _RunConfigFields:
                                  ge=0, le=MAX_ROUNDS)
     momentum: float = _key(0.9, "SGD momentum.", ge=0, lt=1)
     weight_decay: DecayOrAuto = _key("auto", "Weight decay, or 'auto' (convnets 5e-4, transformers 0.05).")
-    repopt_scales: str = _key("", "File of a hyper-searched RepOpt-VGG's CSLA scales (python -m "
+    repopt_scales: str = _key("", "File of a hyper-searched RepOpt network's CSLA scales (python -m "
                                   "experiments.repopt_search); required by optimizer='repopt-sgd'.", max_length=4096)
     ssl_objective: SSLObjective = _key("nt-xent", "The SSL loss on two views' projections: 'nt-xent' (SimCLR, the "
                                      "method's) or 'barlow-twins' (Zbontar et al. 2021; FASSL's feature-matching "
@@ -314,9 +314,10 @@ class _RunConfigFields:
             raise ValueError(f"inceptionnext-freq-kernels: one size per branch, as many as inceptionnext-time-kernels "
                              f"({self.inceptionnext_time_kernels!r}), got {self.inceptionnext_freq_kernels!r}")
         if self.optimizer == "repopt-sgd":
-            if not self.encoder.startswith("repopt_vgg") or self.encoder.endswith(("_csla", "_hs", "_repvgg")):
-                raise ValueError(f"optimizer: 'repopt-sgd' trains a plain RepOpt-VGG target encoder (e.g. "
-                                 f"'repopt_vgg_tiny_cifar'), not {self.encoder!r}")
+            if not self.encoder.startswith(("repopt_vgg", "repopt_ghostnet")) \
+                    or self.encoder.endswith(("_csla", "_hs", "_repvgg", "_rep")):
+                raise ValueError(f"optimizer: 'repopt-sgd' trains a plain RepOpt target encoder (e.g. "
+                                 f"'repopt_vgg_tiny_cifar', 'repopt_ghostnet_tiny_cifar'), not {self.encoder!r}")
             if not self.repopt_scales:
                 raise ValueError("repopt-scales: optimizer='repopt-sgd' needs the file of CSLA scales "
                                  "(python -m experiments.repopt_search)")

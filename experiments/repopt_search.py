@@ -35,15 +35,15 @@ def search_scales(config, num_partitions: int, steps: int, output: Path, seed: i
 
     from experiments.centralized_training import pooled_data
     from models.factory import build_model, training_views
-    from models.repopt import extract_scales, save_scales
-    from models.repopt_vgg import RepOptVGG
+    from models.repopt import NETWORKS, extract_scales, save_scales
     from ssl_method.local_training import train_locally, train_settings
 
     torch.manual_seed(seed)
     model = build_model(config)
     encoder = model.encoder
-    if not isinstance(encoder, RepOptVGG) or encoder.mode != "hs":
-        raise ValueError(f"encoder: the hyper-search trains a '..._hs' RepOpt-VGG, not {config.encoder!r}")
+    if not isinstance(encoder, NETWORKS) or encoder.mode != "hs":
+        raise ValueError(f"encoder: the hyper-search trains a '..._hs' RepOpt-VGG or RepOpt-GhostNet, "
+                         f"not {config.encoder!r}")
     device = torch.device("cpu")
     settings = dataclasses.replace(train_settings(config, model), local_epochs=10**6, max_local_steps=steps)
     metrics = train_locally(model, pooled_data(config, num_partitions), training_views(config, device), settings,

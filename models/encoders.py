@@ -13,7 +13,8 @@ up to one), and features averaged over the patch tokens rather than read from
 the class token: at initialisation that gives kNN 0.631 instead of 0.486 on the
 embedded digits, and it stays ahead after training (README, "Training recipe").
 ``repopt_vgg_tiny_cifar`` (+ ``_csla``, ``_hs``, ``_repvgg``): RepOpt-VGG, the plain
-network FedRepOpt trains for small devices (:mod:`models.repopt_vgg`).
+network FedRepOpt trains for small devices (:mod:`models.repopt_vgg`); ``repopt_ghostnet_tiny_cifar``
+(+ ``_csla``, ``_hs``, ``_rep``): its GhostNet counterpart (:mod:`models.repopt_ghostnet`).
 ``audio_inceptionnext_{tiny,base}``, ``audio_repinceptionnext_{tiny,base}``: multi-scale depth-wise
 time-then-frequency kernels for spectrograms, the second merged into one branch per axis for inference
 (:mod:`models.audio_inceptionnext`; kernel sizes from ``inceptionnext-*-kernels``).
@@ -27,6 +28,7 @@ import torch.nn as nn
 from timm.models import register_model
 
 import models.audio_inceptionnext  # noqa: F401 -- registers audio_(rep)inceptionnext_* in timm's registry
+import models.repopt_ghostnet  # noqa: F401 -- registers RepOpt-GhostNet (repopt_ghostnet_*) in timm's registry
 import models.repopt_vgg  # noqa: F401 -- registers the RepOpt-VGG encoders (repopt_vgg_*) in timm's registry
 
 

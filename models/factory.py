@@ -21,17 +21,16 @@ from models.ssl_model import SSLModel
 
 
 def build_model(config: RunConfig) -> SSLModel:
-    """The run's model; with ``optimizer='repopt-sgd'`` its plain RepOpt-VGG starts as RepOpt says
+    """The run's model; with ``optimizer='repopt-sgd'`` its plain RepOpt network starts as RepOpt says
     (the merged kernels of a CSLA network with the scales of ``repopt-scales``, drawn from ``seed``)."""
     model = SSLModel(config.encoder, config.projection_hidden_dim, config.projection_dim, encoder_options(config))
     if config.optimizer == "repopt-sgd":
         from pathlib import Path
 
-        from models.repopt import load_scales, reinitialise_target
-        from models.repopt_vgg import RepOptVGG
+        from models.repopt import NETWORKS, load_scales, reinitialise_target
 
         encoder = model.encoder
-        assert isinstance(encoder, RepOptVGG)
+        assert isinstance(encoder, NETWORKS)
         reinitialise_target(encoder, load_scales(Path(config.repopt_scales), encoder), seed=config.seed)
     return model
 

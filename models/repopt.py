@@ -21,6 +21,10 @@ Scales come from the hyper-search network (``mode='hs'``) trained centrally
 (``python -m experiments.repopt_search``), saved as a file of one
 ``(scale_identity | None, scale_1x1, scale_conv)`` triple per block, and named by
 the run-config key ``repopt-scales``.
+
+RepOpt-GhostNet (:mod:`models.repopt_ghostnet`) follows the same rules on each Ghost module's depth-wise
+kernel: W' = s_conv W + diag-centre(s_fuse), multiplier s_conv^2 everywhere + 1 at the centre (the trainable
+fusion scale); its file holds one ``(scale_fusion, scale_conv)`` pair per Ghost module.
 """
 
 from __future__ import annotations
@@ -31,13 +35,18 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
+from models.repopt_ghostnet import GhostModule, RepOptGhostNet
 from models.repopt_vgg import LinearAddBlock, PlainBlock, RepOptVGG
 
-Scales = list[tuple[torch.Tensor | None, torch.Tensor, torch.Tensor]]  # per block: identity, 1x1, 3x3
+Scales = list[tuple]  # RepOpt-VGG, per block: (identity | None, 1x1, 3x3); RepOpt-GhostNet, per module: (fusion, conv)
+RepOptNetwork = RepOptVGG | RepOptGhostNet
+NETWORKS = (RepOptVGG, RepOptGhostNet)
 
 
-def extract_scales(model: RepOptVGG) -> Scales:
+def extract_scales(model: RepOptNetwork) -> Scales:
     """The per-block scales of a CSLA or hyper-search network, stem first."""
+    if isinstance(model, RepOptGhostNet):
+        return _ghost_scales(model)
     scales: Scales = []
     for block in model.blocks():
         if not isinstance(block, LinearAddBlock):
@@ -59,13 +68,15 @@ def _channel_scale(value: object, channels: int) -> bool:
     return isinstance(value, torch.Tensor) and value.shape == (channels,) and bool(torch.isfinite(value).all())
 
 
-def load_scales(path: Path, model: RepOptVGG) -> Scales:
+def load_scales(path: Path, model: RepOptNetwork) -> Scales:
     """Scales from ``path``, checked block by block against ``model``'s channels (one-line error otherwise)."""
     path = Path(path).expanduser()  # as preflight checks it
     try:
         raw = torch.load(path, map_location="cpu", weights_only=True)
     except Exception as exc:  # noqa: BLE001 -- any unreadable file is the same user error
         raise ValueError(f"repopt-scales: {path} is not a scales file ({type(exc).__name__}: {exc})") from None
+    if isinstance(model, RepOptGhostNet):
+        return _checked_ghost_scales(raw, model, path)
     blocks = model.blocks()
     if not isinstance(raw, (list, tuple)) or len(raw) != len(blocks):
         raise ValueError(f"repopt-scales: {path} holds {len(raw) if isinstance(raw, (list, tuple)) else 'no'} "
@@ -87,8 +98,10 @@ def load_scales(path: Path, model: RepOptVGG) -> Scales:
     return scales
 
 
-def gradient_multipliers(model: RepOptVGG, scales: Scales) -> dict[torch.Tensor, torch.Tensor]:
+def gradient_multipliers(model: RepOptNetwork, scales: Scales) -> dict[torch.Tensor, torch.Tensor]:
     """Each target conv kernel's multiplier M (shape of the kernel)."""
+    if isinstance(model, RepOptGhostNet):
+        return _ghost_multipliers(model, scales)
     multipliers: dict[torch.Tensor, torch.Tensor] = {}
     for block, (identity, scale_1x1, scale_conv) in zip(model.blocks(), scales, strict=True):
         if not isinstance(block, PlainBlock):
@@ -104,7 +117,7 @@ def gradient_multipliers(model: RepOptVGG, scales: Scales) -> dict[torch.Tensor,
 
 
 @torch.no_grad()
-def reinitialise_target(target: RepOptVGG, scales: Scales, seed: int | None = None) -> None:
+def reinitialise_target(target: RepOptNetwork, scales: Scales, seed: int | None = None) -> None:
     """Set every target kernel to the merged kernel of a fresh CSLA block with these scales.
 
     The CSLA block's own kernels are drawn as PyTorch initialises convolutions
@@ -115,6 +128,9 @@ def reinitialise_target(target: RepOptVGG, scales: Scales, seed: int | None = No
     if seed is not None:
         torch.manual_seed(seed)
     try:
+        if isinstance(target, RepOptGhostNet):
+            _reinitialise_ghost(target, scales)
+            return
         for block, (identity, scale_1x1, scale_conv) in zip(target.blocks(), scales, strict=True):
             assert isinstance(block, PlainBlock)
             cin, cout = block.conv.in_channels, block.conv.out_channels
@@ -129,6 +145,58 @@ def reinitialise_target(target: RepOptVGG, scales: Scales, seed: int | None = No
     finally:
         if seed is not None:
             torch.random.set_rng_state(generator_state)
+
+
+# --------------------------------------------------------------------------- RepOpt-GhostNet
+def _ghost_scales(model: RepOptGhostNet) -> Scales:
+    scales: Scales = []
+    for module in model.ghost_modules():
+        if module.fusion_scale is None or module.cheap_scale is None:
+            raise ValueError(f"scales come from a 'csla' or 'hs' RepOpt-GhostNet, not mode {model.mode!r}")
+        scales.append((module.fusion_scale.weight.detach().clone(), module.cheap_scale.weight.detach().clone()))
+    return scales
+
+
+def _checked_ghost_scales(raw: object, model: RepOptGhostNet, path: Path) -> Scales:
+    modules = model.ghost_modules()
+    if not isinstance(raw, (list, tuple)) or len(raw) != len(modules):
+        raise ValueError(f"repopt-scales: {path} holds {len(raw) if isinstance(raw, (list, tuple)) else 'no'} "
+                         f"module scales; the encoder has {len(modules)} Ghost modules")
+    scales: Scales = []
+    for index, (pair, module) in enumerate(zip(raw, modules, strict=True)):
+        channels = module.cheap.out_channels
+        if not (isinstance(pair, (list, tuple)) and len(pair) == 2
+                and all(_channel_scale(value, channels) for value in pair)):
+            raise ValueError(f"repopt-scales: Ghost module {index} of {path} does not fit the encoder "
+                             f"({channels} channels; a (fusion, conv) pair per module)")
+        scales.append((pair[0].float(), pair[1].float()))
+    return scales
+
+
+def _ghost_target_modules(model: RepOptGhostNet) -> list[GhostModule]:
+    modules = model.ghost_modules()
+    if any(module.mode != "target" for module in modules):
+        raise ValueError(f"RepOptimizer trains the plain 'target' RepOpt-GhostNet, not mode {model.mode!r}")
+    return modules
+
+
+def _ghost_multipliers(model: RepOptGhostNet, scales: Scales) -> dict[torch.Tensor, torch.Tensor]:
+    multipliers: dict[torch.Tensor, torch.Tensor] = {}
+    for module, (_fusion, scale_conv) in zip(_ghost_target_modules(model), scales, strict=True):
+        kernel = module.cheap.weight
+        mask = torch.ones_like(kernel) * (scale_conv ** 2).view(-1, 1, 1, 1)
+        mask[:, 0, 1, 1] += 1.0  # the trainable fusion scale sits on the centre tap
+        multipliers[kernel] = mask.detach()
+    return multipliers
+
+
+def _reinitialise_ghost(target: RepOptGhostNet, scales: Scales) -> None:
+    for module, (fusion, scale_conv) in zip(_ghost_target_modules(target), scales, strict=True):
+        channels = module.cheap.out_channels
+        fresh = nn.Conv2d(channels, channels, 3, groups=channels, bias=False).weight
+        kernel = fresh * scale_conv.view(-1, 1, 1, 1)
+        kernel[:, 0, 1, 1] += fusion
+        module.cheap.weight.copy_(kernel)
 
 
 class RepOptSGD(torch.optim.SGD):

@@ -71,13 +71,12 @@ def make_optimizer(model: nn.Module, settings: TrainSettings) -> torch.optim.Opt
 
 
 def repopt_optimizer(model: nn.Module, settings: TrainSettings) -> torch.optim.Optimizer:
-    """RepOptimizer SGD over ``model``, multiplying the gradients of its RepOpt-VGG's kernels (models.repopt)."""
-    from models.repopt import RepOptSGD, gradient_multipliers, load_scales
-    from models.repopt_vgg import RepOptVGG
+    """RepOptimizer SGD over ``model``, multiplying the gradients of its RepOpt network's kernels (models.repopt)."""
+    from models.repopt import NETWORKS, RepOptSGD, gradient_multipliers, load_scales
 
-    networks = [m for m in model.modules() if isinstance(m, RepOptVGG)]
+    networks = [m for m in model.modules() if isinstance(m, NETWORKS)]
     if len(networks) != 1:
-        raise ValueError("optimizer 'repopt-sgd' needs exactly one RepOpt-VGG encoder in the model")
+        raise ValueError("optimizer 'repopt-sgd' needs exactly one RepOpt-VGG or RepOpt-GhostNet encoder")
     scales = load_scales(Path(settings.repopt_scales), networks[0])
     return RepOptSGD(model.parameters(), gradient_multipliers(networks[0], scales), lr=settings.learning_rate,
                      momentum=settings.momentum, weight_decay=settings.weight_decay)

@@ -2,9 +2,10 @@
 
 import pytest
 
-
 PROJECT_ENCODERS = ["resnet18_cifar", "resnet18_half_cifar", "vit_tiny_cifar", "repopt_vgg_tiny_cifar",
                     "repopt_vgg_tiny_cifar_csla", "repopt_vgg_tiny_cifar_hs", "repopt_vgg_tiny_cifar_repvgg",
+                    "repopt_ghostnet_tiny_cifar", "repopt_ghostnet_tiny_cifar_csla", "repopt_ghostnet_tiny_cifar_hs",
+                    "repopt_ghostnet_tiny_cifar_rep",
                     "audio_inceptionnext_tiny", "audio_repinceptionnext_tiny", "audio_inceptionnext_base",
                     "audio_repinceptionnext_base"]
 
@@ -14,7 +15,7 @@ def test_the_list_holds_every_encoder_the_project_registers():
 
     import models.encoders  # noqa: F401 -- registers them
 
-    registered = {name for module in ("encoders", "repopt_vgg", "audio_inceptionnext")
+    registered = {name for module in ("encoders", "repopt_vgg", "repopt_ghostnet", "audio_inceptionnext")
                   for name in timm.list_models(module=module)}
     assert registered == set(PROJECT_ENCODERS)
 
