@@ -324,6 +324,10 @@ class _RunConfigFields:
             if self.dp.startswith("client-"):
                 raise ValueError(f"dp: {self.dp!r} clips each client's update, which breaks RepOpt's equivalence "
                                  "with the CSLA network; use a server-side dp mode with optimizer='repopt-sgd'")
+            if self.strategy == "fedprox":
+                raise ValueError("strategy: 'fedprox' adds its proximal term to the gradients RepOptimizer multiplies, "
+                                 "which breaks RepOpt's equivalence with the CSLA network; use another strategy with "
+                                 "optimizer='repopt-sgd'")
         return self
 
 

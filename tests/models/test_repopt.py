@@ -131,3 +131,21 @@ def test_a_scales_path_with_a_tilde_is_read_as_preflight_checks_it(tmp_path, mon
     monkeypatch.setenv("HOME", str(tmp_path))
     save_scales(extract_scales(_csla_with_random_scales(5)), tmp_path / "scales.pt")
     assert len(load_scales("~/scales.pt", RepOptVGG(**TINY, mode="target", in_chans=4))) == 3
+
+
+@pytest.mark.parametrize("over, key", [
+    ({"encoder": "resnet18_half_cifar"}, "optimizer:"),
+    ({"encoder": "repopt_vgg_tiny_cifar_csla"}, "optimizer:"),
+    ({"encoder": "repopt_ghostnet_tiny_cifar_rep"}, "optimizer:"),
+    ({"repopt_scales": ""}, "repopt-scales:"),
+    ({"dp": "client-fixed"}, "dp:"),
+    ({"strategy": "fedprox"}, "strategy:"),
+])
+def test_combinations_that_break_the_equivalence_are_refused_in_one_line_naming_the_key(over, key):
+    from app_config.run_config import ConfigError, RunConfig
+
+    base = {"optimizer": "repopt-sgd", "encoder": "repopt_ghostnet_tiny_cifar", "repopt_scales": "scales.pt"}
+    assert RunConfig(**base).optimizer == "repopt-sgd"
+    with pytest.raises(ConfigError) as err:
+        RunConfig(**{**base, **over})
+    assert str(err.value).startswith(key) and "\n" not in str(err.value)
