@@ -30,7 +30,8 @@ from app_config.run_config import RunConfig
 log = logging.getLogger("fssuavl.encoder_costs")
 
 ENCODERS = ("resnet18_half_cifar", "resnet18_cifar", "vit_tiny_cifar", "repopt_vgg_tiny_cifar",
-            "repopt_vgg_tiny_cifar_repvgg", "audio_inceptionnext_tiny", "audio_repinceptionnext_tiny")
+            "repopt_vgg_tiny_cifar_repvgg", "repopt_ghostnet_tiny_cifar", "repopt_ghostnet_tiny_cifar_rep",
+            "audio_inceptionnext_tiny", "audio_repinceptionnext_tiny")
 BATCH = 16
 LATENCY_BATCH = 32
 

@@ -48,9 +48,10 @@ def search_scales(config, num_partitions: int, steps: int, output: Path, seed: i
     settings = dataclasses.replace(train_settings(config, model), local_epochs=10**6, max_local_steps=steps)
     metrics = train_locally(model, pooled_data(config, num_partitions), training_views(config, device), settings,
                             device, seed)
-    save_scales(extract_scales(encoder), output)
+    scales = extract_scales(encoder)
+    save_scales(scales, output)
     log.info("hyper-search: %d steps, loss %.3f; scales of %d blocks written to %s", steps, metrics["loss"],
-             len(encoder.blocks()), output)
+             len(scales), output)
     return output
 
 
