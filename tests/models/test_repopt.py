@@ -7,6 +7,7 @@ import torch.nn as nn
 
 from models.repopt import RepOptSGD, extract_scales, gradient_multipliers, load_scales, reinitialise_target, save_scales
 from models.repopt_vgg import LinearAddBlock, PlainBlock, RepOptVGG
+from tests.models.regression_steps import train_steps
 
 TINY = {"depths": (2,), "widths": (4,), "strides": (1,), "stem_width": 4}  # stem + 2 blocks, all with identity
 
@@ -33,14 +34,7 @@ def _target_from(csla: RepOptVGG) -> RepOptVGG:
 
 
 def _train(model: nn.Module, optimizer: torch.optim.Optimizer, steps: int) -> None:
-    generator = torch.Generator().manual_seed(7)
-    for _ in range(steps):
-        x = torch.randn(8, 4, 6, 6, generator=generator)
-        target = torch.randn(8, 4, generator=generator)
-        loss = ((model(x) - target) ** 2).mean()
-        optimizer.zero_grad()
-        loss.backward()
-        optimizer.step()
+    train_steps(model, optimizer, steps, (8, 4, 6, 6), 4)
 
 
 def _largest_kernel_gap(csla: RepOptVGG, target: RepOptVGG) -> float:

@@ -8,6 +8,7 @@ import torch.nn as nn
 
 from models.repopt import RepOptSGD, extract_scales, gradient_multipliers, load_scales, reinitialise_target, save_scales
 from models.repopt_ghostnet import RepOptGhostNet
+from tests.models.regression_steps import train_steps
 
 TINY = (((3, 8, 8, 0.0, 1), (3, 12, 8, 0.0, 1)), ((3, 16, 12, 0.25, 2),))  # 3 bottlenecks, 6 Ghost modules
 
@@ -34,14 +35,7 @@ def _target_from(csla: RepOptGhostNet) -> RepOptGhostNet:
 
 
 def _train(model: nn.Module, optimizer: torch.optim.Optimizer, steps: int) -> None:
-    generator = torch.Generator().manual_seed(7)
-    for _ in range(steps):
-        x = torch.randn(8, 4, 8, 8, generator=generator)
-        goal = torch.randn(8, 16, generator=generator)
-        loss = ((model(x) - goal) ** 2).mean()
-        optimizer.zero_grad()
-        loss.backward()
-        optimizer.step()
+    train_steps(model, optimizer, steps, (8, 4, 8, 8), 16)
 
 
 def _largest_kernel_gap(csla: RepOptGhostNet, target: RepOptGhostNet) -> float:
