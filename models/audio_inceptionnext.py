@@ -51,15 +51,6 @@ def check_kernels(kernels: tuple[int, ...], key: str = "kernels") -> tuple[int, 
     return tuple(kernels)
 
 
-def parse_kernels(text: str, key: str) -> tuple[int, ...]:
-    """``'3,5,7'`` -> ``(3, 5, 7)``, checked."""
-    try:
-        kernels = tuple(int(part) for part in str(text).split(","))
-    except ValueError:
-        raise ValueError(f"{key}: comma-separated odd kernel sizes (e.g. '3,5,7'), got {text!r}") from None
-    return check_kernels(kernels, key)
-
-
 def _dw(channels: int, kernel: int, axis: str) -> nn.Conv2d:
     """A depth-wise conv along ``axis`` ('time' = width, 'freq' = height) keeping the size."""
     size, pad = ((1, kernel), (0, kernel // 2)) if axis == "time" else ((kernel, 1), (kernel // 2, 0))
