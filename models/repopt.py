@@ -33,10 +33,9 @@ from pathlib import Path
 
 import torch
 import torch.nn as nn
-import torch.nn.functional as F
 
-from models.repopt_ghostnet import GhostModule, RepOptGhostNet
-from models.repopt_vgg import LinearAddBlock, PlainBlock, RepOptVGG
+from models.repopt_ghostnet import GhostModule, RepOptGhostNet, ghost_kernel
+from models.repopt_vgg import LinearAddBlock, PlainBlock, RepOptVGG, csla_kernel
 
 Scales = list[tuple]  # RepOpt-VGG, per block: (identity | None, 1x1, 3x3); RepOpt-GhostNet, per module: (fusion, conv)
 RepOptNetwork = RepOptVGG | RepOptGhostNet
@@ -68,6 +67,14 @@ def _channel_scale(value: object, channels: int) -> bool:
     return isinstance(value, torch.Tensor) and value.shape == (channels,) and bool(torch.isfinite(value).all())
 
 
+def _entries(raw: object, expected: int, entry: str, units: str, path: Path) -> list | tuple:
+    """``raw`` if it is a list of ``expected`` entries (one per block / Ghost module), else a one-line error."""
+    if not isinstance(raw, (list, tuple)) or len(raw) != expected:
+        raise ValueError(f"repopt-scales: {path} holds {len(raw) if isinstance(raw, (list, tuple)) else 'no'} "
+                         f"{entry} scales; the encoder has {expected} {units}")
+    return raw
+
+
 def load_scales(path: Path, model: RepOptNetwork) -> Scales:
     """Scales from ``path``, checked block by block against ``model``'s channels (one-line error otherwise)."""
     path = Path(path).expanduser()  # as preflight checks it
@@ -78,11 +85,9 @@ def load_scales(path: Path, model: RepOptNetwork) -> Scales:
     if isinstance(model, RepOptGhostNet):
         return _checked_ghost_scales(raw, model, path)
     blocks = model.blocks()
-    if not isinstance(raw, (list, tuple)) or len(raw) != len(blocks):
-        raise ValueError(f"repopt-scales: {path} holds {len(raw) if isinstance(raw, (list, tuple)) else 'no'} "
-                         f"block scales; the encoder has {len(blocks)} blocks")
+    entries = _entries(raw, len(blocks), "block", "blocks", path)
     scales: Scales = []
-    for index, (triple, block) in enumerate(zip(raw, blocks, strict=True)):
+    for index, (triple, block) in enumerate(zip(entries, blocks, strict=True)):
         conv = block.conv
         assert isinstance(conv, nn.Conv2d)
         channels, has_identity = conv.out_channels, conv.in_channels == conv.out_channels and conv.stride == (1, 1)
@@ -136,12 +141,7 @@ def reinitialise_target(target: RepOptNetwork, scales: Scales, seed: int | None 
             cin, cout = block.conv.in_channels, block.conv.out_channels
             conv_3x3 = nn.Conv2d(cin, cout, 3, bias=False).weight
             conv_1x1 = nn.Conv2d(cin, cout, 1, bias=False).weight
-            kernel = conv_3x3 * scale_conv.view(-1, 1, 1, 1) + F.pad(conv_1x1 * scale_1x1.view(-1, 1, 1, 1),
-                                                                      [1, 1, 1, 1])
-            if identity is not None:
-                eye = torch.eye(cout).reshape(cout, cout, 1, 1)
-                kernel = kernel + F.pad(eye * identity.view(-1, 1, 1, 1), [1, 1, 1, 1])
-            block.conv.weight.copy_(kernel)
+            block.conv.weight.copy_(csla_kernel(conv_3x3, scale_conv, conv_1x1, scale_1x1, identity))
     finally:
         if seed is not None:
             torch.random.set_rng_state(generator_state)
@@ -159,11 +159,9 @@ def _ghost_scales(model: RepOptGhostNet) -> Scales:
 
 def _checked_ghost_scales(raw: object, model: RepOptGhostNet, path: Path) -> Scales:
     modules = model.ghost_modules()
-    if not isinstance(raw, (list, tuple)) or len(raw) != len(modules):
-        raise ValueError(f"repopt-scales: {path} holds {len(raw) if isinstance(raw, (list, tuple)) else 'no'} "
-                         f"module scales; the encoder has {len(modules)} Ghost modules")
+    entries = _entries(raw, len(modules), "module", "Ghost modules", path)
     scales: Scales = []
-    for index, (pair, module) in enumerate(zip(raw, modules, strict=True)):
+    for index, (pair, module) in enumerate(zip(entries, modules, strict=True)):
         channels = module.cheap.out_channels
         if not (isinstance(pair, (list, tuple)) and len(pair) == 2
                 and all(_channel_scale(value, channels) for value in pair)):
@@ -194,9 +192,7 @@ def _reinitialise_ghost(target: RepOptGhostNet, scales: Scales) -> None:
     for module, (fusion, scale_conv) in zip(_ghost_target_modules(target), scales, strict=True):
         channels = module.cheap.out_channels
         fresh = nn.Conv2d(channels, channels, 3, groups=channels, bias=False).weight
-        kernel = fresh * scale_conv.view(-1, 1, 1, 1)
-        kernel[:, 0, 1, 1] += fusion
-        module.cheap.weight.copy_(kernel)
+        module.cheap.weight.copy_(ghost_kernel(fresh, scale_conv, fusion))
 
 
 class RepOptSGD(torch.optim.SGD):

@@ -98,10 +98,15 @@ class GhostModule(nn.Module):
         """The one depth-wise kernel a CSLA / hyper-search module equals before its final BN."""
         if self.cheap_scale is None or self.fusion_scale is None:
             raise ValueError(f"only 'csla' and 'hs' modules merge into a target kernel, not {self.mode!r}")
-        kernel = self.cheap.weight * self.cheap_scale.weight.view(-1, 1, 1, 1)
-        centre = torch.zeros_like(kernel)
-        centre[:, 0, 1, 1] = self.fusion_scale.weight
-        return kernel + centre
+        return ghost_kernel(self.cheap.weight, self.cheap_scale.weight, self.fusion_scale.weight)
+
+
+def ghost_kernel(cheap: torch.Tensor, scale_conv: torch.Tensor, scale_fusion: torch.Tensor) -> torch.Tensor:
+    """``scale_conv W + centre(scale_fusion)``: a CSLA Ghost module's one depth-wise 3x3 kernel."""
+    kernel = cheap * scale_conv.view(-1, 1, 1, 1)
+    centre = torch.zeros_like(kernel)
+    centre[:, 0, 1, 1] = scale_fusion
+    return kernel + centre
 
 
 class GhostBottleneck(nn.Module):

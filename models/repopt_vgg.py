@@ -88,13 +88,20 @@ class LinearAddBlock(nn.Module):
 
     def merged_kernel(self) -> torch.Tensor:
         """The single 3x3 kernel this block equals before its BN (what the target block's conv holds)."""
-        kernel = self.conv.weight * self.scale_conv.weight.view(-1, 1, 1, 1)
-        kernel = kernel + F.pad(self.conv_1x1.weight * self.scale_1x1.weight.view(-1, 1, 1, 1), [1, 1, 1, 1])
-        if self.scale_identity is not None:
-            channels = kernel.shape[0]
-            identity = torch.eye(channels, dtype=kernel.dtype).reshape(channels, channels, 1, 1)
-            kernel = kernel + F.pad(identity * self.scale_identity.weight.view(-1, 1, 1, 1), [1, 1, 1, 1])
-        return kernel
+        identity = None if self.scale_identity is None else self.scale_identity.weight
+        return csla_kernel(self.conv.weight, self.scale_conv.weight, self.conv_1x1.weight, self.scale_1x1.weight,
+                           identity)
+
+
+def csla_kernel(conv_3x3: torch.Tensor, scale_conv: torch.Tensor, conv_1x1: torch.Tensor, scale_1x1: torch.Tensor,
+                scale_identity: torch.Tensor | None) -> torch.Tensor:
+    """``scale_conv W3 + scale_1x1 pad(W1) [+ diag-centre(scale_identity)]``: a CSLA block's one 3x3 kernel."""
+    kernel = conv_3x3 * scale_conv.view(-1, 1, 1, 1) + F.pad(conv_1x1 * scale_1x1.view(-1, 1, 1, 1), [1, 1, 1, 1])
+    if scale_identity is not None:
+        channels = kernel.shape[0]
+        eye = torch.eye(channels, dtype=kernel.dtype).reshape(channels, channels, 1, 1)
+        kernel = kernel + F.pad(eye * scale_identity.view(-1, 1, 1, 1), [1, 1, 1, 1])
+    return kernel
 
 
 class RepVGGBlock(nn.Module):
