@@ -2,7 +2,8 @@
 
 Per encoder (under the run's input sizes, default 16 px images and 32 mels x 32 frames of a 1 s clip):
 parameters; FLOPs per image and per clip (:mod:`experiments.encoder_cost`); the bytes of one round's
-model on the wire, out and back (float32 both ways, and with ``update-dtype='float16'`` replies);
+model on the wire, out and back, as the ClientApp counts them (``client_app.resources.record_bytes``: float32
+both ways, and with ``update-dtype='float16'`` replies narrowed by the wire rule);
 CPU inference latency per clip (batch 32, eval mode, median of repeats), also after merging the
 branches for the encoders that have an inference form (AudioRepInceptionNeXt); one SimCLR training
 step (batch 16, two views, NT-Xent, forward + backward + SGD step); and the peak resident memory that
@@ -49,20 +50,22 @@ def _median_seconds(fn, repeats: int) -> float:
 def measure(config: RunConfig, repeats: int) -> dict[str, float | int | str]:
     """One encoder's figures (run in a fresh process so that its peak memory is its own)."""
     import torch
+    from flwr.app import ArrayRecord
 
+    from client_app.resources import record_bytes
     from experiments.encoder_cost import encoder_cost, input_shapes
     from models.audio_inceptionnext import RepAxis, merge_branches
     from models.factory import build_model
     from ssl_method.losses import nt_xent
+    from strategies.half_precision import narrow_arrays
 
     torch.manual_seed(0)
     shapes = input_shapes(config)
     base_rss = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
     model = build_model(config)
     cost = encoder_cost(config, shapes)
-    state = model.state_dict()
-    model_bytes = sum(t.numel() * t.element_size() for t in state.values())
-    half_bytes = sum(t.numel() * (2 if t.dtype == torch.float32 else t.element_size()) for t in state.values())
+    arrays = ArrayRecord(model.state_dict())  # the model as a message carries it
+    model_bytes, half_bytes = record_bytes(arrays), record_bytes(narrow_arrays(arrays))  # float16: the wire rule
     clip = torch.randn(LATENCY_BATCH, *shapes["audio"])
     encoder = model.encoder.eval()
     with torch.no_grad():

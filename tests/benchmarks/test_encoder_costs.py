@@ -11,10 +11,18 @@ from benchmarks.encoder_costs import measure, table
 def test_measure_gives_the_models_bytes_and_the_merged_latency_for_a_reparameterisable_encoder():
     config = dataclasses.replace(RunConfig(), encoder="audio_repinceptionnext_tiny")
     row = measure(config, repeats=1)
-    from models.factory import build_model
+    from flwr.app import ArrayRecord
 
-    model_bytes = sum(t.numel() * t.element_size() for t in build_model(config).state_dict().values())
-    assert row["round-mb"] == 2 * model_bytes / 2**20  # out and back, float32
+    from client_app.resources import record_bytes
+    from models.factory import build_model
+    from strategies.half_precision import narrow_arrays
+
+    arrays = ArrayRecord(build_model(config).state_dict())
+    assert row["round-mb"] == 2 * record_bytes(arrays) / 2**20  # out and back, float32, as the ClientApp counts
+    assert row["round-mb-float16-replies"] == (record_bytes(arrays) + record_bytes(narrow_arrays(arrays))) / 2**20
+    # as serialised: the arrays' own bytes plus one small .npy header per array
+    model_bytes = sum(a.numpy().nbytes for a in arrays.values())
+    assert 2 * model_bytes / 2**20 < row["round-mb"] < 2 * model_bytes / 2**20 * 1.01
     assert row["round-mb"] * 0.5 < row["round-mb-float16-replies"] < row["round-mb"]
     assert row["params"] == 1_620_384 and row["gflops-audio"] > row["gflops-image"] > 0
     assert row["latency-ms"] > 0 and row["merged-latency-ms"] > 0 and row["step-s"] > 0
