@@ -148,10 +148,10 @@ class _FloatsThroughFlower(Strategy):
         aggregate, aggregated_metrics = self.strategy.aggregate_train(server_round, float_replies)
         if aggregate is None:
             return None, aggregated_metrics
+        records = [next(iter(r.content.array_records.values())) for r in replies]
         whole = ArrayRecord()
         for name in reference.keys():
-            whole[name] = aggregate[name] if name in aggregate else _mean_of(
-                [next(iter(r.content.array_records.values()))[name] for r in replies])
+            whole[name] = aggregate[name] if name in aggregate else _mean_of([record[name] for record in records])
         return whole, aggregated_metrics
 
     def configure_evaluate(self, server_round: int, arrays: ArrayRecord, config: ConfigRecord,
