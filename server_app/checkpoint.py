@@ -5,12 +5,9 @@ everything the ServerApp needs to continue a run as if it had never stopped:
 
 * ``round``: the last completed round ``k``; a resumed run starts at ``k + 1``;
 * ``arrays``: the global model after round ``k`` (exact bytes, every dtype kept);
-* ``strategy``: the strategy's state (see :func:`capture_strategy_state`): a
-  known list of attributes, Flower's FedOpt family's ``current_arrays`` /
-  ``m_t`` / ``v_t``, FedAvgM's ``current_arrays`` / ``momentum_vector``,
-  L-DAWA's previous global model, the DP wrappers' ``current_arrays`` and
-  adaptive clipping norm, and a wrapper's wrapped strategy; restoring refuses
-  anything else;
+* ``strategy``: the aggregation rule's ``state_dict()`` (see
+  :func:`capture_strategy_state`): FedOpt's moments, FedAvgM's momentum, and
+  under an adaptive DP mode the clipping norm; the rule refuses anything else;
 * ``rng``: the seed and the server process's Python, NumPy and torch RNG states;
 * ``history``: the ``metrics.jsonl`` records of rounds ``0..k``;
 * ``run-config``: the run config the rounds were run with.
@@ -40,11 +37,11 @@ from flwr.app import Array, ArrayRecord
 
 from app_config.run_config import MAX_ROUNDS
 from file_io.atomic import TMP_SUFFIX, atomic_write
-from strategies.finite_state import state_is_finite
+from strategies.aggregation_rule import state_is_finite
 from strategies.reply_check import array_spec
 
 CHECKPOINT_NAME = "checkpoint.pt"
-FORMAT_VERSION = 1
+FORMAT_VERSION = 2  # 2: the strategy state is the aggregation rule's state_dict()
 TMP_PREFIX = ".checkpoint-"
 
 # Run-config keys that may differ between the run that wrote a checkpoint and the
@@ -83,16 +80,6 @@ def _array_of(value) -> np.ndarray:
     if isinstance(value, torch.Tensor):
         return value.numpy()
     return np.asarray(value["__nplist__"], dtype=np.dtype(value["dtype"])).reshape(value["shape"])
-
-
-def _holds_arrays(value) -> bool:
-    if isinstance(value, (np.ndarray, Array, ArrayRecord)):
-        return True
-    if isinstance(value, dict):
-        return any(_holds_arrays(v) for v in value.values())
-    if isinstance(value, (list, tuple)):
-        return any(_holds_arrays(v) for v in value)
-    return False
 
 
 def encode(value):
@@ -136,92 +123,33 @@ def decode(value):
 
 
 # --------------------------------------------------------------------------- strategy state
-# Each registered strategy names the attributes of its server-side state in ``state_attributes``
-# (strategies.robust, strategies.dp): FedOpt's moments, FedAvgM's momentum, L-DAWA's previous global model,
-# Flower's adaptive DP wrappers' clipping norm. A strategy that names none has nothing to restore.
-NORM_STATE = "clipping_norm"  # the adaptive DP wrappers' current clipping norm
-INNER_STATE = "strategy"  # a wrapper's wrapped strategy, captured recursively
-
-
-def _adaptive(strategy) -> bool:
-    from flwr.serverapp.strategy import DifferentialPrivacyClientSideAdaptiveClipping
-
-    # every adaptive mode runs Flower's client-side adaptive wrapper (strategies.dp)
-    return isinstance(strategy, DifferentialPrivacyClientSideAdaptiveClipping) and hasattr(strategy, NORM_STATE)
-
-
-def state_names(strategy) -> frozenset[str]:
-    """The attributes ``strategy`` declares as its server-side state."""
-    return frozenset(getattr(strategy, "state_attributes", ()))
+# The strategy's state is its aggregation rule's ``state_dict()`` (strategies.aggregation_rule): FedOpt's
+# moments, FedAvgM's momentum, and under a DP mode the adaptive clipping norm beside the wrapped rule's state.
+# The rule checks what it is given back (unknown names, wrong kinds, NaN/Inf are refused).
 
 
 def capture_strategy_state(strategy) -> dict:
-    """The strategy's server-side state, encoded: its ``state_attributes`` that hold arrays, the
-    adaptive DP wrappers' clipping norm, and (for a wrapper) the wrapped strategy's state.
-
-    Hyper-parameters are rebuilt from the run config; attributes still
-    ``None`` are left at their constructor default.
-    """
-    names = state_names(strategy)
-    held = {name: value for name, value in vars(strategy).items() if name in names and _holds_arrays(value)}
-    for name, value in held.items():
-        if not state_is_finite(value):
-            raise CheckpointError(f"strategy state {name!r} of {type(strategy).__name__} holds NaN or Inf")
-    state = {name: encode(value) for name, value in held.items()}
-    if _adaptive(strategy):
-        state[NORM_STATE] = float(strategy.clipping_norm)
-    inner = vars(strategy).get(INNER_STATE)
-    if inner is not None and hasattr(inner, "aggregate_train"):
-        state[INNER_STATE] = {"__state__": capture_strategy_state(inner)}
-    return state
-
-
-def _arrays_like(value) -> bool:
-    """An ArrayRecord, a dict of named arrays or a list of arrays (FedAvgM's momentum)."""
-    if isinstance(value, ArrayRecord):
-        return True
-    if isinstance(value, list):
-        return all(isinstance(v, (np.ndarray, np.generic)) for v in value)
-    return isinstance(value, dict) and all(
-        isinstance(k, str) and isinstance(v, (np.ndarray, np.generic)) for k, v in value.items())
+    """The strategy's ``state_dict()``, encoded; a state holding NaN or Inf is a CheckpointError (not written)."""
+    state = strategy.state_dict()
+    if not state_is_finite(state):
+        raise CheckpointError(f"the state of {strategy!r} holds NaN or Inf")
+    return encode(state)
 
 
 def restore_strategy_state(strategy, state: dict) -> None:
-    """Set the attributes :func:`capture_strategy_state` captured, and nothing else.
-
-    A checkpoint naming any other attribute, an attribute this strategy does
-    not have, or a value of the wrong kind is refused with a one-line
-    :class:`CheckpointError` (a checkpoint cannot set arbitrary strategy attributes).
-    """
+    """Give the strategy the state :func:`capture_strategy_state` captured; what it refuses is a one-line
+    CheckpointError (a checkpoint cannot set arbitrary strategy attributes)."""
     if not isinstance(state, dict):
         raise CheckpointError("checkpoint: the strategy state is not a mapping")
-    known = sorted(state_names(strategy) | {NORM_STATE, INNER_STATE})
-    for name, value in state.items():
-        if name not in known:
-            raise CheckpointError(f"checkpoint: unknown strategy state {str(name)[:40]!r}; known: {', '.join(known)}")
-        if name == INNER_STATE:
-            inner = vars(strategy).get(INNER_STATE)
-            if inner is None or not isinstance(value, dict) or "__state__" not in value:
-                raise CheckpointError(f"checkpoint: wrapped-strategy state for {type(strategy).__name__}, "
-                                      "which wraps none")
-            restore_strategy_state(inner, value["__state__"])
-            continue
-        if name == NORM_STATE:
-            if not _adaptive(strategy):
-                raise CheckpointError(f"checkpoint: {NORM_STATE} for {type(strategy).__name__}, "
-                                      "which does not adapt it")
-            if isinstance(value, bool) or not isinstance(value, (int, float)) or not (0 < value < float("inf")):
-                raise CheckpointError(f"checkpoint: {NORM_STATE} must be a finite number > 0, got {value!r}")
-            strategy.clipping_norm = float(value)
-            continue
-        if name not in vars(strategy):
-            raise CheckpointError(f"checkpoint: state {name!r} for {type(strategy).__name__}, which has none")
-        decoded = decode(value)
-        if not _arrays_like(decoded):
-            raise CheckpointError(f"checkpoint: state {name!r} must hold named arrays, got {type(decoded).__name__}")
-        if not state_is_finite(decoded):
-            raise CheckpointError(f"checkpoint: state {name!r} holds NaN or Inf")
-        setattr(strategy, name, decoded)
+    try:
+        decoded = decode(state) if state else {}
+        if not isinstance(decoded, dict):
+            raise CheckpointError("checkpoint: the strategy state is not a mapping")
+        strategy.load_state_dict(decoded)
+    except CheckpointError:
+        raise
+    except (ValueError, TypeError) as err:
+        raise CheckpointError(f"checkpoint: strategy state refused: {_first_line(err)[:160]}") from None
 
 
 # --------------------------------------------------------------------------- RNG states

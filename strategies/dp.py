@@ -59,7 +59,7 @@ from __future__ import annotations
 
 import copy
 import math
-from collections.abc import Iterable
+from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
 
 import numpy as np
@@ -73,8 +73,10 @@ from flwr.serverapp.strategy import (
 from flwr.supercore.differential_privacy import KEY_CLIPPING_NORM, KEY_NORM_BIT
 
 from app_config.run_config import RunConfig
+from strategies.aggregation_rule import refuse_unknown
 from strategies.dp_clip import clip_update, float_names
 from strategies.reply_filter import ReplyFilter
+from strategies.rule_strategy import RuleStrategy
 
 NONE = "none"
 DP_MODES = (NONE, "server-fixed", "client-fixed", "server-adaptive", "client-adaptive")
@@ -86,6 +88,7 @@ WRAPPERS: dict[str, type[FlowerDP]] = {
     "client-adaptive": DifferentialPrivacyClientSideAdaptiveClipping,
 }  # the Flower class each mode runs, unchanged
 SERVER_CLIPPING = frozenset({"server-fixed", "server-adaptive"})
+INNER_STATE, NORM_STATE = "strategy", "clipping-norm"  # the checkpoint's names for the adapter's state
 
 
 def _only(record: ArrayRecord, names: Iterable[str]) -> ArrayRecord:
@@ -103,7 +106,7 @@ class _FloatsThroughFlower(Strategy):
     _reference: ArrayRecord | None
 
     def __init__(self, flower: FlowerDP, clip_on_server: bool) -> None:
-        self.strategy = flower  # named as Flower's wrappers name theirs: the checkpoint walks the chain
+        self.strategy = flower  # named as Flower's wrappers name theirs
         self.clip_on_server = clip_on_server
 
     def configure_train(self, server_round: int, arrays: ArrayRecord, config: ConfigRecord,
@@ -169,16 +172,39 @@ class DPAdapter(ReplyFilter, _FloatsThroughFlower):
     """One DP mode: the reply filter (equal weights), then Flower's wrapper on the float arrays."""
 
     uniform_weights = True
-    state_attributes = ()  # Flower's wrapper (its clipping norm) and the wrapped strategy carry the state
 
-    def __init__(self, flower: FlowerDP, mode: str) -> None:
+    def __init__(self, flower: FlowerDP, mode: str, inner: RuleStrategy) -> None:
         super().__init__(flower, clip_on_server=mode in SERVER_CLIPPING)
-        self.mode = mode
+        self.mode, self.inner = mode, inner  # inner: the strategy Flower's wrapper wraps
         if mode == "client-adaptive":
             self.required_metrics = (KEY_NORM_BIT,)
 
     def __repr__(self) -> str:
         return f"DPAdapter({self.mode}: {self.strategy!r})"
+
+    @property
+    def adapts_norm(self) -> bool:
+        return isinstance(self.strategy, DifferentialPrivacyClientSideAdaptiveClipping)
+
+    def state_dict(self) -> dict:
+        """The wrapped strategy's state and, in the adaptive modes, Flower's current clipping norm."""
+        state: dict = {INNER_STATE: self.inner.state_dict()}
+        if self.adapts_norm:
+            state[NORM_STATE] = float(self.strategy.clipping_norm)
+        return state
+
+    def load_state_dict(self, state: Mapping) -> None:
+        known = (INNER_STATE, NORM_STATE) if self.adapts_norm else (INNER_STATE,)
+        refuse_unknown(state, known, f"dp {self.mode}")
+        if NORM_STATE in state:
+            norm = state[NORM_STATE]
+            if isinstance(norm, bool) or not isinstance(norm, (int, float)) or not 0 < norm < math.inf:
+                raise ValueError(f"{NORM_STATE} must be a finite number > 0, got {norm!r}")
+            self.strategy.clipping_norm = float(norm)
+        inner = state.get(INNER_STATE, {})
+        if not isinstance(inner, Mapping):
+            raise ValueError(f"dp {self.mode}: the wrapped strategy's state is not a mapping")
+        self.inner.load_state_dict(inner)
 
 
 _DEFAULT = RunConfig()  # the defaults are RunConfig's
@@ -225,19 +251,18 @@ class DPSettings:
         ).check()
 
 
-def wrap_dp(strategy: Strategy, settings: DPSettings, min_train_nodes: int = 2) -> Strategy:
+def wrap_dp(strategy: RuleStrategy, settings: DPSettings, min_train_nodes: int = 2) -> RuleStrategy | DPAdapter:
     """``strategy`` wrapped by the DP mode of ``settings`` (itself when the mode is ``none``)."""
     settings.check()
     if settings.mode == NONE:
         return strategy
     sampled = settings.sampled_clients or int(min_train_nodes)
-    if isinstance(strategy, ReplyFilter):
-        strategy.trusted_replies = True  # the adapter's filter checks the replies first
+    strategy.trusted_replies = True  # the adapter's filter checks the replies first
     flower: FlowerDP
     if WRAPPERS[settings.mode] is DifferentialPrivacyClientSideFixedClipping:
         flower = DifferentialPrivacyClientSideFixedClipping(strategy, settings.noise_multiplier,
                                                             settings.clipping_norm, sampled)
-        return DPAdapter(flower, settings.mode)
+        return DPAdapter(flower, settings.mode, strategy)
     count_stddev = settings.clipped_count_stddev or None  # None: Flower's default, sampled / 20
     if settings.noise_multiplier > 0 and settings.noise_multiplier >= 2 * (count_stddev or sampled / 20):
         raise ValueError(f"dp-clipped-count-stddev: {settings.mode} with dp-noise-multiplier "
@@ -247,4 +272,4 @@ def wrap_dp(strategy: Strategy, settings: DPSettings, min_train_nodes: int = 2) 
         strategy, settings.noise_multiplier, sampled, initial_clipping_norm=settings.clipping_norm,
         target_clipped_quantile=settings.target_quantile, clip_norm_lr=settings.clip_norm_lr,
         clipped_count_stddev=count_stddev)
-    return DPAdapter(flower, settings.mode)
+    return DPAdapter(flower, settings.mode, strategy)

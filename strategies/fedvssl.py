@@ -30,20 +30,20 @@ keep their own projection head across rounds), is the ClientApp's (``fedvssl-par
 from __future__ import annotations
 
 import math
-from collections.abc import Iterable, Sequence
+from collections.abc import Iterable, Mapping, Sequence
 
-from flwr.app import ArrayRecord, ConfigRecord, Message, MetricRecord, RecordDict
-from flwr.serverapp import Grid
+from flwr.app import ArrayRecord
 
 from app_config.modalities import MODALITIES
 from app_config.numbers import real_number
-from strategies.streaming import StreamingFedAvg, StreamingSum, reply_arrays, reply_weight
+from strategies.aggregation_rule import AggregationRule, ClientUpdate, RoundMetrics
+from strategies.streaming import StreamingSum
 
 LOSS_REDUCTIONS = ("modality-mean", "sum")
 LOSS_KEYS = tuple(f"loss-{m}" for m in MODALITIES) + tuple(f"num-{m}-examples" for m in MODALITIES)
 
 
-def client_loss(metrics, reduction: str = "modality-mean") -> float:
+def client_loss(metrics: Mapping, reduction: str = "modality-mean") -> float:
     """``L_k`` of one client's train metrics: its modalities' mean losses, averaged (or summed)."""
     losses = [real_number(metrics[f"loss-{m}"]) or 0.0 for m in MODALITIES
               if (real_number(metrics[f"num-{m}-examples"]) or 0.0) > 0]
@@ -81,12 +81,13 @@ def fedvssl_aggregate(clients: Iterable[ArrayRecord], coefficients: Sequence[flo
     return total.finish(1.0)
 
 
-class FedVSSL(StreamingFedAvg):
-    """FedAvg's sampling and metrics with FedVSSL's loss-mixed, optionally SWA-averaged aggregate."""
+class FedVSSL(AggregationRule):
+    """FedVSSL's loss-mixed aggregate, optionally averaged with the model sent this round (SWA)."""
 
-    def __init__(self, *args, alpha: float = 0.9, swa: int = 0, loss_reduction: str = "modality-mean",
-                 **kwargs) -> None:
-        super().__init__(*args, **kwargs)
+    name = "fedvssl"
+    required_metrics = LOSS_KEYS  # screened with the other reply checks and carried to the rule
+
+    def __init__(self, alpha: float = 0.9, swa: int = 0, loss_reduction: str = "modality-mean") -> None:
         if not 0 <= alpha <= 1:
             raise ValueError("fedvssl-alpha must be in [0, 1]")
         if swa not in (0, 1):
@@ -94,36 +95,16 @@ class FedVSSL(StreamingFedAvg):
         if loss_reduction not in LOSS_REDUCTIONS:
             raise ValueError(f"fedvssl-loss: unknown value {loss_reduction!r}; valid: {', '.join(LOSS_REDUCTIONS)}")
         self.alpha, self.swa, self.loss_reduction = alpha, swa, loss_reduction
-        self.required_metrics = LOSS_KEYS  # screened by the reply filter and carried in its copies
-        self._previous: ArrayRecord | None = None
 
-    def summary(self) -> None:
-        from logging import INFO
+    def describe(self) -> str:
+        return (f"FedVSSL (alpha, the loss-based share, {self.alpha:g}; beta, SWA with the previous model, "
+                f"{self.swa}; loss {self.loss_reduction})")
 
-        from flwr.common import log
-
-        log(INFO, "\t├──> FedVSSL settings:")
-        log(INFO, "\t│\t└── alpha (loss-based share) %g | beta (SWA with the previous model) %d | loss %s",
-            self.alpha, self.swa, self.loss_reduction)
-        super().summary()
-
-    def configure_train(self, server_round: int, arrays: ArrayRecord, config: ConfigRecord,
-                        grid: Grid) -> Iterable[Message]:
-        self._previous = arrays  # theta_prev of SWA
-        return super().configure_train(server_round, arrays, config, grid)
-
-    def aggregate_train(self, server_round: int, replies: Iterable[Message]
-                        ) -> tuple[ArrayRecord | None, MetricRecord | None]:
-        contents: list[RecordDict] = [m.content for m in replies if not m.has_error()]  # screened already
-        if not contents:
-            return None, None
-        losses = [client_loss(next(iter(c.metric_records.values())), self.loss_reduction) for c in contents]
-        sizes = [reply_weight(c, self.weighted_by_key) for c in contents]
-        swa_share = 0.5 if self.swa and server_round > 1 and self._previous is not None else 0.0
-        coefficients = mixing_coefficients(losses, sizes, self.alpha, swa_share)
-        arrays = fedvssl_aggregate((reply_arrays(c) for c in contents), coefficients, self._previous, swa_share)
-        metrics = self.train_metrics_aggr_fn(contents, self.weighted_by_key)
-        metrics["fedvssl-swa"] = int(swa_share > 0)
-        metrics["fedvssl-coefficient-max"] = max(coefficients)
-        metrics["fedvssl-coefficient-min"] = min(coefficients)
-        return arrays, metrics
+    def aggregate(self, server_round: int, global_model: ArrayRecord | None, updates: list[ClientUpdate]
+                  ) -> tuple[ArrayRecord | None, RoundMetrics]:
+        losses = [client_loss(update.metrics, self.loss_reduction) for update in updates]
+        swa_share = 0.5 if self.swa and server_round > 1 and global_model is not None else 0.0
+        coefficients = mixing_coefficients(losses, [update.weight for update in updates], self.alpha, swa_share)
+        arrays = fedvssl_aggregate((update.arrays for update in updates), coefficients, global_model, swa_share)
+        return arrays, {"fedvssl-swa": int(swa_share > 0), "fedvssl-coefficient-max": max(coefficients),
+                        "fedvssl-coefficient-min": min(coefficients)}

@@ -37,10 +37,11 @@ from __future__ import annotations
 from collections.abc import Iterable, Mapping
 
 import numpy as np
-from flwr.app import Array, ArrayRecord, ConfigRecord, Message, MetricRecord
-from flwr.serverapp import Grid
+from flwr.app import ArrayRecord
 
-from strategies.streaming import StreamingFedAvg, StreamingSum, reply_arrays, reply_weight
+from strategies.aggregation_rule import AggregationRule, ClientUpdate, RoundMetrics, as_numpy
+from strategies.streaming import StreamingSum
+from strategies.weighted_mean import weighted_mean
 
 NORMALISE_EPS = 1e-12
 
@@ -77,10 +78,6 @@ def layer_group(name: str) -> str:
     return parts[0]
 
 
-def _as_numpy(values) -> dict[str, np.ndarray]:
-    return {k: (v.numpy() if isinstance(v, Array) else np.asarray(v)) for k, v in values.items()}
-
-
 class LDAWASum:
     """Streaming L-DAWA: ``add`` one client at a time, then ``finish``.
 
@@ -90,7 +87,7 @@ class LDAWASum:
 
     def __init__(self, global_: ArrayRecord | Mapping[str, np.ndarray], *,
                  weighting: bool = False, normalise: bool = False) -> None:
-        self.global_ = _as_numpy(global_)
+        self.global_ = as_numpy(global_)
         self._global_sq = {n: _dot64(g, g) for n, g in self.global_.items() if g.ndim >= 1}
         self.weighting, self.normalise = weighting, normalise
         self._sum = StreamingSum()
@@ -177,48 +174,25 @@ def ldawa_aggregate(
     return {k: a.numpy() for k, a in merged.items()}, {k: v for k, v in agg.deltas.items() if v}
 
 
-class LDAWA(StreamingFedAvg):
-    """FedAvg with L-DAWA's layer-wise divergence-aware aggregation."""
+class LDAWA(AggregationRule):
+    """L-DAWA against the model sent this round; data-size FedAvg for the first ``warmup_rounds`` rounds."""
 
-    def __init__(self, *args, warmup_rounds: int = 0, weighting: bool = False,
-                 normalise: bool = False, **kwargs) -> None:
-        super().__init__(*args, **kwargs)
+    name = "ldawa"
+
+    def __init__(self, warmup_rounds: int = 0, weighting: bool = False, normalise: bool = False) -> None:
         if warmup_rounds < 0:
-            raise ValueError("warmup_rounds must be >= 0")
-        self.warmup_rounds = warmup_rounds
-        self.weighting = weighting
-        self.normalise = normalise
-        self._global: ArrayRecord | None = None
+            raise ValueError("ldawa-warmup-rounds: must be >= 0")
+        self.warmup_rounds, self.weighting, self.normalise = warmup_rounds, weighting, normalise
 
-    def summary(self) -> None:
-        from logging import INFO
+    def describe(self) -> str:
+        return (f"L-DAWA (FedAvg for {self.warmup_rounds} warm-up rounds; data-size weighting {self.weighting}, "
+                f"normalise by the sum of deltas {self.normalise})")
 
-        from flwr.common import log
-
-        log(INFO, "\t├──> L-DAWA settings:")
-        log(INFO, "\t│\t├── warm-up rounds (FedAvg): %d", self.warmup_rounds)
-        log(INFO, "\t│\t└── data-size weighting: %s | normalise by sum of deltas: %s",
-            self.weighting, self.normalise)
-        super().summary()
-
-    def configure_train(self, server_round: int, arrays: ArrayRecord, config: ConfigRecord,
-                        grid: Grid) -> Iterable[Message]:
-        self._global = arrays  # the previous global model the cosines are measured against
-        return super().configure_train(server_round, arrays, config, grid)
-
-    def aggregate_train(self, server_round: int, replies: Iterable[Message]
-                        ) -> tuple[ArrayRecord | None, MetricRecord | None]:
-        if server_round <= self.warmup_rounds or self._global is None:
-            return super().aggregate_train(server_round, replies)
-        valid = [msg for msg in replies if not msg.has_error()]  # the reply filter checked the rest
-        if not valid:
-            return None, None
-        contents = [msg.content for msg in valid]
-        agg = LDAWASum(self._global, weighting=self.weighting, normalise=self.normalise)
-        for content in contents:
-            agg.add(reply_arrays(content), reply_weight(content, self.weighted_by_key))
-        arrays = agg.finish()
-        metrics = self.train_metrics_aggr_fn(contents, self.weighted_by_key)
-        for key, value in agg.metrics().items():
-            metrics[key] = value
-        return arrays, metrics
+    def aggregate(self, server_round: int, global_model: ArrayRecord | None, updates: list[ClientUpdate]
+                  ) -> tuple[ArrayRecord | None, RoundMetrics]:
+        if server_round <= self.warmup_rounds or global_model is None:
+            return weighted_mean(updates), {}
+        agg = LDAWASum(global_model, weighting=self.weighting, normalise=self.normalise)
+        for update in updates:
+            agg.add(update.arrays, update.weight)
+        return agg.finish(), dict(agg.metrics())

@@ -1,24 +1,26 @@
-"""Strategy registry: a config name -> a configured Flower strategy.
+"""Strategy registry: a config name -> an aggregation rule inside the project's one strategy shell.
 
 ``STRATEGIES`` maps each name accepted by the run-config key ``strategy`` to a
-:class:`StrategySpec`, a callable ``spec(config) -> Strategy`` that also names
-the run-config keys the strategy takes:
+:class:`StrategySpec`, a callable ``spec(config) -> Strategy`` that builds the
+name's aggregation rule (a plain object, :mod:`strategies.aggregation_rule`),
+puts it in :class:`strategies.rule_strategy.RuleStrategy` (seeded sampling and
+reply screening) and names the run-config keys the rule takes:
 
 ============== ====================== =========================================
-name           class                  run-config keys
+name           aggregation rule       run-config keys
 ============== ====================== =========================================
-fedavg         FedAvg                 --
-ldawa          L-DAWA                 ldawa-warmup-rounds, ldawa-weighting,
+fedavg         WeightedMean           --
+ldawa          LDAWA                  ldawa-warmup-rounds, ldawa-weighting,
                                       ldawa-normalise
 fedvssl        FedVSSL                fedvssl-alpha, fedvssl-beta, fedvssl-loss
                                       (clients: fedvssl-partial-update)
-fedprox        flwr FedProx           proximal-mu (sent to clients)
-fedadam        flwr FedAdam           fedopt-eta, fedopt-beta1, fedopt-beta2,
+fedprox        WeightedMean           proximal-mu (sent to clients)
+fedadam        FedAdam                fedopt-eta, fedopt-beta1, fedopt-beta2,
                                       fedopt-tau
-fedyogi        flwr FedYogi           fedopt-eta, fedopt-beta1, fedopt-beta2,
+fedyogi        FedYogi                fedopt-eta, fedopt-beta1, fedopt-beta2,
                                       fedopt-tau
-fedadagrad     flwr FedAdagrad        fedopt-eta, fedopt-tau
-fedavgm        flwr FedAvgM           server-learning-rate, server-momentum
+fedadagrad     FedAdagrad             fedopt-eta, fedopt-tau
+fedavgm        FedAvgM                server-learning-rate, server-momentum
 fedmedian      flwr FedMedian         --
 fedtrimmedavg  flwr FedTrimmedAvg     trimmed-beta
 krum           flwr Krum              num-malicious-nodes
@@ -47,7 +49,9 @@ Keys every strategy takes:
   ClientApp.
 
 All of them drop and count bad replies (``strategies.reply_filter``) and the
-FedAvg-based ones stream the weighted mean (``strategies.streaming``).
+rules built on the weighted mean stream it (``strategies.streaming``); the
+``flwr`` rows are Flower's strategies, unchanged, behind one adapter
+(``strategies.flower_rules``).
 A strategy key set away from its default while another strategy is chosen is
 reported with a warning (the run config always carries every key, so it cannot
 be an error). :func:`make_strategy` builds one by name with explicit keyword
@@ -60,7 +64,7 @@ keeps the two lists equal).
 from __future__ import annotations
 
 import math
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from logging import WARNING
 
@@ -68,24 +72,16 @@ from flwr.common import log
 from flwr.serverapp.strategy import Strategy
 
 from app_config.run_config import RunConfig
+from strategies.aggregation_rule import AggregationRule
 from strategies.dp import DPSettings, wrap_dp
-from strategies.robust import (
-    RobustBulyan,
-    RobustFedAdagrad,
-    RobustFedAdam,
-    RobustFedAvg,
-    RobustFedAvgM,
-    RobustFedMedian,
-    RobustFedProx,
-    RobustFedTrimmedAvg,
-    RobustFedVSSL,
-    RobustFedYogi,
-    RobustKrum,
-    RobustLDAWA,
-    RobustMultiKrum,
-)
+from strategies.fedvssl import FedVSSL
+from strategies.flower_rules import bulyan, fedmedian, fedtrimmedavg, krum, multikrum
+from strategies.ldawa import LDAWA
+from strategies.rule_strategy import RuleStrategy
+from strategies.server_optimisers import FedAdagrad, FedAdam, FedAvgM, FedYogi
 from strategies.train_metrics import aggregate_train_metrics
 from strategies.weight_cap import DEFAULT_FACTOR, DEFAULT_NORM_FACTOR, check_factor
+from strategies.weighted_mean import WeightedMean
 
 
 def config_value(config, key: str):
@@ -106,14 +102,14 @@ def _common(config) -> dict:
 
 @dataclass(frozen=True)
 class StrategySpec:
-    """A registered strategy: its class and ``constructor keyword -> run-config key``."""
+    """A registered strategy: the factory of its aggregation rule and ``factory keyword -> run-config key``."""
 
-    cls: type
+    rule: Callable[..., AggregationRule]
     params: Mapping[str, str] = field(default_factory=dict)
 
-    def __call__(self, config) -> Strategy:
-        kwargs = {kw: config_value(config, key) for kw, key in self.params.items()}
-        strategy = self.cls(**_common(config), **kwargs)
+    def __call__(self, config) -> RuleStrategy:
+        rule = self.rule(**{kw: config_value(config, key) for kw, key in self.params.items()})
+        strategy = RuleStrategy(rule, **_common(config))
         strategy.weight_cap_factor = check_factor(config_value(config, "weight-cap-factor"))
         strategy.update_norm_cap_factor = check_factor(config_value(config, "update-norm-cap-factor"),
                                                        "update-norm-cap-factor")
@@ -122,26 +118,26 @@ class StrategySpec:
 
 
 FEDOPT = {"eta": "fedopt-eta", "beta_1": "fedopt-beta1", "beta_2": "fedopt-beta2", "tau": "fedopt-tau"}
+MALICIOUS = {"num_malicious_nodes": "num-malicious-nodes"}
 
 STRATEGIES: dict[str, StrategySpec] = {
-    "fedavg": StrategySpec(RobustFedAvg),
-    "ldawa": StrategySpec(RobustLDAWA, {"warmup_rounds": "ldawa-warmup-rounds",
-                                        "weighting": "ldawa-weighting",
-                                        "normalise": "ldawa-normalise"}),
-    "fedvssl": StrategySpec(RobustFedVSSL, {"alpha": "fedvssl-alpha", "swa": "fedvssl-beta",
-                                            "loss_reduction": "fedvssl-loss"}),
-    "fedprox": StrategySpec(RobustFedProx, {"proximal_mu": "proximal-mu"}),
-    "fedadam": StrategySpec(RobustFedAdam, FEDOPT),
-    "fedyogi": StrategySpec(RobustFedYogi, FEDOPT),
-    "fedadagrad": StrategySpec(RobustFedAdagrad, {"eta": "fedopt-eta", "tau": "fedopt-tau"}),
-    "fedavgm": StrategySpec(RobustFedAvgM, {"server_learning_rate": "server-learning-rate",
-                                            "server_momentum": "server-momentum"}),
-    "fedmedian": StrategySpec(RobustFedMedian),
-    "fedtrimmedavg": StrategySpec(RobustFedTrimmedAvg, {"beta": "trimmed-beta"}),
-    "krum": StrategySpec(RobustKrum, {"num_malicious_nodes": "num-malicious-nodes"}),
-    "multikrum": StrategySpec(RobustMultiKrum, {"num_malicious_nodes": "num-malicious-nodes",
-                                                "num_nodes_to_select": "multikrum-select"}),
-    "bulyan": StrategySpec(RobustBulyan, {"num_malicious_nodes": "num-malicious-nodes"}),
+    "fedavg": StrategySpec(WeightedMean),
+    "ldawa": StrategySpec(LDAWA, {"warmup_rounds": "ldawa-warmup-rounds",
+                                  "weighting": "ldawa-weighting",
+                                  "normalise": "ldawa-normalise"}),
+    "fedvssl": StrategySpec(FedVSSL, {"alpha": "fedvssl-alpha", "swa": "fedvssl-beta",
+                                      "loss_reduction": "fedvssl-loss"}),
+    "fedprox": StrategySpec(WeightedMean, {"proximal_mu": "proximal-mu"}),
+    "fedadam": StrategySpec(FedAdam, FEDOPT),
+    "fedyogi": StrategySpec(FedYogi, FEDOPT),
+    "fedadagrad": StrategySpec(FedAdagrad, {"eta": "fedopt-eta", "tau": "fedopt-tau"}),
+    "fedavgm": StrategySpec(FedAvgM, {"server_learning_rate": "server-learning-rate",
+                                      "server_momentum": "server-momentum"}),
+    "fedmedian": StrategySpec(fedmedian),
+    "fedtrimmedavg": StrategySpec(fedtrimmedavg, {"beta": "trimmed-beta"}),
+    "krum": StrategySpec(krum, MALICIOUS),
+    "multikrum": StrategySpec(multikrum, {**MALICIOUS, "num_nodes_to_select": "multikrum-select"}),
+    "bulyan": StrategySpec(bulyan, MALICIOUS),
 }
 
 STRATEGY_KEYS = sorted({key for spec in STRATEGIES.values() for key in spec.params.values()})
@@ -167,7 +163,7 @@ def make_strategy(name: str, *, common: Mapping | None = None, weight_cap_factor
         valid = ", ".join(sorted(spec.params)) or "none"
         raise ValueError(f"strategy {name!r}: unknown parameter {unknown[0]!r}; valid: {valid}")
     common = {"train_metrics_aggr_fn": aggregate_train_metrics, **dict(common or {})}
-    strategy = spec.cls(**common, **params)
+    strategy = RuleStrategy(spec.rule(**params), **common)
     strategy.weight_cap_factor = check_factor(weight_cap_factor)
     strategy.update_norm_cap_factor = check_factor(update_norm_cap_factor, "update-norm-cap-factor")
     return strategy

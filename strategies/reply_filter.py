@@ -1,8 +1,9 @@
 """Exclude bad client replies before any strategy aggregates them.
 
-``ReplyFilter`` is a mixin placed first in a strategy's bases
-(``class X(ReplyFilter, FedAdam, ...)``). Every registered strategy has it, so
-the rules live here only:
+``ReplyFilter`` is placed first in a strategy's bases: the aggregation-rule
+shell (:class:`strategies.rule_strategy.RuleStrategy`) and the DP adapter
+(:class:`strategies.dp.DPAdapter`). Every registered strategy has it, so the
+rules live here only:
 
 * ``configure_train`` remembers the names, shapes and dtypes of the global
   model it sends out (metadata only, nothing is copied);
@@ -20,20 +21,21 @@ the rules live here only:
   ``replies-norm-bounded`` counts them), on the copies described next;
 * the good replies' weights are capped (:mod:`strategies.weight_cap`,
   ``weight_cap_factor``; the differential-privacy modes use equal weights
-  instead, ``uniform_weights``), and the wrapped strategy receives *copies*
+  instead, ``uniform_weights``), and the aggregation (``aggregate_screened``:
+  the aggregation rule, or Flower's DP wrapper) receives *copies*
   of the good replies holding only their ArrayRecord and their MetricRecord
   with the capped weight: the clients' messages are never modified (the round
   record shows what each client sent), and strategies that consume their input
   (Flower's FedMedian pops the arrays) cannot affect them;
 * when no reply is good, ``aggregate_train`` returns ``(None, metrics)``:
   the round loop then keeps the previous global model, and a WARNING says so;
-* the aggregate is cast to the global model's dtypes (Flower's FedOpt family
-  computes in float64; integer buffers such as ``num_batches_tracked`` are
+* the aggregate is cast to the global model's dtypes (the server optimisers
+  compute in float64; integer buffers such as ``num_batches_tracked`` are
   rounded and clipped to their range), and an aggregate holding NaN/Inf
   *after* that cast (e.g. a float64 sum beyond float32's range) is refused the
-  same way (``aggregation-nonfinite`` = 1). The wrapped strategy's own state
-  (e.g. FedAdam's moments) is not rolled back in that case. Should the
-  wrapped strategy raise on replies that passed every check, the round is
+  same way (``aggregation-nonfinite`` = 1). A rule's own state (FedAdam's
+  moments) is kept as the rule left it in that case. Should the
+  aggregation raise on replies that passed every check, the round is
   skipped too (``aggregation-failed`` = 1, logged with its traceback): one
   round's aggregation never ends the run.
 
@@ -43,8 +45,8 @@ strategy (the differential-privacy wrappers) sets ``trusted_replies`` and skips
 the checks its wrapper already made.
 
 Flower's strategies refuse replies whose MetricRecords have different keys
-(a visual-only client reports no audio loss), so the copies the wrapped
-strategy aggregates hold only the weight (and the metrics a DP mode requires);
+(a visual-only client reports no audio loss), so the copies that are
+aggregated hold only the weight (and the metrics the rule or a DP mode requires);
 the round's train metrics are aggregated here from the clients' full records
 with the same capped weights (:mod:`strategies.train_metrics`: a key held by
 only some clients is averaged over those clients), and evaluation metrics
@@ -238,7 +240,7 @@ class ReplyFilter(_Strategy):
         if not self.trusted_replies and self._reference is not None:  # a trusted strategy's wrapper bounded them
             summary["replies-norm-bounded"] = bound_updates(copies, self._reference, self.update_norm_cap_factor)
         try:
-            arrays, metrics = super().aggregate_train(server_round, copies)
+            arrays, metrics = self.aggregate_screened(server_round, copies)
         except FloatingPointError as err:  # the streaming sum refused a non-finite aggregate
             log(WARNING, "aggregate_train (round %d): %s; the previous global model is kept", server_round, err)
             return None, MetricRecord({**summary, "aggregation-skipped": 1, "aggregation-nonfinite": 1})
@@ -269,6 +271,12 @@ class ReplyFilter(_Strategy):
                 + (f", replies-norm-bounded={summary['replies-norm-bounded']}" if summary["replies-norm-bounded"]
                    else ""))
         return arrays, metrics
+
+    def aggregate_screened(self, server_round: int, copies: list[Message]
+                           ) -> tuple[ArrayRecord | None, MetricRecord | None]:
+        """Aggregate the screened copies (one ArrayRecord and one MetricRecord of the capped weight each):
+        the next class in the bases does (an aggregation rule, or Flower's DP wrapper)."""
+        return super().aggregate_train(server_round, copies)
 
     def aggregate_evaluate(self, server_round: int, replies: Iterable[Message]) -> MetricRecord | None:
         replies = list(replies)

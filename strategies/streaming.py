@@ -26,8 +26,7 @@ from __future__ import annotations
 from collections.abc import Iterable, Iterator, Mapping
 
 import numpy as np
-from flwr.app import Array, ArrayRecord, Message, MetricRecord, RecordDict
-from flwr.serverapp.strategy import FedAvg
+from flwr.app import Array, ArrayRecord, Message, RecordDict
 
 from app_config.numbers import real_number
 
@@ -131,26 +130,3 @@ def streaming_weighted_mean(pairs: Iterable[tuple[ArrayRecord, float]]) -> Array
     if weight_sum <= 0:
         raise ValueError("the weights of the records to aggregate sum to zero")
     return total.finish(weight_sum)
-
-
-class StreamingFedAvg(FedAvg):
-    """Flower's FedAvg with the weighted mean computed by :func:`streaming_weighted_mean`.
-
-    Same formula as ``flwr.serverapp.strategy.FedAvg`` (``sum n_k x_k / sum n_k``);
-    only the working memory differs. Placed after a Flower strategy in a class's
-    bases (``class X(FedProx, StreamingFedAvg)``), it also replaces the weighted
-    mean inside Flower strategies that build on FedAvg's ``aggregate_train``
-    (FedProx, FedAvgM, FedAdam, FedYogi, FedAdagrad) while their own server-side
-    formulas stay Flower's.
-    """
-
-    def aggregate_train(
-        self, server_round: int, replies: Iterable[Message]
-    ) -> tuple[ArrayRecord | None, MetricRecord | None]:
-        valid = [msg for msg in replies if not msg.has_error()]  # the reply filter checked the rest
-        if not valid:
-            return None, None
-        contents = [msg.content for msg in valid]
-        arrays = streaming_weighted_mean(weighted_pairs(contents, self.weighted_by_key))
-        metrics = self.train_metrics_aggr_fn(contents, self.weighted_by_key)
-        return arrays, metrics

@@ -114,8 +114,8 @@ def test_strategy_state_matters_for_fedadam(tmp_path):
     whole = _rounds(make_strategy("fedadam", common=COMMON, **params), _initial(), 1, 3)
     first = make_strategy("fedadam", common=COMMON, **params)
     part = _rounds(first, _initial(), 1, 2)
-    state = capture_strategy_state(first)
-    assert {"m_t", "v_t", "current_arrays"} <= set(state)
+    state = decode(capture_strategy_state(first))
+    assert set(state) == {"m", "v"}  # FedAdam's moments; the model they are applied to is the checkpoint's
     fresh = make_strategy("fedadam", common=COMMON, **params)
     assert not _equal(_rounds(fresh, part.arrays, 3, 3).arrays, whole.arrays)
 
@@ -278,19 +278,21 @@ def test_reply_order_does_not_change_the_aggregate():
 
 
 # --------------------------------------------------------------------------- what a checkpoint may set
-@pytest.mark.parametrize("state", [
-    {"min_train_nodes": 0},  # a hyper-parameter, not state
-    {"aggregate_train": None},  # a method
-    {"m_t": encode({"w": np.zeros(3)})},  # FedAvg has no moments
-    {"_global": "not arrays"},
+@pytest.mark.parametrize("name, state, match", [
+    ("fedavg", {"min_train_nodes": 0}, "fedavg keeps no state"),  # a hyper-parameter, not state
+    ("fedavg", {"m": {"w": np.zeros(3)}}, "fedavg keeps no state"),  # FedAvg has no moments
+    ("ldawa", {"_global": "not arrays"}, "ldawa keeps no state"),
+    ("fedadam", {"m_t": {"w": np.zeros(3)}}, "unknown state 'm_t'"),  # Flower's names are not the rule's
+    ("fedadam", {"m": "not arrays", "v": {"w": np.zeros(3)}}, "float arrays"),
+    ("fedavgm", {"momentum": [np.zeros(3)]}, "float arrays"),
 ])
-def test_restore_sets_only_known_state_attributes(state):
-    strategy = make_strategy("fedavg" if "m_t" in state else "ldawa", common=COMMON)
-    before = dict(vars(strategy))
-    with pytest.raises(CheckpointError) as err:
-        restore_strategy_state(strategy, state)
+def test_restore_sets_only_the_rules_own_state(name, state, match):
+    strategy = make_strategy(name, common=COMMON)
+    before = dict(vars(strategy.rule))
+    with pytest.raises(CheckpointError, match=match) as err:
+        restore_strategy_state(strategy, encode(state))
     assert "\n" not in str(err.value)
-    assert {k: v for k, v in vars(strategy).items() if k in before} == before and set(vars(strategy)) == set(before)
+    assert vars(strategy.rule) == before
 
 
 def test_dp_adaptive_wrapper_resumes_exactly_with_its_clipping_norm_and_inner_state(tmp_path):
@@ -306,8 +308,8 @@ def test_dp_adaptive_wrapper_resumes_exactly_with_its_clipping_norm_and_inner_st
     first = fresh()
     part = _rounds(first, _initial(), 1, 2)
     state = capture_strategy_state(first)
-    flower_state = state["strategy"]["__state__"]  # the adapter -> Flower's wrapper (its norm) -> FedAdam
-    assert flower_state["clipping_norm"] != 0.05 and {"m_t", "v_t"} <= set(flower_state["strategy"]["__state__"])
+    decoded = decode(state)  # Flower's wrapper's adapted norm beside FedAdam's moments
+    assert decoded["clipping-norm"] != 0.05 and set(decoded["strategy"]) == {"m", "v"}
     save_checkpoint(tmp_path, Checkpoint(round=2, arrays=part.arrays, strategy_name="fedadam", strategy_state=state))
     second = fresh()
     restore_strategy_state(second, load_checkpoint(tmp_path).strategy_state)
@@ -349,11 +351,12 @@ def test_metrics_file_keeps_its_mode_when_cut_back_on_resume(tmp_path):
         os.umask(old)
 
 
-def test_every_registered_strategy_names_its_own_server_state():
-    """The checkpoint keeps no list of strategy attributes: each class declares its own state."""
-    from strategies.dp import DPAdapter
-    from strategies.registry import STRATEGIES
-
-    for cls in [spec.cls for spec in STRATEGIES.values()] + [DPAdapter]:
-        assert "state_attributes" in vars(cls), cls.__name__
-    assert STRATEGIES["fedadam"].cls.state_attributes == ("current_arrays", "m_t", "v_t")
+@pytest.mark.parametrize("name", sorted(STRATEGIES))
+def test_every_registered_rule_owns_exactly_its_server_state(name):
+    """The checkpoint keeps no list of strategy attributes: each rule's state_dict is its state."""
+    strategy = make_strategy(name, common=COMMON, **PARAMS.get(name, {}))
+    _rounds(strategy, _initial(), 1, 2)
+    expected = {"fedadam": {"m", "v"}, "fedyogi": {"m", "v"}, "fedadagrad": {"m", "v"}}
+    if name == "fedavgm" and PARAMS.get(name, {}).get("server_momentum"):
+        expected[name] = {"momentum"}
+    assert set(strategy.state_dict()) == expected.get(name, set())

@@ -75,8 +75,8 @@ def test_a_checkpoint_after_the_last_round_is_refused(tmp_path):
 
 
 def test_a_bad_strategy_state_or_rng_state_is_refused_before_metrics_are_cut(tmp_path):
-    config, output = interrupted_run(tmp_path, strategy_state={"current_arrays": encode({"w": np.ones(3)})})
-    refused_without_touching(config, output, "unknown strategy state|which has none")
+    config, output = interrupted_run(tmp_path, strategy_state=encode({"current_arrays": {"w": np.ones(3)}}))
+    refused_without_touching(config, output, "strategy state refused: fedavg keeps no state")
     config, output = interrupted_run(tmp_path / "b", rng={"python": {"version": 3}})
     refused_without_touching(config, output, "RNG state cannot be restored")
 
@@ -124,12 +124,12 @@ def test_crafted_checkpoint_files_are_one_line_errors_naming_the_field(tmp_path,
 
 def test_non_finite_strategy_state_is_refused_at_restore_and_not_written_at_capture(tmp_path, caplog):
     strategy = make_strategy("fedadam")
-    strategy.m_t = {"w": np.full(3, np.inf, np.float32)}
+    strategy.rule.m, strategy.rule.v = {"w": np.full(3, np.inf)}, {"w": np.ones(3)}
     with pytest.raises(CheckpointError, match="NaN or Inf"):
         capture_strategy_state(strategy)
     fresh = make_strategy("fedadam")
     with pytest.raises(CheckpointError, match="NaN or Inf"):
-        restore_strategy_state(fresh, {"m_t": encode({"w": np.full(3, np.nan, np.float32)})})
+        restore_strategy_state(fresh, encode({"m": {"w": np.full(3, np.nan)}, "v": {"w": np.ones(3)}}))
     # the recorder keeps the previous checkpoint instead of writing one a resume would refuse
     config = RunConfig(num_server_rounds=2, checkpoint_every=1, tensorboard=False)
     recorder = RunRecorder(config, RunOutput.create(str(tmp_path), config, run_id=1), strategy,

@@ -238,17 +238,20 @@ def test_mod_passes_other_messages_through():
 # ------------------------------------------------------------------------------------------ registry
 @pytest.mark.parametrize("mode", DP_MODES)
 def test_build_strategy_wraps_the_chosen_strategy(mode):
-    from flwr.serverapp.strategy import FedAdam
+    from strategies.rule_strategy import RuleStrategy
+    from strategies.server_optimisers import FedAdam
 
     config = type("Config", (), {**dataclasses.asdict(dataclasses.replace(RunConfig(), strategy="fedadam")),
                                  "dp": mode, "dp_clipped_count_stddev": 1.0})()
     strategy = build_strategy(config)
     if mode == "none":
-        assert isinstance(strategy, FedAdam) and not strategy.trusted_replies
+        assert isinstance(strategy, RuleStrategy) and isinstance(strategy.rule, FedAdam)
+        assert not strategy.trusted_replies
     else:
         flower = strategy.strategy  # the adapter holds Flower's wrapper, of Flower's own class, around FedAdam
         assert type(flower) is WRAPPERS[mode] and type(flower).__module__.startswith("flwr.")
-        assert isinstance(flower.strategy, FedAdam) and flower.strategy.trusted_replies
+        assert flower.strategy is strategy.inner and isinstance(strategy.inner.rule, FedAdam)
+        assert strategy.inner.trusted_replies
         assert flower.num_sampled_clients == RunConfig().min_train_nodes
 
 

@@ -15,7 +15,10 @@ import pytest
 from flwr.app import ArrayRecord, ConfigRecord, Message
 
 from app_config.run_config import ConfigError, RunConfig
+from strategies.aggregation_rule import AggregationRule
+from strategies.flower_rules import FlowerAggregation
 from strategies.registry import STRATEGIES, STRATEGY_KEYS, build_strategy, make_strategy, unused_strategy_keys
+from strategies.rule_strategy import RuleStrategy
 from tests.conftest import PROJECT
 from tests.fake_grid import FakeGrid, arrays_of, numpy_of, train_reply
 
@@ -190,18 +193,17 @@ def test_unknown_strategy_parameter_fails_listing_valid_ones():
     with pytest.raises(ValueError, match="'fedavg': unknown parameter 'proximal_mu'; valid: none"):
         make_strategy("fedavg", proximal_mu=0.1)
     strategy = make_strategy("fedprox", proximal_mu=0.25)
-    assert strategy.proximal_mu == 0.25
+    assert strategy.rule.proximal_mu == 0.25
 
 
 @pytest.mark.parametrize("name", ALL)
 def test_build_strategy_takes_parameters_from_config(name):
-    from flwr.serverapp.strategy import FedAvg
-
     strategy = build_strategy(config(name))
-    assert isinstance(strategy, FedAvg)
+    assert isinstance(strategy, RuleStrategy) and isinstance(strategy.rule, AggregationRule)
     for kw, key in STRATEGIES[name].params.items():
-        attr = {"warmup_rounds": "warmup_rounds"}.get(kw, kw)
-        assert getattr(strategy, attr) == getattr(config(name), key.replace("-", "_")), (name, kw)
+        # the rule's own setting, or that of the Flower strategy the adapter runs (strategies.flower_rules)
+        holder = strategy.rule.strategy if isinstance(strategy.rule, FlowerAggregation) else strategy.rule
+        assert getattr(holder, kw) == getattr(config(name), key.replace("-", "_")), (name, kw)
     assert strategy.min_train_nodes == len(NODES)
 
 
@@ -242,7 +244,7 @@ def test_invalid_strategy_parameter_gives_one_line_error_naming_the_key(field, v
 def test_ldawa_options_are_off_by_default():
     assert RunConfig().ldawa_weighting is False and RunConfig().ldawa_normalise is False
     strategy = build_strategy(dataclasses.replace(RunConfig(), strategy="ldawa"))
-    assert strategy.weighting is False and strategy.normalise is False
+    assert strategy.rule.weighting is False and strategy.rule.normalise is False
 
 
 # ---------------------------------------------------------------- numbers
