@@ -173,14 +173,22 @@ class DPAdapter(ReplyFilter, _FloatsThroughFlower):
 
     uniform_weights = True
 
-    def __init__(self, flower: FlowerDP, mode: str, inner: RuleStrategy) -> None:
+    def __init__(self, flower: FlowerDP, mode: str) -> None:
         super().__init__(flower, clip_on_server=mode in SERVER_CLIPPING)
-        self.mode, self.inner = mode, inner  # inner: the strategy Flower's wrapper wraps
+        self.mode = mode
         if mode == "client-adaptive":
             self.required_metrics = (KEY_NORM_BIT,)
 
     def __repr__(self) -> str:
         return f"DPAdapter({self.mode}: {self.strategy!r})"
+
+    @property
+    def inner(self) -> RuleStrategy:
+        """The strategy Flower's wrapper wraps (``wrap_dp`` gives it a RuleStrategy)."""
+        inner = self.strategy.strategy
+        if not isinstance(inner, RuleStrategy):
+            raise TypeError(f"DPAdapter wraps {type(inner).__name__}, not a RuleStrategy")
+        return inner
 
     @property
     def adapts_norm(self) -> bool:
@@ -262,7 +270,7 @@ def wrap_dp(strategy: RuleStrategy, settings: DPSettings, min_train_nodes: int =
     if WRAPPERS[settings.mode] is DifferentialPrivacyClientSideFixedClipping:
         flower = DifferentialPrivacyClientSideFixedClipping(strategy, settings.noise_multiplier,
                                                             settings.clipping_norm, sampled)
-        return DPAdapter(flower, settings.mode, strategy)
+        return DPAdapter(flower, settings.mode)
     count_stddev = settings.clipped_count_stddev or None  # None: Flower's default, sampled / 20
     if settings.noise_multiplier > 0 and settings.noise_multiplier >= 2 * (count_stddev or sampled / 20):
         raise ValueError(f"dp-clipped-count-stddev: {settings.mode} with dp-noise-multiplier "
@@ -272,4 +280,4 @@ def wrap_dp(strategy: RuleStrategy, settings: DPSettings, min_train_nodes: int =
         strategy, settings.noise_multiplier, sampled, initial_clipping_norm=settings.clipping_norm,
         target_clipped_quantile=settings.target_quantile, clip_norm_lr=settings.clip_norm_lr,
         clipped_count_stddev=count_stddev)
-    return DPAdapter(flower, settings.mode, strategy)
+    return DPAdapter(flower, settings.mode)

@@ -100,6 +100,15 @@ def _common(config) -> dict:
     }
 
 
+def in_shell(rule: AggregationRule, sampling: Mapping, weight_cap_factor: float,
+             update_norm_cap_factor: float) -> RuleStrategy:
+    """``rule`` inside the strategy shell, with FedAvg's ``sampling`` arguments and both influence caps."""
+    strategy = RuleStrategy(rule, **sampling)
+    strategy.weight_cap_factor = check_factor(weight_cap_factor)
+    strategy.update_norm_cap_factor = check_factor(update_norm_cap_factor, "update-norm-cap-factor")
+    return strategy
+
+
 @dataclass(frozen=True)
 class StrategySpec:
     """A registered strategy: the factory of its aggregation rule and ``factory keyword -> run-config key``."""
@@ -109,10 +118,8 @@ class StrategySpec:
 
     def __call__(self, config) -> RuleStrategy:
         rule = self.rule(**{kw: config_value(config, key) for kw, key in self.params.items()})
-        strategy = RuleStrategy(rule, **_common(config))
-        strategy.weight_cap_factor = check_factor(config_value(config, "weight-cap-factor"))
-        strategy.update_norm_cap_factor = check_factor(config_value(config, "update-norm-cap-factor"),
-                                                       "update-norm-cap-factor")
+        strategy = in_shell(rule, _common(config), config_value(config, "weight-cap-factor"),
+                            config_value(config, "update-norm-cap-factor"))
         strategy.min_usable_replies = config.min_train_nodes  # counted after the reply checks, not before
         return strategy
 
@@ -150,7 +157,7 @@ def _spec(name: str) -> StrategySpec:
 
 
 def make_strategy(name: str, *, common: Mapping | None = None, weight_cap_factor: float = DEFAULT_FACTOR,
-                  update_norm_cap_factor: float = DEFAULT_NORM_FACTOR, **params) -> Strategy:
+                  update_norm_cap_factor: float = DEFAULT_NORM_FACTOR, **params) -> RuleStrategy:
     """Strategy ``name`` with its own keyword parameters (e.g. ``proximal_mu=0.1``).
 
     ``common`` holds FedAvg's sampling arguments (``fraction_train``, ...).
@@ -163,10 +170,7 @@ def make_strategy(name: str, *, common: Mapping | None = None, weight_cap_factor
         valid = ", ".join(sorted(spec.params)) or "none"
         raise ValueError(f"strategy {name!r}: unknown parameter {unknown[0]!r}; valid: {valid}")
     common = {"train_metrics_aggr_fn": aggregate_train_metrics, **dict(common or {})}
-    strategy = RuleStrategy(spec.rule(**params), **common)
-    strategy.weight_cap_factor = check_factor(weight_cap_factor)
-    strategy.update_norm_cap_factor = check_factor(update_norm_cap_factor, "update-norm-cap-factor")
-    return strategy
+    return in_shell(spec.rule(**params), common, weight_cap_factor, update_norm_cap_factor)
 
 
 def unused_strategy_keys(config) -> list[str]:

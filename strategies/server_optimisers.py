@@ -42,10 +42,11 @@ from strategies.weighted_mean import weighted_mean
 F64 = np.float64
 
 
-def _needs_global(global_model: ArrayRecord | None, name: str) -> ModelArrays:
+def _sent_float64(global_model: ArrayRecord | None, name: str) -> ModelArrays:
+    """The model sent this round, in float64 (the arithmetic's dtype), converted once per round."""
     if global_model is None:
         raise ValueError(f"{name} needs the global model sent this round")
-    return as_numpy(global_model)
+    return {k: np.asarray(x.astype(F64)) for k, x in as_numpy(global_model).items()}
 
 
 def _matching(state: ModelArrays | None, model: ModelArrays, name: str) -> None:
@@ -81,15 +82,15 @@ class FedAvgM(AggregationRule):
         mean = weighted_mean(updates)
         if self.server_learning_rate == 1.0 and self.server_momentum == 0.0:
             return mean, {}  # no server step: FedAvg
-        sent = _needs_global(global_model, self.name)
+        sent = _sent_float64(global_model, self.name)
         _matching(self.momentum, sent, self.name)
-        step = {k: np.asarray(sent[k].astype(F64) - x.astype(F64)) for k, x in as_numpy(mean).items()}
+        step = {k: np.asarray(sent[k] - x.astype(F64)) for k, x in as_numpy(mean).items()}
         momentum = self.momentum
         if self.server_momentum > 0.0:
             momentum = step if momentum is None else {k: np.asarray(self.server_momentum * momentum[k] + g)
                                                       for k, g in step.items()}
             step = momentum
-        new = {k: sent[k].astype(F64) - self.server_learning_rate * g for k, g in step.items()}
+        new = {k: sent[k] - self.server_learning_rate * g for k, g in step.items()}
         _finite_or_raise(self.name, momentum, new)
         self.momentum = momentum
         return _record(new), {}
@@ -125,16 +126,16 @@ class FedOpt(AggregationRule):
     def aggregate(self, server_round: int, global_model: ArrayRecord | None, updates: list[ClientUpdate]
                   ) -> tuple[ArrayRecord | None, RoundMetrics]:
         mean = as_numpy(weighted_mean(updates))
-        sent = _needs_global(global_model, self.name)
+        sent = _sent_float64(global_model, self.name)
         for state in (self.m, self.v):
             _matching(state, sent, self.name)
-        delta = {k: np.asarray(x.astype(F64) - sent[k].astype(F64)) for k, x in mean.items()}
+        delta = {k: np.asarray(x.astype(F64) - sent[k]) for k, x in mean.items()}
         m_before = self.m or {k: np.zeros_like(d) for k, d in delta.items()}
         v_before = self.v or {k: np.zeros_like(d) for k, d in delta.items()}
         m = {k: np.asarray(self.beta_1 * m_before[k] + (1 - self.beta_1) * d) for k, d in delta.items()}
         v = {k: np.asarray(self.second_moment(v_before[k], d * d)) for k, d in delta.items()}
         eta = self.step_size(server_round)
-        new = {k: sent[k].astype(F64) + eta * m[k] / (np.sqrt(v[k]) + self.tau) for k in delta}
+        new = {k: sent[k] + eta * m[k] / (np.sqrt(v[k]) + self.tau) for k in delta}
         _finite_or_raise(self.name, m, v, new)
         self.m, self.v = m, v
         return _record(new), {}
