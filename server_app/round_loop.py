@@ -1,4 +1,9 @@
-"""The federated round loop, resumable: Flower's ``Strategy.start`` with a start round.
+"""The server's round, in one function (:func:`play_round`), and the resumable loop that runs it.
+
+:func:`play_round` is the server's half of a round, read top to bottom: sample
+(seeded), encode for the wire, send and collect, decode, screen the replies,
+cap their weights, bound their updates, call the aggregation rule, cast,
+record, checkpoint. Each step is a call into the module that owns it.
 
 Why not ``strategy.start``: it always counts rounds from 1 and evaluates the
 initial model as round 0, so a run resumed from a checkpoint of round ``k``
@@ -6,7 +11,8 @@ would restart the round numbers, and strategies whose maths depends on the
 round (FedAdam's bias correction uses ``server_round``; L-DAWA's warm-up is
 "round <= warmup") would compute something else than the uninterrupted run.
 :func:`run_rounds` is the same loop -- it calls the strategy's own
-``configure_train`` / ``aggregate_train`` / ``configure_evaluate`` /
+``configure_train``, the reply filter's steps that make up ``aggregate_train``
+(:class:`strategies.reply_filter.ReplyFilter`), ``configure_evaluate`` /
 ``aggregate_evaluate`` and ``grid.send_and_receive(..., timeout=...)`` in the
 same order -- with a ``start_round`` parameter, plus what reliable, repeatable
 runs need:
@@ -29,8 +35,9 @@ runs need:
   ``(seed, round)``), so a resumed round samples as the uninterrupted one did
   (same connected nodes); the global ``random`` module is not touched.
 * **Hooks.** ``record_train(RoundTrain)`` sees each round's replies and counts
-  before central evaluation; ``write_checkpoint(round, arrays)`` runs after it
-  (the ServerApp writes its checkpoint there).
+  before central evaluation; ``evaluate_and_record(round, arrays)`` evaluates
+  and writes the round's record; ``write_checkpoint(round, arrays)`` runs last
+  (the ServerApp's :class:`~server_app.run_recorder.RunRecorder` provides all three).
 """
 
 from __future__ import annotations
@@ -49,6 +56,7 @@ from flwr.serverapp.strategy import Result
 
 from server_app.compact_updates import narrow_messages, widen_reply
 from server_app.packed_wire import pack_messages, unpack_reply
+from strategies.reply_filter import ReplyFilter
 from strategies.seeded_sampling import seed_node_sampling
 
 NO_REPLY = "no reply within round-timeout (client hung, crashed or disconnected)"
@@ -115,50 +123,6 @@ def arrays_bytes(message: Message, key: str = "arrays") -> int:
     return sum(len(array.data) for array in message.content.array_records[key].values())
 
 
-def train_round(strategy, grid: Grid, server_round: int, arrays: ArrayRecord, config: ConfigRecord,
-                timeout: float, min_replies: int,
-                compact_updates: bool = False, packed: bool = False) -> tuple[RoundTrain, ArrayRecord | None]:
-    """One round's training phase: send, collect (in partition order), count failures, aggregate.
-
-    Returns what happened and the new global arrays (None: the previous model is kept).
-    """
-    clock = time.perf_counter
-    started = clock()
-    messages = list(strategy.configure_train(server_round, arrays, config, grid))
-    if compact_updates:  # update-dtype='float16': the global model goes out as float16
-        messages = narrow_messages(messages, arrays)
-    if packed:  # wire-format='packed': one buffer per dtype instead of one object per array
-        messages = pack_messages(messages)
-    configured = clock()
-    replies = list(grid.send_and_receive(messages=messages, timeout=timeout)) if messages else []
-    received = clock()
-    bytes_received = sum(map(arrays_bytes, replies))  # as they travelled
-    if packed:  # unpacked against the global model's layout before any check
-        replies = [unpack_reply(reply, arrays) for reply in replies]
-    if compact_updates:  # and the replies come back to the global dtypes before any check
-        replies = [widen_reply(reply, arrays) for reply in replies]
-    replies.sort(key=reply_order)
-    missing = unanswered_nodes(messages, replies)
-    successes = sum(1 for r in replies if not r.has_error())
-    if missing:
-        log(WARNING, "round %d: %d of %d clients sent no reply within %.0fs", server_round, len(missing),
-            len(messages), timeout)
-    skipped = None
-    if successes < min_replies:
-        skipped = f"{successes} successful replies, fewer than the minimum {min_replies}"
-        log(WARNING, "round %d: %s; the previous global model is kept", server_round, skipped)
-        agg_arrays, agg_metrics = None, None
-    else:
-        agg_arrays, agg_metrics = strategy.aggregate_train(server_round, replies)
-    phases = {"configure": configured - started, "wait": received - configured, "aggregate": clock() - received}
-    if agg_metrics is not None:
-        log(INFO, "\t└──> Aggregated MetricRecord: %s", agg_metrics)
-    return (RoundTrain(server_round, len(messages), replies, missing, agg_metrics, skipped,
-                       aggregated=agg_arrays is not None, phases=phases,
-                       bytes_sent=sum(map(arrays_bytes, messages)), bytes_received=bytes_received),
-            agg_arrays)
-
-
 def client_evaluation(strategy, grid: Grid, server_round: int, arrays: ArrayRecord, config: ConfigRecord,
                       timeout: float) -> MetricRecord | None:
     """One round's client-side evaluation (none when the strategy samples no evaluation nodes)."""
@@ -200,8 +164,97 @@ def release_round_garbage() -> int:
     return gc.collect()
 
 
+@dataclass
+class RoundPlan:
+    """What every round of a run shares: who aggregates, where messages go, how they travel, the hooks."""
+
+    strategy: ReplyFilter
+    grid: Grid
+    timeout: float
+    min_replies: int
+    compact_updates: bool
+    packed: bool
+    config_of_round: Callable[[int], ConfigRecord]
+    evaluate_config: ConfigRecord
+    evaluate_and_record: Callable[[int, ArrayRecord], MetricRecord | None] | None
+    record_train: Callable[[RoundTrain], None] | None
+    write_checkpoint: Callable[[int, ArrayRecord], None] | None
+
+
+def play_round(plan: RoundPlan, server_round: int, arrays: ArrayRecord, result: Result) -> ArrayRecord:
+    """The server's half of one round, top to bottom; returns the global model after it.
+
+    The clients' half (receive, train locally, reply) is :func:`client_app.app.train`.
+    """
+    strategy, grid, clock = plan.strategy, plan.grid, time.perf_counter
+    started = clock()
+    # 1. Sample the round's clients (seeded: strategies.seeded_sampling) and write their instructions.
+    messages = list(strategy.configure_train(server_round, arrays, plan.config_of_round(server_round), grid))
+    # 2. Encode for the wire: the model as float16 (update-dtype), one buffer per dtype (wire-format='packed').
+    if plan.compact_updates:
+        messages = narrow_messages(messages, arrays)
+    if plan.packed:
+        messages = pack_messages(messages)
+    configured = clock()
+    # 3. Send, and collect the replies that come within round-timeout.
+    replies = list(grid.send_and_receive(messages=messages, timeout=plan.timeout)) if messages else []
+    received = clock()
+    bytes_received = sum(map(arrays_bytes, replies))  # as they travelled
+    # 4. Decode back to the global model's layout and dtypes before any check; a fixed order for the sums.
+    if plan.packed:
+        replies = [unpack_reply(reply, arrays) for reply in replies]
+    if plan.compact_updates:
+        replies = [widen_reply(reply, arrays) for reply in replies]
+    replies.sort(key=reply_order)
+    missing = unanswered_nodes(messages, replies)
+    if missing:
+        log(WARNING, "round %d: %d of %d clients sent no reply within %.0fs", server_round, len(missing),
+            len(messages), plan.timeout)
+    successes = sum(1 for r in replies if not r.has_error())
+    skipped, aggregate, metrics = None, None, None
+    if successes < plan.min_replies:
+        skipped = f"{successes} successful replies, fewer than the minimum {plan.min_replies}"
+        log(WARNING, "round %d: %s; the previous global model is kept", server_round, skipped)
+    else:
+        # 5. Screen: drop and count every reply that fails a check (strategies.reply_check).
+        screened = strategy.screen(server_round, replies)
+        # 6. Weigh: data size capped (strategies.weight_cap); keep the old model if too few replies are left.
+        strategy.cap_weights(screened)
+        metrics = strategy.too_few(server_round, screened)
+        if metrics is None:
+            # 7. Bound each update's norm (strategies.update_bound), then call the aggregation rule.
+            strategy.bound_updates(screened)
+            aggregate, metrics = strategy.apply_rule(server_round, screened)
+            # 8. Cast to the global model's dtypes; an aggregate that is not finite there is refused.
+            aggregate, metrics = strategy.cast_to_model(server_round, screened, aggregate, metrics)
+        log(INFO, "\t└──> Aggregated MetricRecord: %s", metrics)
+    phases = {"configure": configured - started, "wait": received - configured, "aggregate": clock() - received}
+    if aggregate is not None:
+        result.arrays = arrays = aggregate
+    if metrics is not None:
+        result.train_metrics_clientapp[server_round] = metrics
+    # 9. Record: the round's replies and counts, client-side and central evaluation (server_app.run_recorder).
+    if plan.record_train is not None:
+        plan.record_train(RoundTrain(server_round, len(messages), replies, missing, metrics, skipped,
+                                     aggregated=aggregate is not None, phases=phases,
+                                     bytes_sent=sum(map(arrays_bytes, messages)), bytes_received=bytes_received))
+    client_eval = client_evaluation(strategy, grid, server_round, arrays, plan.evaluate_config, plan.timeout)
+    if client_eval is not None:
+        result.evaluate_metrics_clientapp[server_round] = client_eval
+    if plan.evaluate_and_record:
+        log(INFO, "Global evaluation")
+        evaluated = plan.evaluate_and_record(server_round, arrays)
+        log(INFO, "\t└──> MetricRecord: %s", evaluated)
+        if evaluated is not None:
+            result.evaluate_metrics_serverapp[server_round] = evaluated
+    # 10. Checkpoint (server_app.checkpoint), so that a resumed run continues from here.
+    if plan.write_checkpoint is not None:
+        plan.write_checkpoint(server_round, arrays)
+    return arrays
+
+
 def run_rounds(
-    strategy,
+    strategy: ReplyFilter,
     grid: Grid,
     arrays: ArrayRecord,
     *,
@@ -219,7 +272,8 @@ def run_rounds(
     write_checkpoint: Callable[[int, ArrayRecord], None] | None = None,
     result: Result | None = None,
 ) -> Result:
-    """Run rounds ``start_round..num_rounds`` from global ``arrays`` (the model after round ``start_round - 1``).
+    """Run rounds ``start_round..num_rounds`` (:func:`play_round`) from global ``arrays`` (the model after
+    round ``start_round - 1``).
 
     ``train_config`` is one record for every round or a function of the round
     (the ServerApp sends each round's learning rate this way). ``seed`` seeds
@@ -231,10 +285,18 @@ def run_rounds(
     """
     if start_round < 1:
         raise ValueError("start_round must be >= 1")
+    if not isinstance(strategy, ReplyFilter):
+        raise TypeError(f"run_rounds needs a strategy with the reply filter's steps, got {type(strategy).__name__}")
     seed_node_sampling(strategy, seed)
-    config_of_round = train_config if callable(train_config) else (lambda _round: train_config)
+
+    def config_of_round(server_round: int) -> ConfigRecord:
+        chosen = train_config(server_round) if callable(train_config) else train_config
+        return ConfigRecord() if chosen is None else chosen
+
     _log_start(strategy, arrays, start_round, num_rounds, config_of_round(start_round), evaluate_config)
-    evaluate_config = ConfigRecord() if evaluate_config is None else evaluate_config
+    plan = RoundPlan(strategy, grid, timeout, min_replies, compact_updates, packed, config_of_round,
+                     ConfigRecord() if evaluate_config is None else evaluate_config, evaluate_and_record,
+                     record_train, write_checkpoint)
     result = Result() if result is None else result
     if start_round > 1 and not len(result.arrays):
         result.arrays = arrays
@@ -251,28 +313,7 @@ def run_rounds(
         for current_round in range(start_round, num_rounds + 1):
             log(INFO, "")
             log(INFO, "[ROUND %s/%s]", current_round, num_rounds)
-            round_config = config_of_round(current_round)
-            train, aggregated = train_round(strategy, grid, current_round, arrays,
-                                            ConfigRecord() if round_config is None else round_config,
-                                            timeout, min_replies, compact_updates, packed)
-            if aggregated is not None:
-                result.arrays = arrays = aggregated
-            if train.metrics is not None:
-                result.train_metrics_clientapp[current_round] = train.metrics
-            if record_train is not None:
-                record_train(train)
-            client_eval = client_evaluation(strategy, grid, current_round, arrays, evaluate_config, timeout)
-            if client_eval is not None:
-                result.evaluate_metrics_clientapp[current_round] = client_eval
-            if evaluate_and_record:
-                log(INFO, "Global evaluation")
-                res = evaluate_and_record(current_round, arrays)
-                log(INFO, "\t└──> MetricRecord: %s", res)
-                if res is not None:
-                    result.evaluate_metrics_serverapp[current_round] = res
-            if write_checkpoint is not None:
-                write_checkpoint(current_round, arrays)
-            del train, aggregated
+            arrays = play_round(plan, current_round, arrays, result)
             release_round_garbage()
     finally:
         gc.unfreeze()

@@ -1,7 +1,7 @@
 """Strategy registry: a config name -> an aggregation rule inside the project's one strategy shell.
 
 ``STRATEGIES`` maps each name accepted by the run-config key ``strategy`` to a
-:class:`StrategySpec`, a callable ``spec(config) -> Strategy`` that builds the
+:class:`StrategySpec`, a callable ``spec(config) -> RuleStrategy`` that builds the
 name's aggregation rule (a plain object, :mod:`strategies.aggregation_rule`),
 puts it in :class:`strategies.rule_strategy.RuleStrategy` (seeded sampling and
 reply screening) and names the run-config keys the rule takes:
@@ -69,11 +69,10 @@ from dataclasses import dataclass, field
 from logging import WARNING
 
 from flwr.common import log
-from flwr.serverapp.strategy import Strategy
 
 from app_config.run_config import RunConfig
 from strategies.aggregation_rule import AggregationRule
-from strategies.dp import DPSettings, wrap_dp
+from strategies.dp import DPAdapter, DPSettings, wrap_dp
 from strategies.fedvssl import FedVSSL
 from strategies.flower_rules import bulyan, fedmedian, fedtrimmedavg, krum, multikrum
 from strategies.ldawa import LDAWA
@@ -201,7 +200,7 @@ def inert_defences(config) -> list[str]:
     return found
 
 
-def build_strategy(config) -> Strategy:
+def build_strategy(config) -> RuleStrategy | DPAdapter:
     """The strategy named by ``config.strategy`` (validated by RunConfig), wrapped by its ``dp`` mode."""
     spec = _spec(config.strategy)
     ignored = unused_strategy_keys(config)

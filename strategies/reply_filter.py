@@ -3,11 +3,15 @@
 ``ReplyFilter`` is placed first in a strategy's bases: the aggregation-rule
 shell (:class:`strategies.rule_strategy.RuleStrategy`) and the DP adapter
 (:class:`strategies.dp.DPAdapter`). Every registered strategy has it, so the
-rules live here only:
+rules live here only. Its steps are public methods that the server's round
+(:func:`server_app.round_loop.play_round`) calls one after the other --
+``screen``, ``cap_weights``, ``too_few``, ``bound_updates``, ``apply_rule``,
+``cast_to_model`` -- and ``aggregate_train`` runs the same steps for callers
+that use Flower's interface (Flower's DP wrappers, ``Strategy.start``):
 
 * ``configure_train`` remembers the names, shapes and dtypes of the global
   model it sends out (metadata only, nothing is copied);
-* ``aggregate_train`` checks each reply with
+* ``screen`` checks each reply with
   :func:`strategies.reply_check.classify_reply` (the rules and the drop
   categories are listed there) and drops the bad ones, counting them per
   category in the round's MetricRecord (``replies-failed``,
@@ -27,7 +31,7 @@ rules live here only:
   with the capped weight: the clients' messages are never modified (the round
   record shows what each client sent), and strategies that consume their input
   (Flower's FedMedian pops the arrays) cannot affect them;
-* when no reply is good, ``aggregate_train`` returns ``(None, metrics)``:
+* when no reply is good (``too_few``), the round's aggregate is ``None``:
   the round loop then keeps the previous global model, and a WARNING says so;
 * the aggregate is cast to the global model's dtypes (the server optimisers
   compute in float64; integer buffers such as ``num_batches_tracked`` are
@@ -58,6 +62,7 @@ from __future__ import annotations
 import copy
 from collections import Counter
 from collections.abc import Iterable
+from dataclasses import dataclass, field
 from logging import ERROR, INFO, WARNING
 from typing import TYPE_CHECKING
 
@@ -78,15 +83,16 @@ from strategies.reply_check import (
 )
 from strategies.streaming import cast_like, reply_weight
 from strategies.train_metrics import aggregate_train_metrics
-from strategies.update_bound import bound_updates
-from strategies.weight_cap import DEFAULT_FACTOR, DEFAULT_NORM_FACTOR, cap_weights
+from strategies.update_bound import bound_updates as bound_update_norms
+from strategies.weight_cap import DEFAULT_FACTOR, DEFAULT_NORM_FACTOR
+from strategies.weight_cap import cap_weights as capped_weights
 
 COUNT_KEYS = {category: ("replies-failed" if category == FAILED else f"replies-dropped-{category}")
               for category in CATEGORIES}
 MAX_LOGGED = 5  # excluded replies logged one by one per round; the rest are counted
 
-__all__ = ["COUNT_KEYS", "ReplyFilter", "array_spec", "cast_to_spec", "filter_replies", "for_aggregation",
-           "screen_replies"]
+__all__ = ["COUNT_KEYS", "ReplyFilter", "ScreenedReplies", "array_spec", "cast_to_spec", "filter_replies",
+           "for_aggregation", "screen_replies"]
 
 
 Drop = tuple[int, str, str]  # (node id, category, log line)
@@ -122,6 +128,26 @@ def filter_replies(replies: Iterable[Message], spec: Spec | None, weighted_by_ke
     """:func:`screen_replies` with plain log lines for the dropped replies."""
     good, counts, drops = screen_replies(replies, spec, weighted_by_key, required_metrics)
     return good, counts, [line for _, _, line in drops]
+
+
+@dataclass
+class ScreenedReplies:
+    """A round's train replies after the checks, and what the later steps of the round add to them."""
+
+    received: int  # replies the round got, errors included
+    good: list[Message]  # those that passed every check
+    counts: Counter  # dropped replies per category
+    drops: list[Drop]  # one entry per dropped reply
+    weights: list[float] = field(default_factory=list)  # each good reply's weight, capped
+    capped: int = 0  # replies whose weight was capped
+    norm_bounded: int = 0  # replies whose update was scaled down
+    copies: list[Message] = field(default_factory=list)  # what the rule aggregates
+
+    def summary(self) -> dict[str, int]:
+        """The round's reply counts, as metrics."""
+        return {"replies-received": self.received, "replies-aggregated": len(self.good),
+                "replies-weight-capped": self.capped, "replies-norm-bounded": self.norm_bounded,
+                **{key: self.counts.get(category, 0) for category, key in COUNT_KEYS.items()}}
 
 
 def for_aggregation(msg: Message, weighted_by_key: str, weight: float, kept: tuple[str, ...] = ()) -> Message:
@@ -187,6 +213,11 @@ class ReplyFilter(_Strategy):
     min_usable_replies: int = 1  # fewer replies left after the checks: the previous model is kept
     last_dropped: dict[int, str] = {}
 
+    @property
+    def weighted_key(self) -> str:
+        """The metric that weighs a reply (FedAvg's ``weighted_by_key``; ``num-examples``)."""
+        return getattr(self, "weighted_by_key", "num-examples")
+
     def expect_model(self, arrays: ArrayRecord) -> None:
         """Check the next replies against ``arrays``: their names, shapes and dtypes, and updates measured
         from it (not copied). ``configure_train`` calls it with the model it sends."""
@@ -198,49 +229,61 @@ class ReplyFilter(_Strategy):
         self.expect_model(arrays)
         return super().configure_train(server_round, arrays, config, grid)
 
-    def _weights(self, good: list[Message], weighted_by_key: str) -> tuple[list[float], int]:
-        if self.uniform_weights:
-            return [1.0] * len(good), 0
-        return cap_weights([reply_weight(m.content, weighted_by_key) for m in good], self.weight_cap_factor)
-
-    def aggregate_train(self, server_round: int, replies: Iterable[Message]
-                        ) -> tuple[ArrayRecord | None, MetricRecord | None]:
-        replies = list(replies)
-        weighted_by_key = getattr(self, "weighted_by_key", "num-examples")
+    def screen(self, server_round: int, replies: list[Message]) -> ScreenedReplies:
+        """Drop and count the replies that fail a check (:func:`screen_replies`); log the first few."""
         if self.trusted_replies:
-            good, counts, notes = [m for m in replies if not m.has_error()], Counter[str](), list[Drop]()
+            good, counts, drops = [m for m in replies if not m.has_error()], Counter[str](), list[Drop]()
             counts[FAILED] = len(replies) - len(good)
         else:
-            good, counts, notes = screen_replies(replies, self._reply_spec, weighted_by_key, self.required_metrics)
-        self.last_dropped = {node: category for node, category, _ in notes}
-        for _, _, note in notes[:MAX_LOGGED]:
+            good, counts, drops = screen_replies(replies, self._reply_spec, self.weighted_key, self.required_metrics)
+        self.last_dropped = {node: category for node, category, _ in drops}
+        for _, _, note in drops[:MAX_LOGGED]:
             log(WARNING, "aggregate_train (round %d): reply excluded: %s", server_round, note)
-        if len(notes) > MAX_LOGGED:
-            log(WARNING, "aggregate_train (round %d): %d more replies excluded", server_round, len(notes) - MAX_LOGGED)
-        weights, capped = self._weights(good, weighted_by_key) if good else ([], 0)
-        summary = {"replies-received": len(replies), "replies-aggregated": len(good), "replies-weight-capped": capped,
-                   "replies-norm-bounded": 0}
-        summary.update({key: counts.get(cat, 0) for cat, key in COUNT_KEYS.items()})
-        if good and len(good) < self.min_usable_replies:
+        if len(drops) > MAX_LOGGED:
+            log(WARNING, "aggregate_train (round %d): %d more replies excluded", server_round, len(drops) - MAX_LOGGED)
+        return ScreenedReplies(len(replies), good, counts, drops)
+
+    def cap_weights(self, screened: ScreenedReplies) -> None:
+        """Each good reply's weight: its data size capped (:mod:`strategies.weight_cap`), or 1 under DP."""
+        if not screened.good:
+            return
+        if self.uniform_weights:
+            screened.weights = [1.0] * len(screened.good)
+            return
+        screened.weights, screened.capped = capped_weights(
+            [reply_weight(m.content, self.weighted_key) for m in screened.good], self.weight_cap_factor)
+
+    def too_few(self, server_round: int, screened: ScreenedReplies) -> MetricRecord | None:
+        """The round's metrics when too few replies are left to aggregate (the previous model is kept)."""
+        good, received = len(screened.good), screened.received
+        if good and good < self.min_usable_replies:
             log(WARNING, "aggregate_train (round %d): %d usable of %d replies, fewer than the minimum %d; the "
-                "previous global model is kept", server_round, len(good), len(replies), self.min_usable_replies)
-            return None, MetricRecord({**summary, "aggregation-skipped": 1, "aggregation-nonfinite": 0})
-        if not good:
+                "previous global model is kept", server_round, good, received, self.min_usable_replies)
+        elif not good:
             log(WARNING, "aggregate_train (round %d): none of %d replies can be aggregated; "
-                "the previous global model is kept", server_round, len(replies))
-            if replies and counts.get(SHAPE, 0) == len(replies):
+                "the previous global model is kept", server_round, received)
+            if received and screened.counts.get(SHAPE, 0) == received:
                 log(WARNING, "aggregate_train (round %d): every reply disagrees with the global model's array "
                     "names/shapes (e.g. %s); was the global model (a resumed checkpoint?) built for another "
-                    "architecture?", server_round, notes[0][2])
-            return None, MetricRecord({**summary, "aggregation-skipped": 1, "aggregation-nonfinite": 0})
+                    "architecture?", server_round, screened.drops[0][2])
+        else:
+            return None
+        return MetricRecord({**screened.summary(), "aggregation-skipped": 1, "aggregation-nonfinite": 0})
 
-        copies = [for_aggregation(m, weighted_by_key, w, self.required_metrics) for m, w in zip(good, weights)]
-        train_metrics = aggregate_train_metrics([weighted_metrics(m, weighted_by_key, w)
-                                                 for m, w in zip(good, weights)], weighted_by_key)
+    def bound_updates(self, screened: ScreenedReplies) -> None:
+        """The copies the rule aggregates (arrays + capped weight), each update scaled down to at most
+        ``update_norm_cap_factor`` x the round's lower-median norm (:mod:`strategies.update_bound`)."""
+        screened.copies = [for_aggregation(m, self.weighted_key, w, self.required_metrics)
+                           for m, w in zip(screened.good, screened.weights)]
         if not self.trusted_replies and self._reference is not None:  # a trusted strategy's wrapper bounded them
-            summary["replies-norm-bounded"] = bound_updates(copies, self._reference, self.update_norm_cap_factor)
+            screened.norm_bounded = bound_update_norms(screened.copies, self._reference, self.update_norm_cap_factor)
+
+    def apply_rule(self, server_round: int, screened: ScreenedReplies) -> tuple[ArrayRecord | None, MetricRecord]:
+        """The aggregation rule on the bounded copies, with the round's train metrics and counts; a rule that
+        raises skips the round (one round's aggregation never ends the run)."""
+        summary = screened.summary()
         try:
-            arrays, metrics = self.aggregate_screened(server_round, copies)
+            arrays, metrics = self.aggregate_screened(server_round, screened.copies)
         except FloatingPointError as err:  # the streaming sum refused a non-finite aggregate
             log(WARNING, "aggregate_train (round %d): %s; the previous global model is kept", server_round, err)
             return None, MetricRecord({**summary, "aggregation-skipped": 1, "aggregation-nonfinite": 1})
@@ -249,13 +292,20 @@ class ReplyFilter(_Strategy):
                 "kept", server_round, type(err).__name__, err, exc_info=True)
             return None, MetricRecord({**summary, "aggregation-skipped": 1, "aggregation-nonfinite": 0,
                                        "aggregation-failed": 1})
+        train_metrics = aggregate_train_metrics([weighted_metrics(m, self.weighted_key, w)
+                                                 for m, w in zip(screened.good, screened.weights)], self.weighted_key)
         metrics = MetricRecord() if metrics is None else metrics
         for key, value in [*train_metrics.items(), *summary.items()]:
             metrics[key] = value
-        metrics["aggregation-skipped"] = 0
+        metrics["aggregation-skipped"] = int(arrays is None)
         metrics["aggregation-nonfinite"] = 0
+        return arrays, metrics
+
+    def cast_to_model(self, server_round: int, screened: ScreenedReplies, arrays: ArrayRecord | None,
+                      metrics: MetricRecord) -> tuple[ArrayRecord | None, MetricRecord]:
+        """The aggregate in the global model's dtypes, or None (and ``aggregation-nonfinite``) when the cast
+        leaves NaN/Inf; logs what the round excluded, capped or bounded."""
         if arrays is None:
-            metrics["aggregation-skipped"] = 1
             return None, metrics
         nonfinite, arrays = cast_to_spec(arrays, self._reply_spec)
         if nonfinite:
@@ -264,13 +314,27 @@ class ReplyFilter(_Strategy):
             metrics["aggregation-skipped"] = 1
             metrics["aggregation-nonfinite"] = 1
             return None, metrics
-        if sum(counts.values()) or capped or summary["replies-norm-bounded"]:
+        counts, capped, bounded = screened.counts, screened.capped, screened.norm_bounded
+        if sum(counts.values()) or capped or bounded:
             log(INFO, "aggregate_train (round %d): aggregated %d of %d replies (%s)", server_round,
-                len(good), len(replies), ", ".join(f"{COUNT_KEYS[c]}={n}" for c, n in sorted(counts.items()) if n)
+                len(screened.good), screened.received,
+                ", ".join(f"{COUNT_KEYS[c]}={n}" for c, n in sorted(counts.items()) if n)
                 + (f", replies-weight-capped={capped}" if capped else "")
-                + (f", replies-norm-bounded={summary['replies-norm-bounded']}" if summary["replies-norm-bounded"]
-                   else ""))
+                + (f", replies-norm-bounded={bounded}" if bounded else ""))
         return arrays, metrics
+
+    def aggregate_train(self, server_round: int, replies: Iterable[Message]
+                        ) -> tuple[ArrayRecord | None, MetricRecord | None]:
+        """The steps of :func:`server_app.round_loop.play_round` from screening to the cast, for callers that
+        drive the strategy through Flower's interface (Flower's DP wrappers, ``Strategy.start``)."""
+        screened = self.screen(server_round, list(replies))
+        self.cap_weights(screened)
+        refused = self.too_few(server_round, screened)
+        if refused is not None:
+            return None, refused
+        self.bound_updates(screened)
+        arrays, metrics = self.apply_rule(server_round, screened)
+        return self.cast_to_model(server_round, screened, arrays, metrics)
 
     def aggregate_screened(self, server_round: int, copies: list[Message]
                            ) -> tuple[ArrayRecord | None, MetricRecord | None]:
@@ -280,7 +344,7 @@ class ReplyFilter(_Strategy):
 
     def aggregate_evaluate(self, server_round: int, replies: Iterable[Message]) -> MetricRecord | None:
         replies = list(replies)
-        weighted_by_key = getattr(self, "weighted_by_key", "num-examples")
+        weighted_by_key = self.weighted_key
         good = []
         for msg in replies:
             try:
