@@ -4,7 +4,9 @@ Runs the ServerApp's ``main`` for one round in this process, its clients
 answered by the ClientApp's own ``train`` function (a test double grid, no
 SuperLink), and records every Python call whose code lives in the project
 (tests excluded): the distinct files, in first-call order, and the number of
-switches between consecutive files of the call sequence. The same count before
+switches between consecutive files of the call sequence; then the same per
+phase: set-up (before round 1), the server's round (``play_round``, without
+the calls made inside the clients' ``train``) and the clients' ``train``. The same count before
 and after a refactoring says whether a round got easier to follow.
 
     python -m tools.round_trace [--clients 3] [--json out.json]
@@ -49,13 +51,24 @@ def trace_round(clients: int, work: Path) -> dict:
         return client.train(message, context)
 
     calls: list[str] = []
+    phase_of_call: list[str] = []  # "set-up", "server round" or "client", one per call
     skip = (str(PROJECT / "tests"), str(PROJECT / "tools"), str(PROJECT / ".venv"))
+    markers = {(str(PROJECT / "server_app" / "round_loop.py"), "play_round"): "server round",
+               (str(PROJECT / "client_app" / "app.py"), "train"): "client"}
+    open_phases: list[tuple[object, str]] = []  # (frame, phase) of the marker frames being run
 
     def profile(frame, event, _arg):
+        code = frame.f_code
         if event == "call":
-            name = frame.f_code.co_filename
+            name = code.co_filename
             if name.startswith(str(PROJECT)) and not name.startswith(skip):
+                marker = markers.get((name, code.co_name))
+                if marker is not None:
+                    open_phases.append((frame, marker))
                 calls.append(str(Path(name).relative_to(PROJECT)))
+                phase_of_call.append(open_phases[-1][1] if open_phases else "set-up")
+        elif event == "return" and open_phases and open_phases[-1][0] is frame:
+            open_phases.pop()
 
     context = Context(run_id=1, node_id=0, node_config={}, state=RecordDict(), run_config=values)
     with task_identity():
@@ -71,7 +84,13 @@ def trace_round(clients: int, work: Path) -> dict:
         if name not in order:
             order.append(name)
     switches = sum(1 for a, b in zip(calls, calls[1:]) if a != b)
-    return {"files": order, "file-count": len(order), "switches": switches, "calls": len(calls), "sequence": calls}
+    phases = {}
+    for phase in ("set-up", "server round", "client"):
+        sequence = [name for name, seen in zip(calls, phase_of_call) if seen == phase]
+        phases[phase] = {"files": list(dict.fromkeys(sequence)), "calls": len(sequence),
+                         "switches": sum(1 for a, b in zip(sequence, sequence[1:]) if a != b)}
+    return {"files": order, "file-count": len(order), "switches": switches, "calls": len(calls), "sequence": calls,
+            "phases": phases}
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -87,6 +106,9 @@ def main(argv: list[str] | None = None) -> int:
     for name in result["files"]:
         print(name)
     print(f"{result['file-count']} files, {result['switches']} switches between files, {result['calls']} calls")
+    for phase, seen in result["phases"].items():  # the server's round without the clients' calls inside it
+        print(f"{phase}: {len(seen['files'])} files, {seen['switches']} switches, {seen['calls']} calls: "
+              + " ".join(seen["files"]))
     if args.json:
         args.json.write_text(json.dumps(result))
     return 0
