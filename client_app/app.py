@@ -18,7 +18,14 @@ from app_config.run_config import RunConfig
 from client_app.device_data import is_deployed, local_source
 from client_app.dp_clipping import dp_clipping_mod
 from client_app.faults import maybe_inject_fault
-from client_app.mirror_phase import idle_metrics, in_phase_two, mirror_settings, takes_part, teacher_model
+from client_app.mirror_phase import (
+    idle_metrics,
+    in_phase_two,
+    mirror_settings,
+    per_modality,
+    takes_part,
+    teacher_model,
+)
 from client_app.partial_update import keep_head, keeps_own_head, load_global, without_head
 from client_app.proximal import proximal_mu, proximal_term
 from client_app.resources import record_bytes, reply_arrays, resource_report
@@ -137,7 +144,7 @@ def phase_two(content: RecordDict, config: RunConfig, state: ClientState, settin
         return idle_metrics(state.data)
     teacher = teacher_model(state.model, content)
     image_eval = eval_transforms(config, state.device)[IMAGE]
-    metrics = distil_locally(state.model, teacher, state.data, state.views, image_eval, settings, mirror,
+    metrics = distil_locally(per_modality(state.model), teacher, state.data, state.views, image_eval, settings, mirror,
                              state.device, seed)
     metrics["num-examples"] = metrics["num-audio-examples"]
     return metrics

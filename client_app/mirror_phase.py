@@ -22,6 +22,7 @@ from flwr.app import RecordDict
 from app_config.modalities import MODALITIES
 from app_config.run_config import RunConfig
 from data_partition.client_data import LocalData
+from models.per_modality import PerModalityModel
 from ssl_method.mirror_training import class_pairs, freeze
 from ssl_method.modality_mirror import MIN_BATCH, PHASE_TWO, MirrorSettings, phase_of
 from strategies.mirror_phases import TEACHER_KEY
@@ -45,7 +46,14 @@ def takes_part(data: LocalData) -> bool:
     return len(class_pairs(data)) >= MIN_BATCH
 
 
-def teacher_model(model: nn.Module, content: RecordDict) -> nn.Module:
+def per_modality(model: nn.Module) -> PerModalityModel:
+    """``model`` as the per-modality layout phase 2 needs, or a one-line ValueError."""
+    if not isinstance(model, PerModalityModel):
+        raise ValueError("phase 2: needs encoder-layout='per-modality'")
+    return model
+
+
+def teacher_model(model: nn.Module, content: RecordDict) -> PerModalityModel:
     """A frozen copy of ``model`` (the global model, already loaded) with the teacher's audio encoder from
     ``content``; a one-line ValueError when the record is missing or does not fit the model."""
     if TEACHER_KEY not in content.array_records:
@@ -56,9 +64,10 @@ def teacher_model(model: nn.Module, content: RecordDict) -> nn.Module:
              if name not in expected or tuple(expected[name].shape) != tuple(tensor.shape)]
     if wrong or not weights:
         raise ValueError(f"phase 2: the teacher record does not fit this model (e.g. {(wrong or ['empty'])[0]!r})")
-    teacher = copy.deepcopy(model)
+    teacher = copy.deepcopy(per_modality(model))
     teacher.load_state_dict(weights, strict=False)
-    return freeze(teacher)
+    freeze(teacher)
+    return teacher
 
 
 def idle_metrics(data: LocalData) -> dict[str, float]:

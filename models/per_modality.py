@@ -9,6 +9,9 @@ the frozen-encoder evaluation ask for "the network of modality m" and never need
 
 from __future__ import annotations
 
+from typing import Protocol, cast
+
+import torch
 import torch.nn as nn
 
 from app_config.modalities import AUDIO, IMAGE, MODALITIES
@@ -39,8 +42,18 @@ class PerModalityModel(nn.Module):
 Network = SSLModel | PerModalityModel  # what build_model returns, by encoder-layout
 
 
-def modality_network(model: nn.Module, modality: str) -> nn.Module:
+class ModalityNetwork(Protocol):
+    """What training and evaluation use of the network of one modality (an SSLModel, or a stand-in)."""
+
+    def eval(self) -> nn.Module: ...
+
+    def features(self, x: torch.Tensor) -> torch.Tensor: ...
+
+    def __call__(self, x: torch.Tensor) -> torch.Tensor: ...
+
+
+def modality_network(model: nn.Module, modality: str) -> ModalityNetwork:
     """``model.branch(modality)`` for either layout; a model without branches (the raw input, a test double)
     is its own network for every modality."""
     branch = getattr(model, "branch", None)
-    return branch(modality) if callable(branch) else model
+    return branch(modality) if callable(branch) else cast(ModalityNetwork, model)

@@ -27,7 +27,7 @@ import torch.nn as nn
 
 from app_config.modalities import AUDIO, IMAGE, MODALITIES
 from data_partition.client_data import LocalData
-from models.per_modality import modality_network
+from models.per_modality import PerModalityModel
 from ssl_method.local_training import Batches, TrainSettings, make_optimizer
 from ssl_method.losses import pair_loss
 from ssl_method.modality_mirror import (
@@ -79,7 +79,7 @@ def freeze(model: nn.Module) -> nn.Module:
     return model
 
 
-def distil_locally(model: nn.Module, teacher: nn.Module, data: LocalData, views: dict[str, nn.Module],
+def distil_locally(model: PerModalityModel, teacher: PerModalityModel, data: LocalData, views: dict[str, nn.Module],
                    image_eval: nn.Module, settings: TrainSettings, mirror: MirrorSettings, device: torch.device,
                    seed: int) -> dict[str, float]:
     """Train ``model``'s audio network in place from ``teacher`` (frozen, see :func:`freeze`); return the
@@ -88,8 +88,7 @@ def distil_locally(model: nn.Module, teacher: nn.Module, data: LocalData, views:
     pairs = class_pairs(data)
     if len(pairs) < MIN_BATCH:
         raise ValueError(f"phase 2: {len(pairs)} clips have an image of their class, fewer than {MIN_BATCH}")
-    student, teacher_image, teacher_audio = (modality_network(model, AUDIO), modality_network(teacher, IMAGE),
-                                             modality_network(teacher, AUDIO))
+    student, teacher_image, teacher_audio = model.branch(AUDIO), teacher.branch(IMAGE), teacher.branch(AUDIO)
     generator = torch.Generator().manual_seed(seed)
     torch.manual_seed(seed)  # augmentation draws
     batches = Batches(torch.arange(len(pairs)), max(settings.batch_size, MIN_BATCH), generator)
