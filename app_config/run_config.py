@@ -160,8 +160,12 @@ class _RunConfigFields:
     mirror_phase1_rounds: int = _key(0, "modality-wise: ModalityMirror's phase 1 (modality-wise FedAvg of the "
                                         "per-modality encoders) lasts rounds 1..k; later rounds are phase 2, "
                                         "distillation from the audio-visual teacher (the model after round k, "
-                                        "frozen) into the audio encoder on the audio-visual clients only "
-                                        "(ssl_method.modality_mirror). 0 = phase 1 for the whole run.",
+                                        "frozen; the server sends its audio encoder beside the model) into the "
+                                        "audio encoder on the audio-visual clients only; the others reply "
+                                        "without training. Adaptation: the clients hold unpaired images and "
+                                        "clips, so a teacher pair is an image and a clip of the same class from "
+                                        "the client's own data (labels form the pairs, nothing else; "
+                                        "ssl_method.mirror_training). 0 = phase 1 for the whole run.",
                                      ge=0, le=MAX_ROUNDS)
     mirror_temperature: float = _key(0.2, "modality-wise, phase 2: temperature T of the relational distillation "
                                           "(softmax over each sample's cosines to the other samples of the batch).",
