@@ -32,7 +32,9 @@ from app_config.numbers import real_number
 # (strategies.registry.STRATEGIES, strategies.dp.DP_MODES, data_partition.datasets.DATASETS,
 # data_partition.partition.PARTITIONERS).
 StrategyName = Literal["bulyan", "fedadagrad", "fedadam", "fedavg", "fedavgm", "fedmedian", "fedprox",
-                       "fedtrimmedavg", "fedvssl", "fedyogi", "krum", "ldawa", "multikrum"]
+                       "fedtrimmedavg", "fedvssl", "fedyogi", "krum", "ldawa", "modality-wise", "multikrum"]
+EncoderLayout = Literal["shared", "per-modality"]
+MirrorFusion = Literal["concat", "mean"]
 FedVSSLLoss = Literal["modality-mean", "sum"]
 SSLObjective = Literal["nt-xent", "barlow-twins"]
 WireFormat = Literal["arrays", "packed"]
@@ -155,11 +157,35 @@ class _RunConfigFields:
     dp_clipped_count_stddev: float = _key(0.0, "dp adaptive modes: std of the noise on the count of clipped updates "
                                                "(0 = sampled clients / 20; must exceed dp-noise-multiplier / 2).",
                                           ge=0, le=1e6)
+    mirror_phase1_rounds: int = _key(0, "modality-wise: ModalityMirror's phase 1 (modality-wise FedAvg of the "
+                                        "per-modality encoders) lasts rounds 1..k; later rounds are phase 2, "
+                                        "distillation from the audio-visual teacher (the model after round k, "
+                                        "frozen; the server sends its audio encoder beside the model) into the "
+                                        "audio encoder on the audio-visual clients only; the others reply "
+                                        "without training. Adaptation: the clients hold unpaired images and "
+                                        "clips, so a teacher pair is an image and a clip of the same class from "
+                                        "the client's own data (labels form the pairs, nothing else; "
+                                        "ssl_method.mirror_training). 0 = phase 1 for the whole run.",
+                                     ge=0, le=MAX_ROUNDS)
+    mirror_temperature: float = _key(0.2, "modality-wise, phase 2: temperature T of the relational distillation "
+                                          "(softmax over each sample's cosines to the other samples of the batch).",
+                                     gt=0, le=100)
+    mirror_fusion: MirrorFusion = _key("concat", "modality-wise, phase 2: the teacher's fused feature of a "
+                                                 "class-paired image and clip, 'concat' [u/|u|, v/|v|]/sqrt(2) or "
+                                                 "'mean' (u/|u| + v/|v|)/2 of the two encoders' features.")
+    mirror_distill_weight: float = _key(1.0, "modality-wise, phase 2: weight of the relational distillation loss.",
+                                        ge=0, le=1e6)
+    mirror_ssl_weight: float = _key(1.0, "modality-wise, phase 2: weight of the audio student's own NT-Xent loss "
+                                         "on two views of its clips.", ge=0, le=1e6)
     # --- end of strategy parameters ---
     # --- model ------------------------------------------------------------
     encoder: str = _key("resnet18_half_cifar", "timm model name: resnet18_half_cifar (ResNet-18 at half width, "
                                                 "the CPU default), resnet18_cifar, vit_tiny_cifar or any timm model.",
                                                 min_length=1, max_length=200)
+    encoder_layout: EncoderLayout = _key("shared", "'shared': one encoder and projection head for both modalities "
+                                                    "(FSSUAVL); 'per-modality': one of each per modality, state-dict "
+                                                    "names prefixed image. / audio. (ModalityMirror, "
+                                                    "strategy='modality-wise'; twice the parameters and bytes).")
     inceptionnext_time_kernels: str = _key("3,5,7", "audio_(rep)inceptionnext_* encoders: the depth-wise kernel "
                                                     "size along time of each branch, comma-separated odd sizes "
                                                     "(the papers' 3,11,21 is near-global on a 32-frame clip).",
@@ -313,6 +339,7 @@ class _RunConfigFields:
         if len(kernel_sizes(self.inceptionnext_time_kernels)) != len(kernel_sizes(self.inceptionnext_freq_kernels)):
             raise ValueError(f"inceptionnext-freq-kernels: one size per branch, as many as inceptionnext-time-kernels "
                              f"({self.inceptionnext_time_kernels!r}), got {self.inceptionnext_freq_kernels!r}")
+        self._check_layout()
         if self.optimizer == "repopt-sgd":
             if not self.encoder.startswith(("repopt_vgg", "repopt_ghostnet")) \
                     or self.encoder.endswith(("_csla", "_hs", "_repvgg", "_rep")):
@@ -329,6 +356,28 @@ class _RunConfigFields:
                                  "which breaks RepOpt's equivalence with the CSLA network; use another strategy with "
                                  "optimizer='repopt-sgd'")
         return self
+
+    def _check_layout(self) -> None:
+        """The per-modality layout and ModalityMirror's keys against the rest (each conflict one line)."""
+        per_modality = self.encoder_layout == "per-modality"
+        if self.strategy == "modality-wise" and not per_modality:
+            raise ValueError("strategy: 'modality-wise' averages each modality's own encoder; it needs "
+                             "encoder-layout='per-modality'")
+        if per_modality and self.send_encoder_only:
+            raise ValueError("send-encoder-only: the per-modality layout has a head per modality; use "
+                             "encoder-layout='shared' with send-encoder-only=true")
+        if per_modality and self.strategy == "fedvssl" and self.fedvssl_partial_update:
+            raise ValueError("fedvssl-partial-update: not available with encoder-layout='per-modality'")
+        if per_modality and self.optimizer == "repopt-sgd":
+            raise ValueError("optimizer: 'repopt-sgd' needs encoder-layout='shared' (one RepOpt network)")
+        if self.strategy == "modality-wise" and self.dp != "none":
+            raise ValueError(f"dp: {self.dp!r} adds noise to every array, also to the encoders a modality-wise "
+                             "round must keep; use dp='none' with strategy='modality-wise'")
+        if self.mirror_phase1_rounds and self.strategy != "modality-wise":
+            raise ValueError("mirror-phase1-rounds: ModalityMirror's phases need strategy='modality-wise' "
+                             f"(got {self.strategy!r})")
+        if self.mirror_phase1_rounds and self.mirror_distill_weight == 0 and self.mirror_ssl_weight == 0:
+            raise ValueError("mirror-distill-weight and mirror-ssl-weight are both 0: phase 2 would train nothing")
 
 
 class RunConfig(_RunConfigFields):

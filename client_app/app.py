@@ -12,20 +12,31 @@ from flwr.common import MetricRecordValues
 
 import client_app
 from app_config.log_setup import setup_logging
-from app_config.modalities import MODALITIES
+from app_config.modalities import IMAGE, MODALITIES
 from app_config.numbers import positive_number
 from app_config.run_config import RunConfig
 from client_app.device_data import is_deployed, local_source
 from client_app.dp_clipping import dp_clipping_mod
 from client_app.faults import maybe_inject_fault
+from client_app.mirror_phase import (
+    idle_metrics,
+    in_phase_two,
+    mirror_settings,
+    per_modality,
+    takes_part,
+    teacher_model,
+)
 from client_app.partial_update import keep_head, keeps_own_head, load_global, without_head
 from client_app.proximal import proximal_mu, proximal_term
 from client_app.resources import record_bytes, reply_arrays, resource_report
 from client_app.wire_mod import wire_mod
 from client_app.worker_cache import ClientState, WorkerCache
 from client_app.worker_info import worker_info
-from ssl_method.local_training import train_locally, train_settings, training_seed
+from models.factory import eval_transforms
+from models.per_modality import modality_network
+from ssl_method.local_training import TrainSettings, train_locally, train_settings, training_seed
 from ssl_method.losses import pair_loss
+from ssl_method.mirror_training import distil_locally
 
 # Outermost: unpacks a packed model and packs the reply (wire-format='packed'); then clips updates when a
 # client-side DP mode asks for it (dp='client-fixed' / 'client-adaptive').
@@ -99,11 +110,13 @@ def train(msg: Message, context: Context) -> Message:
     settings = train_settings(config, state.model, round_learning_rate(instruction))
     import_seconds = WORKER.take_import_seconds()
     ready = time.perf_counter() - arrived + import_seconds  # cold start: until the first training step
-    metrics = train_locally(
-        state.model, state.data, state.views, settings, state.device,
-        seed=training_seed(config.seed, server_round, partition_id), extra_loss=extra_loss,
-    )
-    metrics["num-examples"] = float(sum(state.data.count(m) for m in state.data.modalities))
+    seed = training_seed(config.seed, server_round, partition_id)
+    if in_phase_two(config, server_round):  # ModalityMirror's distillation, audio-visual clients only
+        metrics = phase_two(msg.content, config, state, settings, seed)
+    else:
+        metrics = train_locally(state.model, state.data, state.views, settings, state.device, seed=seed,
+                                extra_loss=extra_loss)
+        metrics["num-examples"] = float(sum(state.data.count(m) for m in state.data.modalities))
     metrics["learning-rate"] = settings.learning_rate
     metrics.update({"ready-seconds": ready, "import-seconds": import_seconds, **state.setup_seconds})
     metrics.update(resource_report())
@@ -113,7 +126,7 @@ def train(msg: Message, context: Context) -> Message:
     arrays = reply_arrays(state.model, config.update_dtype)
     if config.send_encoder_only:
         arrays = without_head(arrays)
-    metrics["bytes-received"] = float(record_bytes(global_arrays))
+    metrics["bytes-received"] = float(sum(map(record_bytes, msg.content.array_records.values())))
     metrics["bytes-sent"] = float(record_bytes(arrays))
     reply = RecordDict({
         "arrays": arrays,
@@ -121,6 +134,20 @@ def train(msg: Message, context: Context) -> Message:
         "client-info": worker_info(partition_id, state.kind, state.device.type),
     })
     return Message(content=reply, reply_to=msg)
+
+
+def phase_two(content: RecordDict, config: RunConfig, state: ClientState, settings: TrainSettings,
+              seed: int) -> dict[str, float]:
+    """ModalityMirror's phase 2 (``client_app.mirror_phase``): distil into the audio encoder, or reply idle."""
+    mirror = mirror_settings(config)
+    if mirror is None or not takes_part(state.data):
+        return idle_metrics(state.data)
+    teacher = teacher_model(state.model, content)
+    image_eval = eval_transforms(config, state.device)[IMAGE]
+    metrics = distil_locally(per_modality(state.model), teacher, state.data, state.views, image_eval, settings, mirror,
+                             state.device, seed)
+    metrics["num-examples"] = metrics["num-audio-examples"]
+    return metrics
 
 
 @app.evaluate()
@@ -135,8 +162,8 @@ def evaluate(msg: Message, context: Context) -> Message:
     metrics = {"loss": 0.0}
     for modality in state.data.modalities:
         batch = state.data.tensors[modality][: config.batch_size].to(state.device)
-        views = state.views[modality]
-        loss = objective(state.model(views(batch)), state.model(views(batch))).item()
+        views, network = state.views[modality], modality_network(state.model, modality)
+        loss = objective(network(views(batch)), network(views(batch))).item()
         metrics[f"eval-loss-{modality}"] = loss
         metrics["loss"] += loss
     for modality in MODALITIES:

@@ -121,7 +121,9 @@ def load_local_data(source: LocalSource) -> tuple[str, LocalData]:
             f"node config data-dir: no {looked} data in {source.data_dir!r}; expected an array cache "
             "(meta.json, train_x.npy, train_y.npy) or a data root with cache/<dataset>/ or a dataset's layout")
     tensors = {m: torch.from_numpy(np.array(found[m].x)) for m in wanted}  # a writable in-memory copy
-    data = LocalData(tensors)
+    # labels: read only to pair images with clips of the same class in ModalityMirror's phase 2
+    labels = {m: torch.from_numpy(np.asarray(found[m].y).astype(np.int64)) for m in wanted}
+    data = LocalData(tensors, labels)
     if len(data.modalities) != len(wanted):
         raise NodeConfigError(f"node config data-dir: {source.data_dir!r} holds fewer than 2 samples of a modality")
     return KINDS[tuple(m for m in MODALITIES if m in wanted)], data

@@ -32,13 +32,13 @@ from data_partition.client_data import LocalData
 from data_partition.federation import Federation
 from models.device import resolve_device
 from models.factory import build_model, training_views
-from models.ssl_model import SSLModel
+from models.per_modality import Network
 
 
 @dataclass
 class ClientState:
     kind: str
-    model: SSLModel
+    model: Network
     data: LocalData
     views: dict[str, nn.Module]
     device: torch.device
@@ -52,7 +52,7 @@ class WorkerCache:
     def __init__(self) -> None:
         self._run_key: object = None
         self._config: tuple[int, dict, RunConfig] | None = None
-        self._model: tuple[SSLModel, dict[str, nn.Module], torch.device] | None = None
+        self._model: tuple[Network, dict[str, nn.Module], torch.device] | None = None
         self._federations: dict[int, Federation] = {}
         self._parts: dict[object, tuple[str, LocalData]] = {}
         self._import_seconds: float | None = None

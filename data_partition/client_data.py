@@ -14,7 +14,8 @@ class LocalData:
     """A client's samples per modality, as tensors ready for batching (uint8 / int16)."""
 
     tensors: dict[str, torch.Tensor] = field(default_factory=dict)
-    # class labels per modality, for the supervised ceiling only (clients never read them)
+    # class labels per modality: the supervised ceiling's targets; ModalityMirror's phase 2 reads them only to
+    # pair each clip with an image of the same class (ssl_method.mirror_training), never as a target
     labels: dict[str, torch.Tensor] = field(default_factory=dict)
 
     @property

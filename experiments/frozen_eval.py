@@ -70,12 +70,14 @@ class Features:
 def encode(encoder: Encoder, splits: DatasetSplits, modality: str) -> Features:
     """Backbone features of both splits through the run's deterministic evaluation preprocessing."""
     from models.factory import eval_transforms
+    from models.per_modality import modality_network
     from ssl_method.feature_eval import extract_features
 
     preprocess = eval_transforms(encoder.config, encoder.device)[modality]
-    train = extract_features(encoder.model, preprocess, splits.train, encoder.device) if len(splits.train) else \
+    network = modality_network(encoder.model, modality)  # a per-modality run: that modality's own encoder
+    train = extract_features(network, preprocess, splits.train, encoder.device) if len(splits.train) else \
         np.zeros((0, 1), np.float32)
-    test = extract_features(encoder.model, preprocess, splits.test, encoder.device)
+    test = extract_features(network, preprocess, splits.test, encoder.device)
     return Features(train, np.asarray(splits.train.y), test, np.asarray(splits.test.y), splits.test.classes)
 
 

@@ -16,13 +16,18 @@ from app_config.run_config import RunConfig, kernel_sizes
 from models.audio_frontend import LogMelFrontEnd
 from models.audio_inceptionnext import is_inceptionnext
 from models.augment import AudioEval, AudioViews, ImageEval, ImageViews
+from models.per_modality import PER_MODALITY, Network, PerModalityModel
 from models.recipes import Recipe, resolve_recipe, round_learning_rate
 from models.ssl_model import SSLModel
 
 
-def build_model(config: RunConfig) -> SSLModel:
-    """The run's model; with ``optimizer='repopt-sgd'`` its plain RepOpt network starts as RepOpt says
+def build_model(config: RunConfig) -> Network:
+    """The run's model: one shared network, or one per modality (``encoder-layout='per-modality'``); with
+    ``optimizer='repopt-sgd'`` (shared layout only) its plain RepOpt network starts as RepOpt says
     (the merged kernels of a CSLA network with the scales of ``repopt-scales``, drawn from ``seed``)."""
+    if config.encoder_layout == PER_MODALITY:
+        return PerModalityModel(config.encoder, config.projection_hidden_dim, config.projection_dim,
+                                encoder_options(config))
     model = SSLModel(config.encoder, config.projection_hidden_dim, config.projection_dim, encoder_options(config))
     if config.optimizer == "repopt-sgd":
         from pathlib import Path
@@ -59,13 +64,14 @@ def eval_transforms(config: RunConfig, device: torch.device) -> dict[str, nn.Mod
     return {IMAGE: ImageEval(config.image_size).to(device), AUDIO: AudioEval(frontend(config)).to(device)}
 
 
-def recipe(config: RunConfig, model: SSLModel) -> Recipe:
-    """The encoder family's optimiser recipe with the config's non-"auto" values."""
-    return resolve_recipe(model.encoder, config.optimizer, config.learning_rate, config.weight_decay,
+def recipe(config: RunConfig, model: Network) -> Recipe:
+    """The encoder family's optimiser recipe with the config's non-"auto" values (both branches of the
+    per-modality layout are the same family: the image branch's encoder decides)."""
+    return resolve_recipe(model.branch(IMAGE).encoder, config.optimizer, config.learning_rate, config.weight_decay,
                           config.batch_size)
 
 
-def scheduled_learning_rate(config: RunConfig, model: SSLModel, server_round: int) -> float:
+def scheduled_learning_rate(config: RunConfig, model: Network, server_round: int) -> float:
     """The learning rate the server sends for ``server_round`` (recipe's base rate on the run's schedule)."""
     base = recipe(config, model).learning_rate
     return round_learning_rate(base, server_round, config.num_server_rounds, config.lr_schedule,

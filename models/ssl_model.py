@@ -50,3 +50,8 @@ class SSLModel(nn.Module):
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return self.projector(self.encoder(x))
+
+    def branch(self, modality: str) -> SSLModel:
+        """The network that handles ``modality``: this one, shared by both (the per-modality layout,
+        :class:`models.per_modality.PerModalityModel`, answers with that modality's own)."""
+        return self

@@ -41,7 +41,7 @@ from flwr.app import ArrayRecord, MetricRecord
 from threadpoolctl import threadpool_limits
 
 from data_partition.modality_data import DatasetSplits, ModalityData
-from models.ssl_model import SSLModel
+from models.per_modality import Network, modality_network
 from ssl_method.feature_eval import RawInput, extract_features, knn_accuracy, linear_probe_accuracy
 
 
@@ -73,7 +73,7 @@ def weights_digest(arrays: ArrayRecord) -> str:
 class CentralEvaluator:
     """kNN and linear probe per modality: fit on (a sample of) the train split, score the held-out split."""
 
-    def __init__(self, model: SSLModel, transforms: dict, datasets: dict[str, DatasetSplits],
+    def __init__(self, model: Network, transforms: dict, datasets: dict[str, DatasetSplits],
                  device: torch.device, knn_k: int, seed: int, max_train_samples: int = 0,
                  timeout: float = 0.0) -> None:
         self.model, self.transforms, self.datasets = model, transforms, datasets
@@ -131,8 +131,9 @@ class CentralEvaluator:
                 out.update(self._floor)
             for modality, splits in self.datasets.items():
                 fit = self.fit_data[modality]
-                train = extract_features(self.model, self.transforms[modality], fit, self.device)
-                test = extract_features(self.model, self.transforms[modality], splits.test, self.device)
+                network = modality_network(self.model, modality)  # the shared encoder, or the modality's own
+                train = extract_features(network, self.transforms[modality], fit, self.device)
+                test = extract_features(network, self.transforms[modality], splits.test, self.device)
                 out.update(self._scores(modality, train, fit.y, test, splits.test.y))
                 out[f"eval-train-samples-{modality}"] = float(len(fit))
                 out[f"eval-train-total-{modality}"] = float(len(splits.train))

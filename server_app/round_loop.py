@@ -123,6 +123,12 @@ def arrays_bytes(message: Message, key: str = "arrays") -> int:
     return sum(len(array.data) for array in message.content.array_records[key].values())
 
 
+def sent_bytes(message: Message) -> int:
+    """Serialised bytes of every ArrayRecord of an instruction (the model, and ModalityMirror's phase-2
+    teacher beside it)."""
+    return sum(arrays_bytes(message, key) for key in message.content.array_records)
+
+
 def client_evaluation(strategy, grid: Grid, server_round: int, arrays: ArrayRecord, config: ConfigRecord,
                       timeout: float) -> MetricRecord | None:
     """One round's client-side evaluation (none when the strategy samples no evaluation nodes)."""
@@ -237,7 +243,7 @@ def play_round(plan: RoundPlan, server_round: int, arrays: ArrayRecord, result: 
     if plan.record_train is not None:
         plan.record_train(RoundTrain(server_round, len(messages), replies, missing, metrics, skipped,
                                      aggregated=aggregate is not None, phases=phases,
-                                     bytes_sent=sum(map(arrays_bytes, messages)), bytes_received=bytes_received))
+                                     bytes_sent=sum(map(sent_bytes, messages)), bytes_received=bytes_received))
     client_eval = client_evaluation(strategy, grid, server_round, arrays, plan.evaluate_config, plan.timeout)
     if client_eval is not None:
         result.evaluate_metrics_clientapp[server_round] = client_eval

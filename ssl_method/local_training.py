@@ -4,6 +4,9 @@ Every step draws a batch from each modality the client holds, makes two random
 views of it, passes them through the *same* network and adds that modality's
 NT-Xent loss; the summed loss is back-propagated once. Nothing pairs an image
 with an audio clip: the modalities are only discriminated in one shared space.
+With ``encoder-layout='per-modality'`` (ModalityMirror's phase 1) each
+modality's views go through that modality's own network instead
+(``model.branch(modality)``); everything else is the same.
 """
 
 from __future__ import annotations
@@ -19,7 +22,7 @@ from app_config.modalities import MODALITIES
 from app_config.run_config import RunConfig
 from data_partition.client_data import LocalData
 from models.factory import recipe
-from models.ssl_model import SSLModel
+from models.per_modality import Network, modality_network
 from ssl_method.losses import pair_loss
 
 
@@ -42,7 +45,7 @@ class TrainSettings:
     repopt_scales: str  # optimizer "repopt-sgd": the CSLA scales file (models.repopt); "" otherwise
 
 
-def train_settings(config: RunConfig, model: SSLModel, learning_rate: float | None = None) -> TrainSettings:
+def train_settings(config: RunConfig, model: Network, learning_rate: float | None = None) -> TrainSettings:
     """Local training settings; ``learning_rate``: this round's rate sent by the server (else the recipe's)."""
     chosen = recipe(config, model)
     return TrainSettings(
@@ -156,8 +159,9 @@ def train_locally(
             view1, view2 = views[modality](batch), views[modality](batch)
             if layout is not None and view1.dim() == 4:
                 view1, view2 = view1.contiguous(memory_format=layout), view2.contiguous(memory_format=layout)
+            network = modality_network(model, modality)  # the shared network, or the modality's own
             with torch.autocast(device.type, dtype=torch.bfloat16, enabled=settings.autocast == "bf16"):
-                z1, z2 = model(view1), model(view2)
+                z1, z2 = network(view1), network(view2)
             loss = objective(z1.float(), z2.float())  # the loss in float32
             total = total + loss
             loss_sums[modality] += loss.detach()

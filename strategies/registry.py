@@ -14,6 +14,11 @@ ldawa          LDAWA                  ldawa-warmup-rounds, ldawa-weighting,
                                       ldawa-normalise
 fedvssl        FedVSSL                fedvssl-alpha, fedvssl-beta, fedvssl-loss
                                       (clients: fedvssl-partial-update)
+modality-wise  MirrorRule             mirror-phase1-rounds (clients:
+               (ModalityMirror;       mirror-temperature, mirror-fusion,
+               MirrorStrategy shell)  mirror-distill-weight,
+                                      mirror-ssl-weight); needs
+                                      encoder-layout='per-modality'
 fedprox        WeightedMean           proximal-mu (sent to clients)
 fedadam        FedAdam                fedopt-eta, fedopt-beta1, fedopt-beta2,
                                       fedopt-tau
@@ -76,6 +81,7 @@ from strategies.dp import DPAdapter, DPSettings, wrap_dp
 from strategies.fedvssl import FedVSSL
 from strategies.flower_rules import bulyan, fedmedian, fedtrimmedavg, krum, multikrum
 from strategies.ldawa import LDAWA
+from strategies.mirror_phases import MirrorRule, MirrorStrategy
 from strategies.rule_strategy import RuleStrategy
 from strategies.server_optimisers import FedAdagrad, FedAdam, FedAvgM, FedYogi
 from strategies.train_metrics import aggregate_train_metrics
@@ -100,9 +106,9 @@ def _common(config) -> dict:
 
 
 def in_shell(rule: AggregationRule, sampling: Mapping, weight_cap_factor: float,
-             update_norm_cap_factor: float) -> RuleStrategy:
-    """``rule`` inside the strategy shell, with FedAvg's ``sampling`` arguments and both influence caps."""
-    strategy = RuleStrategy(rule, **sampling)
+             update_norm_cap_factor: float, shell: type[RuleStrategy] = RuleStrategy) -> RuleStrategy:
+    """``rule`` inside the strategy ``shell``, with FedAvg's ``sampling`` arguments and both influence caps."""
+    strategy = shell(rule, **sampling)
     strategy.weight_cap_factor = check_factor(weight_cap_factor)
     strategy.update_norm_cap_factor = check_factor(update_norm_cap_factor, "update-norm-cap-factor")
     return strategy
@@ -114,11 +120,12 @@ class StrategySpec:
 
     rule: Callable[..., AggregationRule]
     params: Mapping[str, str] = field(default_factory=dict)
+    shell: type[RuleStrategy] = RuleStrategy  # ModalityMirror's adds the teacher to phase-2 messages
 
     def __call__(self, config) -> RuleStrategy:
         rule = self.rule(**{kw: config_value(config, key) for kw, key in self.params.items()})
         strategy = in_shell(rule, _common(config), config_value(config, "weight-cap-factor"),
-                            config_value(config, "update-norm-cap-factor"))
+                            config_value(config, "update-norm-cap-factor"), self.shell)
         strategy.min_usable_replies = config.min_train_nodes  # counted after the reply checks, not before
         return strategy
 
@@ -133,6 +140,7 @@ STRATEGIES: dict[str, StrategySpec] = {
                                   "normalise": "ldawa-normalise"}),
     "fedvssl": StrategySpec(FedVSSL, {"alpha": "fedvssl-alpha", "swa": "fedvssl-beta",
                                       "loss_reduction": "fedvssl-loss"}),
+    "modality-wise": StrategySpec(MirrorRule, {"phase1_rounds": "mirror-phase1-rounds"}, MirrorStrategy),
     "fedprox": StrategySpec(WeightedMean, {"proximal_mu": "proximal-mu"}),
     "fedadam": StrategySpec(FedAdam, FEDOPT),
     "fedyogi": StrategySpec(FedYogi, FEDOPT),
@@ -169,7 +177,7 @@ def make_strategy(name: str, *, common: Mapping | None = None, weight_cap_factor
         valid = ", ".join(sorted(spec.params)) or "none"
         raise ValueError(f"strategy {name!r}: unknown parameter {unknown[0]!r}; valid: {valid}")
     common = {"train_metrics_aggr_fn": aggregate_train_metrics, **dict(common or {})}
-    return in_shell(spec.rule(**params), common, weight_cap_factor, update_norm_cap_factor)
+    return in_shell(spec.rule(**params), common, weight_cap_factor, update_norm_cap_factor, spec.shell)
 
 
 def unused_strategy_keys(config) -> list[str]:
