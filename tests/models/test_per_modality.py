@@ -8,31 +8,16 @@ import pytest
 import torch
 
 from app_config.run_config import RunConfig
-from data_partition.client_data import LocalData
 from models.factory import build_model, recipe
 from models.per_modality import PerModalityModel, modality_network
 from models.ssl_model import SSLModel
 from ssl_method.local_training import TrainSettings, train_locally
+from tests.tiny_local_data import tiny_local_data, tiny_views
 
 CONFIG = dataclasses.replace(RunConfig(), encoder="test_resnet", projection_hidden_dim=16, projection_dim=8)
 SETTINGS = TrainSettings(repopt_scales="", local_epochs=1, max_local_steps=2, batch_size=4, optimizer="sgd",
                          learning_rate=0.05, momentum=0.9, weight_decay=5e-4, temperature=0.5, objective="nt-xent",
                          barlow_lambda=0.0051, autocast="off", channels_last=False)
-
-
-def _views():
-    return {"image": lambda b: b.permute(0, 3, 1, 2).float() / 255 + 0.05 * torch.randn(len(b), 3, 8, 8),
-            "audio": lambda b: (b.float() / 32768).view(len(b), 1, 8, 8).expand(-1, 3, -1, -1)
-            + 0.05 * torch.randn(len(b), 3, 8, 8)}
-
-
-def _data(image: int, audio: int) -> LocalData:
-    tensors = {}
-    if image:
-        tensors["image"] = torch.randint(0, 256, (image, 8, 8, 3), dtype=torch.uint8)
-    if audio:
-        tensors["audio"] = torch.randint(-3000, 3000, (audio, 64), dtype=torch.int16)
-    return LocalData(tensors)
 
 
 def test_the_default_layout_is_the_shared_network_unchanged():
@@ -60,7 +45,7 @@ def test_training_moves_only_the_networks_of_the_held_modalities(image, audio, m
     torch.manual_seed(0)
     model = PerModalityModel("test_resnet", 16, 8)
     before = {k: v.clone() for k, v in model.state_dict().items()}
-    train_locally(model, _data(image, audio), _views(), SETTINGS, torch.device("cpu"), seed=1)
+    train_locally(model, tiny_local_data(image, audio), tiny_views(), SETTINGS, torch.device("cpu"), seed=1)
     after = model.state_dict()
     for prefix in ("image", "audio"):
         changed = any(not torch.equal(before[k], after[k]) for k in before if k.startswith(prefix + "."))

@@ -7,9 +7,9 @@ import pytest
 import torch
 import torch.nn as nn
 
-from data_partition.client_data import LocalData
 from models.ssl_model import SSLModel
 from ssl_method.local_training import TrainSettings, train_locally
+from tests.tiny_local_data import tiny_local_data, tiny_views
 
 
 class Recorder(nn.Module):
@@ -26,20 +26,7 @@ class Recorder(nn.Module):
 
 
 def _views():
-    return {
-        "image": Recorder(lambda b: b.permute(0, 3, 1, 2).float() / 255 + 0.05 * torch.randn(len(b), 3, 8, 8)),
-        "audio": Recorder(lambda b: (b.float() / 32768).view(len(b), 1, 8, 8).expand(-1, 3, -1, -1)
-                          + 0.05 * torch.randn(len(b), 3, 8, 8)),
-    }
-
-
-def _data(image: int, audio: int) -> LocalData:
-    tensors = {}
-    if image:
-        tensors["image"] = torch.randint(0, 256, (image, 8, 8, 3), dtype=torch.uint8)
-    if audio:
-        tensors["audio"] = torch.randint(-3000, 3000, (audio, 64), dtype=torch.int16)
-    return LocalData(tensors)
+    return {modality: Recorder(view) for modality, view in tiny_views().items()}
 
 
 SETTINGS = TrainSettings(repopt_scales="", local_epochs=1, max_local_steps=0, batch_size=4, optimizer="sgd", learning_rate=0.01,
@@ -55,7 +42,7 @@ def model():
 
 def test_audio_only_client_never_touches_image_pipeline(model):
     views = _views()
-    metrics = train_locally(model, _data(0, 12), views, SETTINGS, torch.device("cpu"), seed=0)
+    metrics = train_locally(model, tiny_local_data(0, 12), views, SETTINGS, torch.device("cpu"), seed=0)
     assert views["image"].calls == 0
     assert views["audio"].calls == 2 * 3  # two views per step, 12 // 4 steps
     assert metrics["loss-image"] == 0 and metrics["loss-audio"] > 0
@@ -64,14 +51,14 @@ def test_audio_only_client_never_touches_image_pipeline(model):
 
 def test_visual_only_client_never_touches_audio_pipeline(model):
     views = _views()
-    metrics = train_locally(model, _data(8, 0), views, SETTINGS, torch.device("cpu"), seed=0)
+    metrics = train_locally(model, tiny_local_data(8, 0), views, SETTINGS, torch.device("cpu"), seed=0)
     assert views["audio"].calls == 0 and views["image"].calls == 2 * 2
     assert metrics["loss-audio"] == 0 and metrics["loss-image"] > 0
 
 
 def test_audiovisual_client_sums_both_losses_through_the_same_encoder(model):
     views = _views()
-    metrics = train_locally(model, _data(8, 16), views, SETTINGS, torch.device("cpu"), seed=0)
+    metrics = train_locally(model, tiny_local_data(8, 16), views, SETTINGS, torch.device("cpu"), seed=0)
     steps = 16 // 4  # epochs run over the larger modality; the smaller one cycles
     assert views["image"].calls == views["audio"].calls == 2 * steps
     assert metrics["loss"] == pytest.approx(metrics["loss-image"] + metrics["loss-audio"])
@@ -83,14 +70,14 @@ def test_training_changes_the_shared_encoder_and_max_steps_caps_work(model):
     settings = TrainSettings(repopt_scales="", local_epochs=5, max_local_steps=2, batch_size=4, optimizer="sgd", learning_rate=0.01,
                              momentum=0.9, weight_decay=5e-4, temperature=0.5, objective="nt-xent", barlow_lambda=0.0051,
                          autocast="off", channels_last=False)
-    metrics = train_locally(model, _data(40, 40), views, settings, torch.device("cpu"), seed=1)
+    metrics = train_locally(model, tiny_local_data(40, 40), views, settings, torch.device("cpu"), seed=1)
     assert metrics["steps"] == 2
     assert not torch.equal(before["encoder.conv1.weight"], model.state_dict()["encoder.conv1.weight"])
 
 
 def test_client_without_two_samples_of_any_modality_is_an_error(model):
     with pytest.raises(ValueError, match="fewer than 2 samples"):
-        train_locally(model, _data(1, 1), _views(), SETTINGS, torch.device("cpu"), seed=0)
+        train_locally(model, tiny_local_data(1, 1), _views(), SETTINGS, torch.device("cpu"), seed=0)
 
 
 def test_bf16_autocast_and_channels_last_train_with_finite_losses_and_usual_layout(autocast="bf16",
@@ -99,7 +86,7 @@ def test_bf16_autocast_and_channels_last_train_with_finite_losses_and_usual_layo
     reference, fast = SSLModel("resnet18_half_cifar", 32, 16), SSLModel("resnet18_half_cifar", 32, 16)
     fast.load_state_dict(reference.state_dict())
     settings = dataclasses.replace(SETTINGS, max_local_steps=2, autocast=autocast, channels_last=channels_last)
-    data = _data(8, 8)
+    data = tiny_local_data(8, 8)
     base = train_locally(reference, data, _views(), dataclasses.replace(SETTINGS, max_local_steps=2),
                          torch.device("cpu"), seed=3)
     got = train_locally(fast, data, _views(), settings, torch.device("cpu"), seed=3)
@@ -117,7 +104,7 @@ def test_barlow_twins_trains_through_the_same_trainer():
     """The objective key reaches the step: the same model, data and seed give another loss under Barlow Twins."""
     def run(settings):
         torch.manual_seed(0)
-        return train_locally(SSLModel("resnet18_cifar", 32, 16), _data(8, 0), _views(), settings,
+        return train_locally(SSLModel("resnet18_cifar", 32, 16), tiny_local_data(8, 0), _views(), settings,
                              torch.device("cpu"), seed=3)
 
     base = run(SETTINGS)
