@@ -376,6 +376,9 @@ class _RunConfigFields:
         if self.mirror_phase1_rounds and self.strategy != "modality-wise":
             raise ValueError("mirror-phase1-rounds: ModalityMirror's phases need strategy='modality-wise' "
                              f"(got {self.strategy!r})")
+        if self.mirror_phase1_rounds and self.mirror_phase1_rounds >= self.num_server_rounds:
+            raise ValueError(f"mirror-phase1-rounds: {self.mirror_phase1_rounds} is not below num-server-rounds="
+                             f"{self.num_server_rounds}, so phase 2 would never run; use 0 for phase 1 only")
         if self.mirror_phase1_rounds and self.mirror_distill_weight == 0 and self.mirror_ssl_weight == 0:
             raise ValueError("mirror-distill-weight and mirror-ssl-weight are both 0: phase 2 would train nothing")
 

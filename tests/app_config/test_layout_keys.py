@@ -27,6 +27,8 @@ def test_defaults_keep_the_shared_fssuavl_run():
     ({**MIRROR, "mirror-fusion": "sum"}, "mirror-fusion: unknown value 'sum'"),
     ({**MIRROR, "mirror-temperature": 0.0}, "mirror-temperature: must be in (0, 100]"),
     ({**MIRROR, "mirror-phase1-rounds": -1}, "mirror-phase1-rounds: must be in [0, 100000]"),
+    ({**MIRROR, "mirror-phase1-rounds": 6, "num-server-rounds": 6},
+     "mirror-phase1-rounds: 6 is not below num-server-rounds=6, so phase 2 would never run"),
 ])
 def test_conflicts_are_one_line_errors_naming_the_key(values, start):
     with pytest.raises(ConfigError) as err:
