@@ -57,16 +57,19 @@ def input_shapes(config) -> dict[str, tuple[int, int, int]]:
 
 
 def encoder_cost(config, shapes: dict[str, tuple[int, int, int]] | None = None) -> dict[str, object]:
-    """Params (encoder, and encoder + projection head) and per-sample FLOPs per modality."""
+    """Params (the encoders, and with their projection heads) and per-sample FLOPs per modality (each through
+    the encoder that handles it: the shared one, or its own in the per-modality layout)."""
     from models.factory import build_model
 
     model = build_model(config)
     shapes = shapes or input_shapes(config)
+    branches = {modality: model.branch(modality) for modality in shapes}  # one network, or one per modality
+    encoders = {id(branch.encoder): branch.encoder for branch in branches.values()}
     out: dict[str, object] = {
-        "params": parameter_count(model.encoder),
+        "params": sum(parameter_count(encoder) for encoder in encoders.values()),
         "params-with-head": parameter_count(model),
     }
     for modality, shape in shapes.items():
-        out[f"flops-{modality}"] = forward_flops(model.encoder, torch.zeros(1, *shape))
+        out[f"flops-{modality}"] = forward_flops(branches[modality].encoder, torch.zeros(1, *shape))
         out[f"input-{modality}"] = "x".join(str(s) for s in shape)
     return out

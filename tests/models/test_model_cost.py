@@ -61,3 +61,11 @@ def test_encoder_cost_uses_the_evaluation_input_sizes():
     assert cost["flops-image"] == RESNET18_CIFAR_FLOPS_32PX == cost["flops-audio"]
     small = encoder_cost(RunConfig(encoder="resnet18_cifar", image_size=16))
     assert small["input-image"] == "3x16x16" and small["flops-image"] == RESNET18_CIFAR_FLOPS_32PX // 4
+
+
+def test_the_per_modality_layout_counts_both_encoders_and_each_modalitys_own_flops():
+    shared = encoder_cost(RunConfig(encoder="resnet18_cifar", image_size=32, audio_n_mels=32))
+    split = encoder_cost(RunConfig(encoder="resnet18_cifar", image_size=32, audio_n_mels=32,
+                                   encoder_layout="per-modality", strategy="modality-wise"))
+    assert split["params"] == 2 * RESNET18_CIFAR_PARAMS and split["params-with-head"] == 2 * shared["params-with-head"]
+    assert split["flops-image"] == split["flops-audio"] == RESNET18_CIFAR_FLOPS_32PX  # one encoder per sample
