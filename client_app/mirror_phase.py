@@ -19,12 +19,13 @@ import copy
 import torch.nn as nn
 from flwr.app import RecordDict
 
+from app_config.mirror_schedule import PHASE_TWO, mirror_phase
 from app_config.modalities import MODALITIES
 from app_config.run_config import RunConfig
 from data_partition.client_data import LocalData
 from models.per_modality import PerModalityModel
 from ssl_method.mirror_training import class_pairs, freeze
-from ssl_method.modality_mirror import MIN_BATCH, PHASE_TWO, MirrorSettings, phase_of
+from ssl_method.modality_mirror import MIN_BATCH, MirrorSettings
 from strategies.mirror_phases import TEACHER_KEY
 
 
@@ -38,7 +39,7 @@ def mirror_settings(config: RunConfig) -> MirrorSettings | None:
 
 def in_phase_two(config: RunConfig, server_round: int) -> bool:
     settings = mirror_settings(config)
-    return settings is not None and phase_of(server_round, settings.phase1_rounds) == PHASE_TWO
+    return settings is not None and mirror_phase(server_round, settings.phase1_rounds) == PHASE_TWO
 
 
 def takes_part(data: LocalData) -> bool:

@@ -39,9 +39,10 @@ from dataclasses import dataclass
 import torch
 import torch.nn.functional as F
 
+from app_config.mirror_schedule import PHASE_ONE
+from app_config.mirror_schedule import mirror_phase as phase_of
 from app_config.modalities import AUDIO, IMAGE
 
-PHASE_ONE, PHASE_TWO = 1, 2
 FUSIONS = ("concat", "mean")
 MIN_BATCH = 3  # with 2 samples each row's distribution has one element: the loss is always 0
 
@@ -82,13 +83,6 @@ def check_features(features: torch.Tensor, name: str) -> None:
         raise ValueError(f"{name}: expected (batch, width) features, got shape {tuple(features.shape)}")
     if not bool(torch.isfinite(features).all()):
         raise ValueError(f"{name}: features hold NaN or Inf")
-
-
-def phase_of(server_round: int, phase1_rounds: int) -> int:
-    """1 for rounds ``1 .. phase1_rounds`` (modality-wise FL), 2 after them (distillation)."""
-    if server_round < 1:
-        raise ValueError(f"server round: must be >= 1, got {server_round}")
-    return PHASE_ONE if server_round <= phase1_rounds else PHASE_TWO
 
 
 def takes_part(server_round: int, modalities: Collection[str], phase1_rounds: int) -> bool:

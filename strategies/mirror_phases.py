@@ -30,6 +30,7 @@ import numpy as np
 from flwr.app import Array, ArrayRecord, ConfigRecord, Message
 from flwr.serverapp import Grid
 
+from app_config.mirror_schedule import mirror_phase
 from app_config.modalities import AUDIO
 from models.ssl_model import HEAD_PREFIX
 from strategies.aggregation_rule import ClientUpdate, RoundMetrics, as_numpy, checked_arrays, refuse_unknown
@@ -71,7 +72,7 @@ class MirrorRule(ModalityWiseMean):
 
     def phase(self, server_round: int) -> int:
         """1 (modality-wise FL) or 2 (distillation)."""
-        return 2 if self.phase1_rounds and server_round > self.phase1_rounds else 1
+        return mirror_phase(server_round, self.phase1_rounds)
 
     def teacher_for(self, server_round: int, sent: ArrayRecord) -> ArrayRecord | None:
         """The teacher record to send with ``sent`` in ``server_round`` (None in phase 1); the first phase-2

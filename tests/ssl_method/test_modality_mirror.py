@@ -164,3 +164,7 @@ def test_imports_no_flower():
     done = subprocess.run([sys.executable, "-c", code], cwd=PROJECT, capture_output=True, text=True, timeout=120)
     assert done.returncode == 0, done.stderr[-2000:]
     assert done.stdout.strip() == "[]"
+
+
+def test_no_phase_two_when_phase_one_is_the_whole_run():
+    assert [phase_of(r, 0) for r in (1, 2, 100)] == [1, 1, 1]  # mirror-phase1-rounds=0, as the server's rule
