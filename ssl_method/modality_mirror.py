@@ -33,15 +33,10 @@ Where the paper is silent this module chooses, for a label-free setting (each ch
 from __future__ import annotations
 
 import math
-from collections.abc import Collection
 from dataclasses import dataclass
 
 import torch
 import torch.nn.functional as F
-
-from app_config.mirror_schedule import PHASE_ONE
-from app_config.mirror_schedule import mirror_phase as phase_of
-from app_config.modalities import AUDIO, IMAGE
 
 FUSIONS = ("concat", "mean")
 MIN_BATCH = 3  # with 2 samples each row's distribution has one element: the loss is always 0
@@ -83,14 +78,6 @@ def check_features(features: torch.Tensor, name: str) -> None:
         raise ValueError(f"{name}: expected (batch, width) features, got shape {tuple(features.shape)}")
     if not bool(torch.isfinite(features).all()):
         raise ValueError(f"{name}: features hold NaN or Inf")
-
-
-def takes_part(server_round: int, modalities: Collection[str], phase1_rounds: int) -> bool:
-    """Whether a client holding ``modalities`` trains this round: any client in phase 1, only audio-visual
-    clients (paired samples for the teacher) in phase 2."""
-    if phase_of(server_round, phase1_rounds) == PHASE_ONE:
-        return bool(modalities)
-    return IMAGE in modalities and AUDIO in modalities
 
 
 def teacher_features(image: torch.Tensor, audio: torch.Tensor, fusion: str = "concat") -> torch.Tensor:

@@ -9,12 +9,11 @@ import sys
 import pytest
 import torch
 
+from app_config.mirror_schedule import mirror_phase as phase_of
 from ssl_method.modality_mirror import (
     MirrorSettings,
-    phase_of,
     phase_two_loss,
     relational_distillation,
-    takes_part,
     teacher_features,
 )
 from tests.conftest import PROJECT
@@ -153,9 +152,6 @@ def test_schedule():
     assert [phase_of(r, 3) for r in (1, 2, 3, 4, 10)] == [1, 1, 1, 2, 2]
     with pytest.raises(ValueError):
         phase_of(0, 3)
-    assert takes_part(2, ("image",), 3) and takes_part(2, ("audio",), 3) and not takes_part(2, (), 3)
-    assert takes_part(4, ("image", "audio"), 3)
-    assert not takes_part(4, ("audio",), 3) and not takes_part(4, ("image",), 3)
 
 
 def test_imports_no_flower():
