@@ -116,7 +116,7 @@ def train(msg: Message, context: Context) -> Message:
     else:
         metrics = train_locally(state.model, state.data, state.views, settings, state.device, seed=seed,
                                 extra_loss=extra_loss)
-        metrics["num-examples"] = float(sum(state.data.count(m) for m in state.data.modalities))
+        metrics["num-examples"] = float(state.data.total())
     metrics["learning-rate"] = settings.learning_rate
     metrics.update({"ready-seconds": ready, "import-seconds": import_seconds, **state.setup_seconds})
     metrics.update(resource_report())
@@ -168,5 +168,5 @@ def evaluate(msg: Message, context: Context) -> Message:
         metrics["loss"] += loss
     for modality in MODALITIES:
         metrics.setdefault(f"eval-loss-{modality}", 0.0)
-    metrics["num-examples"] = float(sum(state.data.count(m) for m in state.data.modalities))
+    metrics["num-examples"] = float(state.data.total())
     return Message(content=RecordDict({"metrics": MetricRecord(metric_values(metrics))}), reply_to=msg)

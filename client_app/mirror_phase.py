@@ -75,7 +75,7 @@ def idle_metrics(data: LocalData) -> dict[str, float]:
     """An idle client's metrics: no steps, no per-modality examples, ``num-examples`` its sample count (a
     reply must weigh > 0 to pass the checks; the per-modality counts of 0 give it no weight)."""
     metrics = {"steps": 0.0, "train-seconds": 0.0, "samples": 0.0, "samples-per-second": 0.0, "loss": 0.0,
-               "mirror-idle": 1.0, "num-examples": float(sum(data.count(m) for m in data.modalities))}
+               "mirror-idle": 1.0, "num-examples": float(data.total())}
     for modality in MODALITIES:
         metrics[f"loss-{modality}"] = 0.0
         metrics[f"num-{modality}-examples"] = 0.0

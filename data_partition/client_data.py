@@ -24,3 +24,7 @@ class LocalData:
 
     def count(self, modality: str) -> int:
         return len(self.tensors[modality]) if modality in self.tensors else 0
+
+    def total(self) -> int:
+        """Samples over every modality held: a reply's ``num-examples``."""
+        return sum(self.count(m) for m in self.modalities)
