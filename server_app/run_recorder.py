@@ -37,6 +37,7 @@ from server_app.checkpoint import (
 from server_app.model_selection import BestModels, best_file
 from server_app.round_loop import RoundTrain
 from server_app.round_record import client_entries
+from server_app.round_time import time_split
 from server_app.run_output import RunOutput, format_round
 from server_app.tensorboard_log import TensorBoardLog
 
@@ -121,6 +122,9 @@ class RunRecorder:
         self.history.append(record)
         self.tensorboard.write_round(record)
         print("[fssuavl] " + format_round(record), flush=True)
+        split = time_split(record)
+        if split:
+            print(f"[fssuavl] time of round {server_round:>3} | {split}", flush=True)
         self._last = self.clock()
         return None if scores is None else as_metric_record(scores)
 
