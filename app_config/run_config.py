@@ -211,6 +211,8 @@ class _RunConfigFields:
     audio_n_mels: int = _key(32, "Mel bands of the log-mel spectrogram.", ge=8, le=512)
     audio_hop_ms: float = _key(32.0, "Spectrogram hop in ms (1 s clip -> 1000/hop frames).", gt=0, le=1000)
     audio_win_ms: float = _key(64.0, "Spectrogram window in ms.", gt=0, le=1000)
+    audio_stretch: float = _key(0.25, "Largest per-sample stretch of an audio view's frequency and time axes (0.25: "
+                                      "+-25 %, a pitch / formant and tempo change; 0 = none).", ge=0, le=1)
     # --- partition --------------------------------------------------------
     partitioner: Partitioner = _key("dirichlet", "'iid', 'dirichlet' (label skew), 'pathological' "
                                                  "(k classes per client) or 'resample' (scale tests only: each "

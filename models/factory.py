@@ -56,7 +56,7 @@ def training_views(config: RunConfig, device: torch.device) -> dict[str, nn.Modu
     return {
         IMAGE: ImageViews(config.image_size, config.image_min_crop_scale, config.image_hflip,
                           config.image_hue_jitter, config.image_grayscale_p).to(device),
-        AUDIO: AudioViews(frontend(config), config.audio_n_mels).to(device),
+        AUDIO: AudioViews(frontend(config), config.audio_n_mels, stretch=config.audio_stretch).to(device),
     }
 
 

@@ -111,3 +111,17 @@ def test_image_grayscale_probability_is_the_configured_one():
         colour.permute(0, 3, 1, 2).float() / 255)
     grey = (out.amax(dim=1) - out.amin(dim=1)).amax(dim=(1, 2)) < 1e-6
     assert 0.4 < float(grey.float().mean()) < 0.6
+
+
+def test_audio_stretch_key_sets_the_views_stretch_range():
+    from app_config.run_config import RunConfig
+    from models.factory import training_views
+
+    def views(stretch: float):
+        return training_views(RunConfig.from_mapping({"audio-stretch": stretch}), torch.device("cpu"))["audio"]
+
+    assert views(0.0).stretch is None
+    torch.manual_seed(0)
+    scales = views(0.5).stretch.forward_parameters(torch.Size([2000, 1, 32, 32]))["scale"]
+    assert scales.min() >= 1 / 1.5 - 1e-6 and scales.max() <= 1.5 + 1e-6
+    assert scales.min() < 1 / 1.4 and scales.max() > 1.4  # the range is used, not the default +-25 %
