@@ -31,7 +31,7 @@ from app_config.numbers import real_number
 # Choices whose implementations live in higher layers; tests keep each equal to its implementation
 # (strategies.registry.STRATEGIES, strategies.dp.DP_MODES, data_partition.datasets.DATASETS,
 # data_partition.partition.PARTITIONERS).
-StrategyName = Literal["bulyan", "fedadagrad", "fedadam", "fedavg", "fedavgm", "fedmedian", "fedprox",
+StrategyName = Literal["bulyan", "creamfl", "fedadagrad", "fedadam", "fedavg", "fedavgm", "fedmedian", "fedprox",
                        "fedtrimmedavg", "fedvssl", "fedyogi", "krum", "ldawa", "modality-wise", "multikrum"]
 EncoderLayout = Literal["shared", "per-modality"]
 MirrorFusion = Literal["concat", "mean"]
@@ -177,6 +177,22 @@ class _RunConfigFields:
                                         ge=0, le=1e6)
     mirror_ssl_weight: float = _key(1.0, "modality-wise, phase 2: weight of the audio student's own NT-Xent loss "
                                          "on two views of its clips.", ge=0, le=1e6)
+    creamfl_public_size: int = _key(500, "creamfl (Yu et al., ICLR 2023): N, the public image-audio pairs whose "
+                                         "representations travel instead of weights. Adaptation: the paper's "
+                                         "public set is co-recorded pairs; here it is N class-paired (an image "
+                                         "and a clip of the same class, seeded, classes in turn) samples of the "
+                                         "training splits, held apart from every client's part "
+                                         "(data_partition.public_set). Bounded because the server holds each "
+                                         "reply's N x projection-dim values (scores are formed in row chunks, "
+                                         "never N x N).", ge=8, le=50_000)
+    creamfl_tau: float = _key(0.5, "creamfl, clients: temperature of the inter- and intra-modal contrasts (the "
+                                   "authors' 0.5).", gt=0, le=100)
+    creamfl_regulariser_weight: float = _key(0.5, "creamfl, clients: weight of the inter- + intra-modal "
+                                                  "regulariser added to the local SSL loss (the authors' "
+                                                  "--interintra_weight 0.5).", ge=0, le=1e6)
+    creamfl_kd_weight: float = _key(0.3, "creamfl, server: weight of the MSE distillation of the server model's "
+                                         "public representations towards the clients' ensemble (the authors' "
+                                         "--kd_weight 0.3).", ge=0, le=1e6)
     # --- end of strategy parameters ---
     # --- model ------------------------------------------------------------
     encoder: str = _key("resnet18_half_cifar", "timm model name: resnet18_half_cifar (ResNet-18 at half width, "
@@ -375,6 +391,8 @@ class _RunConfigFields:
         if self.strategy == "modality-wise" and self.dp != "none":
             raise ValueError(f"dp: {self.dp!r} adds noise to every array, also to the encoders a modality-wise "
                              "round must keep; use dp='none' with strategy='modality-wise'")
+        if self.strategy == "creamfl":
+            self._check_creamfl()
         if self.mirror_phase1_rounds and self.strategy != "modality-wise":
             raise ValueError("mirror-phase1-rounds: ModalityMirror's phases need strategy='modality-wise' "
                              f"(got {self.strategy!r})")
@@ -383,6 +401,19 @@ class _RunConfigFields:
                              f"{self.num_server_rounds}, so phase 2 would never run; use 0 for phase 1 only")
         if self.mirror_phase1_rounds and self.mirror_distill_weight == 0 and self.mirror_ssl_weight == 0:
             raise ValueError("mirror-distill-weight and mirror-ssl-weight are both 0: phase 2 would train nothing")
+
+    def _check_creamfl(self) -> None:
+        """CreamFL's representations replace the model on the wire: what cannot go with that, one line each."""
+        for wanted, key, value in (("shared", "encoder-layout", self.encoder_layout), ("none", "dp", self.dp),
+                                   ("arrays", "wire-format", self.wire_format)):
+            if value != wanted:
+                raise ValueError(f"{key}: strategy='creamfl' sends public-set representations, not the model; "
+                                 f"use {key}={wanted!r}")
+        if self.send_encoder_only:
+            raise ValueError("send-encoder-only: strategy='creamfl' sends no weights; use send-encoder-only=false")
+        if not self.image_dataset or not self.audio_dataset:
+            raise ValueError("strategy: 'creamfl' needs a public set of image-audio pairs; set both image-dataset "
+                             "and audio-dataset")
 
 
 class RunConfig(_RunConfigFields):

@@ -6,7 +6,7 @@ import time
 from collections.abc import Iterator
 
 import torch
-from flwr.app import Context, Message, MetricRecord, RecordDict
+from flwr.app import ArrayRecord, Context, Message, MetricRecord, RecordDict
 from flwr.clientapp import ClientApp
 from flwr.common import MetricRecordValues
 
@@ -15,6 +15,7 @@ from app_config.log_setup import setup_logging
 from app_config.modalities import IMAGE, MODALITIES
 from app_config.numbers import positive_number
 from app_config.run_config import RunConfig
+from client_app.creamfl_client import creamfl_train
 from client_app.device_data import is_deployed, local_source
 from client_app.dp_clipping import dp_clipping_mod
 from client_app.faults import maybe_inject_fault
@@ -102,16 +103,24 @@ def train(msg: Message, context: Context) -> Message:
         raise ValueError(f"train config server-round must be an int, got {server_round!r}")
     config, partition_id, state = _setup(context)
     maybe_inject_fault(config, server_round, partition_id)  # fault-rate (tests); no-op by default
-    global_arrays = msg.content.array_records["arrays"]
+    seed = training_seed(config.seed, server_round, partition_id)
+    creamfl = config.strategy == "creamfl"  # CreamFL: public-set representations travel, the model stays here
     own_head = keeps_own_head(config)  # FedVSSL's partial weight updating, FASSL's encoder-only transmission
-    used_own_head = load_global(state.model, global_arrays, context.state if own_head else None,
-                                seeded_head(context, config))
-    extra_loss = proximal_term(state.model, proximal_mu(instruction))  # FedProx; None otherwise
+    used_own_head, extra_loss = False, None
+    if not creamfl:
+        used_own_head = load_global(state.model, msg.content.array_records["arrays"],
+                                    context.state if own_head else None, seeded_head(context, config))
+        extra_loss = proximal_term(state.model, proximal_mu(instruction))  # FedProx; None otherwise
     settings = train_settings(config, state.model, round_learning_rate(instruction))
     import_seconds = WORKER.take_import_seconds()
     ready = time.perf_counter() - arrived + import_seconds  # cold start: until the first training step
-    seed = training_seed(config.seed, server_round, partition_id)
-    if in_phase_two(config, server_round):  # ModalityMirror's distillation, audio-visual clients only
+    arrays: ArrayRecord | None = None
+    if creamfl:
+        metrics, arrays = creamfl_train(
+            msg.content, context.state, config, state, settings, seed,
+            lambda indices: WORKER.public_samples(context.run_id, config, indices),
+            WORKER.initial_model(context.run_id, config))
+    elif in_phase_two(config, server_round):  # ModalityMirror's distillation, audio-visual clients only
         metrics = phase_two(msg.content, config, state, settings, seed)
     else:
         metrics = train_locally(state.model, state.data, state.views, settings, state.device, seed=seed,
@@ -123,7 +132,8 @@ def train(msg: Message, context: Context) -> Message:
     if own_head:
         keep_head(state.model, context.state)
         metrics["own-head"] = float(used_own_head)
-    arrays = reply_arrays(state.model, config.update_dtype)
+    if arrays is None:
+        arrays = reply_arrays(state.model, config.update_dtype)
     if config.send_encoder_only:
         arrays = without_head(arrays)
     metrics["bytes-received"] = float(sum(map(record_bytes, msg.content.array_records.values())))

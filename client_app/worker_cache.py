@@ -18,10 +18,12 @@ A message of another run empties it. The ClientApp owns one instance
 
 from __future__ import annotations
 
+import hashlib
 import time
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 
+import numpy as np
 import torch
 import torch.nn as nn
 
@@ -29,6 +31,7 @@ from app_config.run_config import RunConfig
 from client_app.device_data import LocalSource, load_local_data
 from client_app.partial_update import initial_head
 from data_partition.client_data import LocalData
+from data_partition.datasets import load_splits, resolve_data_root
 from data_partition.federation import Federation
 from models.device import resolve_device
 from models.factory import build_model, training_views
@@ -57,6 +60,35 @@ class WorkerCache:
         self._parts: dict[object, tuple[str, LocalData]] = {}
         self._import_seconds: float | None = None
         self._head: dict | None = None
+        self._initial: dict | None = None
+        self._public: tuple[str, dict[str, torch.Tensor]] | None = None
+
+    def initial_model(self, run_id: int, config: RunConfig) -> dict:
+        """The seeded initial model's state dict (the one the server builds from ``seed``), built once per run."""
+        self._start((run_id, config))
+        if self._initial is None:
+            with torch.random.fork_rng(devices=[]):
+                torch.manual_seed(config.seed)
+                self._initial = build_model(config).state_dict()
+        return self._initial
+
+    def public_samples(self, run_id: int, config: RunConfig, indices: dict[str, np.ndarray]) -> dict[str, torch.Tensor]:
+        """CreamFL's public samples at ``indices`` of each modality's training split, read once per run and set."""
+        self._start((run_id, config))
+        digest = hashlib.sha256(b"".join(np.ascontiguousarray(indices[m], dtype=np.int64).tobytes()
+                                         for m in sorted(indices))).hexdigest()
+        if self._public is None or self._public[0] != digest:
+            root = resolve_data_root(config.data_root)
+            names = {"image": config.image_dataset, "audio": config.audio_dataset}
+            samples = {}
+            for modality, idx in indices.items():
+                train = load_splits(names[modality], root).train
+                if len(idx) and (int(np.min(idx)) < 0 or int(np.max(idx)) >= len(train)):
+                    raise ValueError(f"creamfl: {modality} public positions outside the training split "
+                                     f"(0..{len(train) - 1})")
+                samples[modality] = torch.from_numpy(np.ascontiguousarray(train.x[np.asarray(idx, dtype=np.int64)]))
+            self._public = (digest, samples)
+        return self._public[1]
 
     def initial_head(self, run_id: int, config: RunConfig) -> dict:
         """The seeded initial projection head (:func:`client_app.partial_update.initial_head`), built once per run."""
@@ -84,6 +116,8 @@ class WorkerCache:
         if self._run_key != run_key:  # a new run: forget the previous one's model and data
             self._model = None
             self._head = None
+            self._initial = None
+            self._public = None
             self._federations.clear()
             self._parts.clear()
             self._run_key = run_key

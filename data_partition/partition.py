@@ -37,6 +37,7 @@ from pathlib import Path
 import numpy as np
 
 from app_config.modalities import AUDIO_ONLY, AUDIOVISUAL, CLIENT_KINDS, VISUAL
+from data_partition.public_set import PublicSetError, public_pairs
 from file_io.atomic import atomic_write
 
 PARTITIONERS = ("iid", "dirichlet", "pathological", "resample")
@@ -59,6 +60,7 @@ class PlanSettings:
     audio_share: float
     seed: int
     classes_per_client: int = 2  # pathological partitioner only
+    public_size: int = 0  # CreamFL's public pairs held apart from every client (data_partition.public_set)
 
     @classmethod
     def from_config(cls, config, num_partitions: int) -> PlanSettings:
@@ -69,6 +71,7 @@ class PlanSettings:
             alpha=config.dirichlet_alpha, min_partition_size=config.min_partition_size,
             visual_share=config.visual_data_share, audio_share=config.audio_data_share, seed=config.seed,
             classes_per_client=config.classes_per_client,
+            public_size=config.creamfl_public_size if config.strategy == "creamfl" else 0,
         )
 
 
@@ -190,9 +193,26 @@ def _keep_share(parts: list[np.ndarray], share: float, min_size: int) -> list[np
     return [p[: max(int(round(share * len(p))), min(len(p), min_size))] for p in parts]
 
 
+def held_apart(settings: PlanSettings, image_labels: np.ndarray | None,
+               audio_labels: np.ndarray | None) -> dict[str, np.ndarray]:
+    """Per modality, the training indices no client gets: CreamFL's public pairs (none otherwise)."""
+    none = np.zeros(0, np.int64)
+    if not settings.public_size:
+        return {"image": none, "audio": none}
+    if image_labels is None or audio_labels is None:
+        raise PartitionError("creamfl-public-size: the public set pairs images with clips; set both image-dataset "
+                             "and audio-dataset")
+    try:
+        image_idx, audio_idx = public_pairs(image_labels, audio_labels, settings.public_size, settings.seed)
+    except PublicSetError as err:
+        raise PartitionError(str(err)) from err
+    return {"image": image_idx, "audio": audio_idx}
+
+
 def build_plan(settings: PlanSettings, image_labels: np.ndarray | None,
                audio_labels: np.ndarray | None) -> list[ClientPart]:
     kinds = assign_kinds(settings)
+    public = held_apart(settings, image_labels, audio_labels)
     holders = {
         "image": [i for i, k in enumerate(kinds) if k in (VISUAL, AUDIOVISUAL)],
         "audio": [i for i, k in enumerate(kinds) if k in (AUDIO_ONLY, AUDIOVISUAL)],
@@ -206,8 +226,9 @@ def build_plan(settings: PlanSettings, image_labels: np.ndarray | None,
         if labels is None:
             raise PartitionError(f"{len(holders[modality])} clients hold {modality} data but no {modality} "
                                  "dataset is set")
-        parts = split_labels(labels, len(holders[modality]), settings, f"{modality} split", seed)
-        parts = _keep_share(parts, share, settings.min_partition_size)
+        pool = np.setdiff1d(np.arange(len(labels), dtype=np.int64), public[modality])  # all, without the public set
+        parts = split_labels(np.asarray(labels)[pool], len(holders[modality]), settings, f"{modality} split", seed)
+        parts = _keep_share([pool[p] for p in parts], share, settings.min_partition_size)
         for client, part in zip(holders[modality], parts):
             per_client[modality][client] = part
     return [ClientPart(k, per_client["image"][i], per_client["audio"][i]) for i, k in enumerate(kinds)]
@@ -217,7 +238,10 @@ _PLAN_VERSION = 2  # bump when the splitting itself changes, so stored plans are
 
 
 def _plan_key(settings: PlanSettings, image_labels, audio_labels) -> str:
-    h = hashlib.sha256(json.dumps({**asdict(settings), "version": _PLAN_VERSION}, sort_keys=True).encode())
+    fields = asdict(settings)
+    if not fields["public_size"]:  # plans without a public set keep the keys they had before it existed
+        del fields["public_size"]
+    h = hashlib.sha256(json.dumps({**fields, "version": _PLAN_VERSION}, sort_keys=True).encode())
     for labels in (image_labels, audio_labels):
         h.update(b"-" if labels is None else np.ascontiguousarray(labels).tobytes())
     return h.hexdigest()[:16]

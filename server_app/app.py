@@ -23,6 +23,7 @@ from data_partition.modality_data import DatasetSplits
 from models.device import resolve_device
 from models.factory import build_model, eval_transforms, scheduled_learning_rate
 from server_app.central_eval import CentralEvaluator
+from server_app.creamfl_server import attach_public_set
 from server_app.encoder_only import ModelParts
 from server_app.preflight import check_federation_plan, checked_run_config
 from server_app.round_loop import run_rounds
@@ -59,6 +60,7 @@ def main(grid: Grid, context: Context) -> None:
     evaluator = CentralEvaluator(build_model(config).to(device), eval_transforms(config, device), datasets, device,
                                  config.knn_k, config.seed, config.eval_train_samples, config.eval_timeout)
     strategy = build_strategy(config)
+    attach_public_set(strategy, config, device)  # CreamFL: the public set and the server's own training
     start = resume_or_create(config, context.run_id, checkpoint, strategy, initial)
     recorder = RunRecorder(config, start.output, strategy, evaluator, start.history, start.resumed_after,
                            context.run_id)

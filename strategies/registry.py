@@ -19,6 +19,11 @@ modality-wise  MirrorRule             mirror-phase1-rounds (clients:
                MirrorStrategy shell)  mirror-distill-weight,
                                       mirror-ssl-weight); needs
                                       encoder-layout='per-modality'
+creamfl        CreamFLRule            creamfl-public-size, creamfl-kd-weight
+               (CreamFL; CreamFLStrategy (clients: creamfl-tau,
+               shell: banks of public creamfl-regulariser-weight); the
+               representations out, server trains on the public set
+               representations back)  (server_app.creamfl_server)
 fedprox        WeightedMean           proximal-mu (sent to clients)
 fedadam        FedAdam                fedopt-eta, fedopt-beta1, fedopt-beta2,
                                       fedopt-tau
@@ -77,6 +82,7 @@ from flwr.common import log
 
 from app_config.run_config import RunConfig
 from strategies.aggregation_rule import AggregationRule
+from strategies.creamfl_strategy import CreamFLRule, CreamFLStrategy
 from strategies.dp import DPAdapter, DPSettings, wrap_dp
 from strategies.fedvssl import FedVSSL
 from strategies.flower_rules import bulyan, fedmedian, fedtrimmedavg, krum, multikrum
@@ -141,6 +147,9 @@ STRATEGIES: dict[str, StrategySpec] = {
     "fedvssl": StrategySpec(FedVSSL, {"alpha": "fedvssl-alpha", "swa": "fedvssl-beta",
                                       "loss_reduction": "fedvssl-loss"}),
     "modality-wise": StrategySpec(MirrorRule, {"phase1_rounds": "mirror-phase1-rounds"}, MirrorStrategy),
+    "creamfl": StrategySpec(CreamFLRule, {"public_size": "creamfl-public-size", "tau": "creamfl-tau",
+                                          "regulariser_weight": "creamfl-regulariser-weight",
+                                          "kd_weight": "creamfl-kd-weight"}, CreamFLStrategy),
     "fedprox": StrategySpec(WeightedMean, {"proximal_mu": "proximal-mu"}),
     "fedadam": StrategySpec(FedAdam, FEDOPT),
     "fedyogi": StrategySpec(FedYogi, FEDOPT),

@@ -180,3 +180,28 @@ def test_a_packed_float16_run_trains_through_the_real_runtime(tmp_path, small_ro
     whole = sum(v.numel() * v.element_size() for v in model.state_dict().values())
     assert records[1]["bytes-sent"] < 0.6 * records[1]["sent"] * whole  # float16, packed
     assert records[2]["eval"]["knn-image"] > 0
+
+
+def test_creamfl_trains_through_flwr_run(tmp_path, data_root):
+    """CreamFL end to end: 3 clients (visual, audio, audio-visual), 2 rounds, representations on the wire."""
+    runs = tmp_path / "runs"
+    config = ("strategy='creamfl' creamfl-public-size=32 num-server-rounds=2 max-local-steps=2 batch-size=8 "
+              "eval-every=1 frac-visual-clients=0.34 frac-audio-clients=0.33 frac-audiovisual-clients=0.33 "
+              f"min-train-nodes=3 data-root='{data_root}' run-dir='{runs}'")
+    done = launch(tmp_path, config, supernodes=3)
+    assert done.returncode == 0, done.stdout[-3000:] + done.stderr[-2000:]
+    (folder,) = runs.iterdir()
+    records = [json.loads(line) for line in (folder / "metrics.jsonl").read_text().splitlines()]
+    assert [r["round"] for r in records] == [0, 1, 2]
+    for r in records[1:]:
+        train = r["train"]
+        assert r["failures"] == 0 and train["replies-aggregated"] == 3 and train["aggregation-skipped"] == 0
+        assert train["loss-image"] > 0 and train["loss-audio"] > 0 and train["server-distill-loss"] >= 0
+        # 3 x (2 banks of 32 x 128 float32 + 2 x 32 int64 indices, with npy headers) down: no weights
+        assert 3 * (2 * 32 * 128 * 4 + 2 * 32 * 8) < r["bytes-sent"] < 3 * (2 * 32 * 128 * 4 + 2 * 32 * 8 + 4 * 256)
+    torch.manual_seed(RunConfig().seed)
+    initial = SSLModel(RunConfig().encoder, 512, 128)
+    final = torch.load(folder / "final_model.pt", weights_only=True)
+    assert any(not torch.equal(final[k], v) for k, v in initial.state_dict().items() if v.is_floating_point())
+    summary = json.loads((folder / "summary.json").read_text())
+    assert summary["rounds"] == 2 and "final-knn-image" in summary

@@ -34,19 +34,21 @@ def paper_root(tmp_path_factory):
 def test_paper_suite_dry_run_validates_every_job_against_the_data_root(paper_root, monkeypatch, capsys):
     monkeypatch.setenv("FSSUAVL_DATA_ROOT", str(paper_root))
     assert S.main([str(SUITES / "paper.yaml"), "--dry-run"]) == 0
-    assert "99 training jobs" in capsys.readouterr().out
+    assert "102 training jobs" in capsys.readouterr().out
     suite = load_suite(SUITES / "paper.yaml")
     assert suite.seeds == [0, 1, 2] and suite.runner.num_supernodes == 100
     jobs = all_jobs(suite)
     configs = {job.id: job.config() for job in jobs}  # each full run config validates, layouts included
-    assert len(jobs) == 99
+    assert len(jobs) == 102
     for seed in (0, 1, 2):
         mine = [j for j in jobs if j.seed == seed]
         roles = sorted(j.role for j in mine)
-        assert roles == sorted(["fssuavl"] * 13 + ["fvssl"] * 8 + ["fassl"] * 8 + ["centralized"] * 4)
+        assert roles == sorted(["fssuavl"] * 14 + ["fvssl"] * 8 + ["fassl"] * 8 + ["centralized"] * 4)
     assert {(j.role, j.num_supernodes) for j in jobs} == {("fssuavl", 100), ("fvssl", 70), ("fassl", 60),
                                                           ("centralized", 100)}
-    assert {configs[j.id].strategy for j in jobs} == {"fedavg", "ldawa", "fedvssl", "modality-wise"}
+    assert {configs[j.id].strategy for j in jobs} == {"fedavg", "ldawa", "fedvssl", "modality-wise", "creamfl"}
+    creamfl = [configs[j.id] for j in jobs if configs[j.id].strategy == "creamfl"]
+    assert len(creamfl) == 3 and {c.creamfl_public_size for c in creamfl} == {5000}
     related = [configs[j.id] for j in jobs if configs[j.id].strategy == "fedvssl" or configs[j.id].send_encoder_only]
     assert len(related) == 12 and {c.ssl_objective for c in related} == {"nt-xent", "barlow-twins"}
     mirror = [configs[j.id] for j in jobs if configs[j.id].strategy == "modality-wise"]

@@ -92,7 +92,11 @@ def test_encode_decode_is_exact_and_loads_with_weights_only(tmp_path):
     assert back["empty"].shape == (0, 2)
 
 
-@pytest.mark.parametrize("name", sorted(STRATEGIES))
+# creamfl's rounds need its server side and representation replies: tests/server_app/test_creamfl_run.py
+WEIGHT_RULES = sorted(set(STRATEGIES) - {"creamfl"})
+
+
+@pytest.mark.parametrize("name", WEIGHT_RULES)
 def test_resumed_rounds_equal_uninterrupted_rounds_bitwise(tmp_path, name):
     """Rounds 1-4 in one go == rounds 1-2, checkpoint to disk, new strategy object, rounds 3-4."""
     whole = _rounds(make_strategy(name, common=COMMON, **PARAMS.get(name, {})), _initial(), 1, 4)
@@ -351,7 +355,7 @@ def test_metrics_file_keeps_its_mode_when_cut_back_on_resume(tmp_path):
         os.umask(old)
 
 
-@pytest.mark.parametrize("name", sorted(STRATEGIES))
+@pytest.mark.parametrize("name", WEIGHT_RULES)
 def test_every_registered_rule_owns_exactly_its_server_state(name):
     """The checkpoint keeps no list of strategy attributes: each rule's state_dict is its state."""
     strategy = make_strategy(name, common=COMMON, **PARAMS.get(name, {}))

@@ -178,10 +178,12 @@ def reference(name: str, rounds: int) -> list[dict[str, np.ndarray]]:
 # ---------------------------------------------------------------- registry
 # needs encoder-layout='per-modality' and image./audio. names: tests/strategies/test_mirror_phases.py
 MODALITY_WISE = ["modality-wise"]
+# replies with public-set representations and needs its server side: tests/strategies/test_creamfl_strategy.py
+CREAMFL = ["creamfl"]
 
 
 def test_registry_holds_every_name():
-    assert sorted(STRATEGIES) == sorted(ALL + MODALITY_WISE)
+    assert sorted(STRATEGIES) == sorted(ALL + MODALITY_WISE + CREAMFL)
 
 
 def test_unknown_strategy_name_fails_listing_valid_ones():
