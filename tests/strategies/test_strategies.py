@@ -352,7 +352,8 @@ def test_client_train_adds_the_proximal_term_when_the_server_sends_mu(monkeypatc
     import client_app.app as client
 
     model = torch.nn.Linear(3, 2)
-    state = types.SimpleNamespace(model=model, data=types.SimpleNamespace(modalities=("image",), count=lambda m: 7),
+    state = types.SimpleNamespace(model=model, data=types.SimpleNamespace(modalities=("image",), count=lambda m: 7,
+                                                                                total=lambda: 7),
                                   views={}, device=torch.device("cpu"), kind="visual",
                                   setup_seconds={})
     monkeypatch.setattr(client.WORKER, "state", lambda *a, **k: state)
