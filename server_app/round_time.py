@@ -5,8 +5,9 @@ central evaluation); each device reports its cold start (imports, model build,
 views, data) and its training. What the server waited beyond the slowest
 device's own work is Flower's: the SuperNode's and the ServerApp's 3 s polls,
 the ClientApp process start before the app's clock begins, and the transfers
-both ways. The server cannot split that remainder further, so the line names it
-as one figure instead of guessing its parts.
+both ways (and, in a simulation with more clients than workers, the clients'
+wait for a free worker). The server cannot split that remainder further, so
+the line gives it as one figure, ``rest``, instead of guessing its parts.
 """
 
 from __future__ import annotations
@@ -41,8 +42,8 @@ def slowest_device(record: Mapping) -> tuple[Mapping, float, float] | None:
 
 
 def time_split(record: Mapping) -> str:
-    """``wait 26.3s = slowest device (partition 2) ready 10.2s (imports 8.5s, ...) + train 1.3s + Flower 14.8s
-    (polls, process start, transfers) | configure 0.1s aggregate 0.2s eval 3.0s``; '' for a round without
+    """``wait 26.3s = slowest device (partition 2) ready 10.2s (imports 8.5s, ...) + train 1.3s + rest 14.8s
+    (...) | configure 0.1s aggregate 0.2s eval 3.0s``; '' for a round without
     the server's phase times (round 0, a skipped round)."""
     phases = record.get("phase-seconds")
     if not isinstance(phases, Mapping):
@@ -58,8 +59,8 @@ def time_split(record: Mapping) -> str:
         name = f"partition {who}" if who is not None else f"node {entry.get('node-id')}"
         parts.append(f"wait {wait:.1f}s = slowest device ({name}) ready {ready:.1f}s"
                      + (f" ({', '.join(cold)})" if cold else "")
-                     + f" + train {train:.1f}s + Flower {max(wait - ready - train, 0.0):.1f}s"
-                     " (polls, process start, transfers)")
+                     + f" + train {train:.1f}s + rest {max(wait - ready - train, 0.0):.1f}s"
+                     " (Flower's polls, process start, transfers; simulation: waiting for a worker)")
     elif wait is not None:
         parts.append(f"wait {wait:.1f}s")
     server = [f"{name} {value:.1f}s" for name in ("configure", "aggregate")

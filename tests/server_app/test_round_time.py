@@ -22,7 +22,8 @@ def test_the_remainder_of_the_wait_is_flowers():
     fast = _client(6, 0, 4.0, 6.0)  # longer training, shorter sum: not the slowest
     line = time_split(_record(fast, slow))
     assert line == ("wait 26.3s = slowest device (partition 2) ready 10.2s (imports 8.5s, model 0.4s, views 0.1s, "
-                    "data 0.2s) + train 1.3s + Flower 14.8s (polls, process start, transfers)"
+                    "data 0.2s) + train 1.3s + rest 14.8s (Flower's polls, process start, transfers; simulation: "
+                    "waiting for a worker)"
                     " | configure 0.1s aggregate 0.2s eval 3.0s")
 
 
@@ -34,7 +35,7 @@ def test_dropped_failed_and_impossible_clients_are_not_the_slowest():
     negative = _client(5, 4, -50.0, 60.0)
     entry, ready, train = slowest_device(_record(honest, dropped, failed, boasting, negative, wait=10.0))
     assert entry["node-id"] == 1 and (ready, train) == (2.0, 3.0)
-    assert "Flower 5.0s" in time_split(_record(honest, dropped, failed, boasting, negative, wait=10.0))
+    assert "rest 5.0s" in time_split(_record(honest, dropped, failed, boasting, negative, wait=10.0))
 
 
 def test_a_round_without_phase_times_prints_nothing_and_without_device_times_only_the_server():
