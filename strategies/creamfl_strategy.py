@@ -23,18 +23,16 @@ from __future__ import annotations
 
 from collections import Counter
 from collections.abc import Iterable, Mapping
-from logging import WARNING
 from typing import Protocol
 
 import numpy as np
 from flwr.app import Array, ArrayRecord, ConfigRecord, Message
-from flwr.common import log
 from flwr.serverapp import Grid
 
 from app_config.modalities import KIND_MODALITIES, MODALITIES
 from strategies.aggregation_rule import AggregationRule, ClientUpdate, RoundMetrics, as_numpy, refuse_unknown
 from strategies.reply_check import ARRAYS_KEY, INFO_KEY, Spec, Verdict, classify_reply
-from strategies.reply_filter import MAX_LOGGED, Drop, ScreenedReplies, for_aggregation
+from strategies.reply_filter import Drop, ScreenedReplies, for_aggregation
 from strategies.rule_strategy import RuleStrategy
 
 INDEX_SUFFIX = "-index"  # the bank record's public positions per modality: ``image-index``, ``audio-index``
@@ -173,12 +171,7 @@ class CreamFLStrategy(RuleStrategy):
                 continue
             counts[verdict[0]] += 1
             drops.append((msg.metadata.src_node_id, verdict[0], f"node {msg.metadata.src_node_id}: {verdict[1]}"))
-        self.last_dropped = {node: category for node, category, _ in drops}
-        for _, _, note in drops[:MAX_LOGGED]:
-            log(WARNING, "creamfl (round %d): reply excluded: %s", server_round, note)
-        if len(drops) > MAX_LOGGED:
-            log(WARNING, "creamfl (round %d): %d more replies excluded", server_round, len(drops) - MAX_LOGGED)
-        return ScreenedReplies(len(replies), good, counts, drops)
+        return self.note_drops(server_round, replies, good, counts, drops, who="creamfl")
 
     def bound_updates(self, screened: ScreenedReplies) -> None:
         """The copies the rule sees; no norm bound: a representation is not an update of the model."""

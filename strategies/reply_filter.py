@@ -236,11 +236,16 @@ class ReplyFilter(_Strategy):
             counts[FAILED] = len(replies) - len(good)
         else:
             good, counts, drops = screen_replies(replies, self._reply_spec, self.weighted_key, self.required_metrics)
+        return self.note_drops(server_round, replies, good, counts, drops)
+
+    def note_drops(self, server_round: int, replies: list[Message], good: list[Message], counts: Counter[str],
+                   drops: list[Drop], who: str = "aggregate_train") -> ScreenedReplies:
+        """Keep which node's reply was dropped and why (the round's client entries), log the first few."""
         self.last_dropped = {node: category for node, category, _ in drops}
         for _, _, note in drops[:MAX_LOGGED]:
-            log(WARNING, "aggregate_train (round %d): reply excluded: %s", server_round, note)
+            log(WARNING, "%s (round %d): reply excluded: %s", who, server_round, note)
         if len(drops) > MAX_LOGGED:
-            log(WARNING, "aggregate_train (round %d): %d more replies excluded", server_round, len(drops) - MAX_LOGGED)
+            log(WARNING, "%s (round %d): %d more replies excluded", who, server_round, len(drops) - MAX_LOGGED)
         return ScreenedReplies(len(replies), good, counts, drops)
 
     def cap_weights(self, screened: ScreenedReplies) -> None:
