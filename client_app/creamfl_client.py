@@ -90,7 +90,7 @@ def creamfl_train(content: RecordDict, node_state: RecordDict, config: RunConfig
     metrics = train_locally(state.model, state.data, state.views, settings, state.device, seed=seed,
                             extra_loss=regulariser)
     metrics["creamfl-regulariser"] = regulariser.mean()
-    metrics["num-examples"] = float(sum(state.data.count(m) for m in modalities))
+    metrics["num-examples"] = float(state.data.total())
     metrics["own-model"] = float(used_own)
     keep_own_model(state.model, node_state)
     dtype = np.float16 if config.update_dtype == "float16" else np.float32

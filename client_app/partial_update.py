@@ -29,11 +29,16 @@ def keeps_own_head(config) -> bool:
     return (config.strategy == "fedvssl" and config.fedvssl_partial_update) or config.send_encoder_only
 
 
-def initial_head(config) -> dict[str, torch.Tensor]:
-    """The head of the seeded initial model (the server builds it after ``torch.manual_seed(seed)`` too)."""
+def initial_model(config) -> dict[str, torch.Tensor]:
+    """The seeded initial model's state dict (the server builds it after ``torch.manual_seed(seed)`` too)."""
     with torch.random.fork_rng(devices=[]):
         torch.manual_seed(config.seed)
-        return head_part(build_model(config).state_dict())
+        return build_model(config).state_dict()
+
+
+def initial_head(config) -> dict[str, torch.Tensor]:
+    """The head of the seeded initial model."""
+    return head_part(initial_model(config))
 
 
 def load_global(model: torch.nn.Module, global_arrays: ArrayRecord, state: RecordDict | None,

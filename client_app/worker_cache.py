@@ -29,13 +29,14 @@ import torch.nn as nn
 
 from app_config.run_config import RunConfig
 from client_app.device_data import LocalSource, load_local_data
-from client_app.partial_update import initial_head
+from client_app.partial_update import initial_model
 from data_partition.client_data import LocalData
 from data_partition.datasets import load_splits, resolve_data_root
 from data_partition.federation import Federation
 from models.device import resolve_device
 from models.factory import build_model, training_views
 from models.per_modality import Network
+from models.ssl_model import head_part
 
 
 @dataclass
@@ -59,7 +60,6 @@ class WorkerCache:
         self._federations: dict[int, Federation] = {}
         self._parts: dict[object, tuple[str, LocalData]] = {}
         self._import_seconds: float | None = None
-        self._head: dict | None = None
         self._initial: dict | None = None
         self._public: tuple[str, dict[str, torch.Tensor]] | None = None
 
@@ -67,9 +67,7 @@ class WorkerCache:
         """The seeded initial model's state dict (the one the server builds from ``seed``), built once per run."""
         self._start((run_id, config))
         if self._initial is None:
-            with torch.random.fork_rng(devices=[]):
-                torch.manual_seed(config.seed)
-                self._initial = build_model(config).state_dict()
+            self._initial = initial_model(config)
         return self._initial
 
     def public_samples(self, run_id: int, config: RunConfig, indices: dict[str, np.ndarray]) -> dict[str, torch.Tensor]:
@@ -91,11 +89,8 @@ class WorkerCache:
         return self._public[1]
 
     def initial_head(self, run_id: int, config: RunConfig) -> dict:
-        """The seeded initial projection head (:func:`client_app.partial_update.initial_head`), built once per run."""
-        self._start((run_id, config))
-        if self._head is None:
-            self._head = initial_head(config)
-        return self._head
+        """The seeded initial projection head: the head of :meth:`initial_model`, built once per run."""
+        return head_part(self.initial_model(run_id, config))
 
     def note_imports(self, seconds: float) -> None:
         """The app's import time in this process (reported with the first message only)."""
@@ -115,7 +110,6 @@ class WorkerCache:
     def _start(self, run_key: object) -> None:
         if self._run_key != run_key:  # a new run: forget the previous one's model and data
             self._model = None
-            self._head = None
             self._initial = None
             self._public = None
             self._federations.clear()
