@@ -11,6 +11,7 @@ encoder and dropped afterwards, so memory stays at one seed's encoders at most.
 
 from __future__ import annotations
 
+import json
 import logging
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -160,6 +161,24 @@ def evaluate_floor(suite: Suite, entry: Entry, seed: int, row: Row, cache) -> No
     row.per_seed[seed] = evaluate(encoder, encoder, eval_settings(suite, config), cache)
 
 
+# Keys that only decide how much of its part a client keeps (data_partition/partition.py): neither the
+# initial weights nor the evaluation depend on them, so reference rows that differ only there are equal.
+TRAINING_SHARE_KEYS = ("visual-data-share", "audio-data-share")
+
+
+def reference_signature(suite: Suite, entry: Entry, seed: int) -> str:
+    """What an untrained or raw-input row's numbers depend on: the FSSUAVL job's run config, less the
+    clients' data shares (a low-data sweep would otherwise evaluate the same reference once per share)."""
+    mapping = fssuavl_job(suite, entry, seed).config().as_mapping()
+    return json.dumps({k: v for k, v in mapping.items() if k not in TRAINING_SHARE_KEYS}, sort_keys=True, default=str)
+
+
+def copy_seed(source: Row, row: Row, seed: int) -> None:
+    """One seed's numbers (and the encoder's cost) of a reference row that were already evaluated."""
+    row.per_seed[seed] = dict(source.per_seed[seed])
+    row.params, row.flops_image, row.flops_audio = source.params, source.flops_image, source.flops_audio
+
+
 def _release(cache, encoders: dict, run: Path) -> None:
     """Forget a run's encoder and features once no later entry of this seed needs them."""
     encoder = encoders.pop(run, None)
@@ -204,14 +223,22 @@ def evaluate_suite(suite: Suite, runs: dict[str, Path]) -> tuple[list[Row], dict
                 for run in {r for r in needed[i] if r is not None} - {r for later in needed[i + 1:] for r in later}:
                     _release(cache, encoders, run)
                 bar.update()
-            for entry, row in zip(references, ref_rows):
-                show(f"seed {seed}: untrained {entry.encoder}")
-                evaluate_untrained(suite, entry, seed, row, cache)
-                bar.update()
-            for entry, row in zip(floors, floor_rows):
-                show(f"seed {seed}: raw input ({entry.setting_text})")
-                evaluate_floor(suite, entry, seed, row, cache)
-                bar.update()
+            evaluated: dict[tuple[str, str], Row] = {}
+            kinds = (("untrained", references, ref_rows), ("raw input", floors, floor_rows))
+            for kind, entries, rows_of_kind in kinds:
+                for entry, row in zip(entries, rows_of_kind):
+                    signature = (kind, reference_signature(suite, entry, seed))
+                    same = evaluated.get(signature)
+                    again = " = an earlier row" if same is not None else ""
+                    show(f"seed {seed}: {kind} {entry.encoder} ({entry.setting_text}){again}")
+                    if same is not None:
+                        copy_seed(same, row, seed)
+                    elif kind == "untrained":
+                        evaluate_untrained(suite, entry, seed, row, cache)
+                    else:
+                        evaluate_floor(suite, entry, seed, row, cache)
+                    evaluated.setdefault(signature, row)
+                    bar.update()
     for row in rows:
         if not row.per_seed:
             row.status = f"not trained ({next(iter(row.missing.values()), 'no run')})"

@@ -134,3 +134,31 @@ def test_every_seed_is_evaluated_and_the_untrained_reference_uses_each_seeds_wei
     assert ours.per_seed[1] != ours.per_seed[2]  # other seed, other weights and draws
     assert [s["knn-image"] for s in series["FSSUAVL test_resnet fedavg"]] == [[(0, 1.0), (1, 1.1)],
                                                                               [(0, 2.0), (1, 2.1)]]
+
+
+@pytest.mark.parametrize("sweep, evaluations_per_seed", [
+    ("{visual-data-share: [0.1, 0.5, 1.0]}", 1),  # the shares only thin the clients' parts: one evaluation
+    ("{image-size: [16, 24]}", 2),               # another evaluation transform: one each
+])
+def test_reference_rows_are_evaluated_once_per_distinct_run_config(monkeypatch, sweep, evaluations_per_seed):
+    suite = parse_suite(f"seeds: [1, 2]\nentries:\n  - {{method: fssuavl, sweep: {sweep}}}\n", "refs.yaml")
+    calls = {"untrained": [], "floor": []}
+
+    def fake(kind):
+        def evaluate(suite, entry, seed, row, cache):
+            calls[kind].append((seed, entry.setting_text))
+            row.per_seed[seed] = {"knn-image": len(calls[kind]) + 10 * seed}
+            row.params = 7
+        return evaluate
+
+    monkeypatch.setattr(suite_eval, "evaluate_untrained", fake("untrained"))
+    monkeypatch.setattr(suite_eval, "evaluate_floor", fake("floor"))
+    rows, _ = suite_eval.evaluate_suite(suite, runs={})
+    references = [r for r in rows if r.reference]
+    assert len(references) == 2 * len(suite.entries)  # still one untrained and one floor row per setting
+    assert len(calls["untrained"]) == len(calls["floor"]) == 2 * evaluations_per_seed
+    for kind in (suite_eval.UNTRAINED_METHOD, suite_eval.FLOOR_METHOD):
+        of_kind = [r for r in references if r.method == kind]
+        distinct = {json.dumps(r.per_seed, sort_keys=True) for r in of_kind}
+        assert len(distinct) == evaluations_per_seed and all(r.params == 7 for r in of_kind)
+        assert all(sorted(r.per_seed) == [1, 2] for r in of_kind)
