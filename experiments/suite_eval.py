@@ -5,8 +5,9 @@ Every entry's global encoder of every seed is evaluated by
 sets, class-paired fusion) with that seed's evaluation draws. The untrained
 reference (the seeded initial weights each run starts from) and the raw-input
 floor (the evaluation transform's output flattened, scored the same way) are
-evaluated per seed too. Seed by seed, features are cached while later entries still need the same
-encoder and dropped afterwards, so memory stays at one seed's encoders at most.
+evaluated per seed too, once per distinct run config (rows of a data-share sweep copy them).
+Seed by seed, features are cached while later entries still need the same encoder and
+dropped afterwards, so memory stays at one seed's encoders at most.
 """
 
 from __future__ import annotations
@@ -224,8 +225,9 @@ def evaluate_suite(suite: Suite, runs: dict[str, Path]) -> tuple[list[Row], dict
                     _release(cache, encoders, run)
                 bar.update()
             evaluated: dict[tuple[str, str], Row] = {}
-            kinds = (("untrained", references, ref_rows), ("raw input", floors, floor_rows))
-            for kind, entries, rows_of_kind in kinds:
+            kinds = (("untrained", references, ref_rows, evaluate_untrained),
+                     ("raw input", floors, floor_rows, evaluate_floor))
+            for kind, entries, rows_of_kind, evaluate_reference in kinds:
                 for entry, row in zip(entries, rows_of_kind):
                     signature = (kind, reference_signature(suite, entry, seed))
                     same = evaluated.get(signature)
@@ -233,11 +235,9 @@ def evaluate_suite(suite: Suite, runs: dict[str, Path]) -> tuple[list[Row], dict
                     show(f"seed {seed}: {kind} {entry.encoder} ({entry.setting_text}){again}")
                     if same is not None:
                         copy_seed(same, row, seed)
-                    elif kind == "untrained":
-                        evaluate_untrained(suite, entry, seed, row, cache)
                     else:
-                        evaluate_floor(suite, entry, seed, row, cache)
-                    evaluated.setdefault(signature, row)
+                        evaluate_reference(suite, entry, seed, row, cache)
+                        evaluated[signature] = row
                     bar.update()
     for row in rows:
         if not row.per_seed:
